@@ -1,0 +1,205 @@
+"""Chunk compressors and digesters, registered under their nydus names (§4.1).
+
+Compressor and digester objects are cheap; zstd contexts are not thread-safe, so every
+thread gets its own through :func:`thread_compressor`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import blake3
+import google_crc32c
+import lz4.block
+import zstandard
+
+from nydus_exporter.errors import ConfigError, FormatError
+from nydus_exporter.rafs import layout
+
+ZSTD_LEVEL = 3  # what nydus-image uses (zstd::bulk::compress level 3)
+
+
+class Compressor(Protocol):
+    name: str
+    algorithm_id: int  # id in the blob table and ci header
+    super_flag: int  # RafsSuperFlags bit
+    toc_flag: int  # ToC entry flag
+
+    def compress(self, data: bytes) -> bytes: ...
+
+    def decompress(self, data: bytes, uncompressed_size: int) -> bytes: ...
+
+
+class _NoneCompressor:
+    name = "none"
+    algorithm_id = layout.COMPRESSOR_ID_NONE
+    super_flag = layout.RAFS_COMPRESSION_NONE
+    toc_flag = layout.TOC_FLAG_NONE
+
+    def compress(self, data: bytes) -> bytes:
+        return data
+
+    def decompress(self, data: bytes, uncompressed_size: int) -> bytes:
+        return data
+
+
+class _ZstdCompressor:
+    name = "zstd"
+    algorithm_id = layout.COMPRESSOR_ID_ZSTD
+    super_flag = layout.RAFS_COMPRESSION_ZSTD
+    toc_flag = layout.TOC_FLAG_ZSTD
+
+    def __init__(self) -> None:
+        # One standard frame with the content size and no checksum, like zstd::bulk::compress.
+        self._c = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+        self._d = zstandard.ZstdDecompressor()
+
+    def compress(self, data: bytes) -> bytes:
+        return self._c.compress(data)
+
+    def decompress(self, data: bytes, uncompressed_size: int) -> bytes:
+        try:
+            out = self._d.decompress(data, max_output_size=uncompressed_size)
+        except zstandard.ZstdError as exc:
+            raise FormatError(f"zstd data does not decompress: {exc}") from None
+        if len(out) != uncompressed_size:
+            raise FormatError(f"zstd data decompressed to {len(out)} bytes, expected {uncompressed_size}")
+        return out
+
+
+class _Lz4BlockCompressor:
+    name = "lz4_block"
+    algorithm_id = layout.COMPRESSOR_ID_LZ4_BLOCK
+    super_flag = layout.RAFS_COMPRESSION_LZ4
+    toc_flag = layout.TOC_FLAG_LZ4_BLOCK
+
+    def compress(self, data: bytes) -> bytes:
+        # A raw LZ4 block (LZ4_compress_default): no frame, no size prefix.
+        return lz4.block.compress(data, mode="default", store_size=False)
+
+    def decompress(self, data: bytes, uncompressed_size: int) -> bytes:
+        try:
+            out = lz4.block.decompress(data, uncompressed_size=uncompressed_size)
+        except lz4.block.LZ4BlockError as exc:
+            raise FormatError(f"lz4 block does not decompress: {exc}") from None
+        if len(out) != uncompressed_size:
+            raise FormatError(f"lz4 block decompressed to {len(out)} bytes, expected {uncompressed_size}")
+        return out
+
+
+_COMPRESSORS: dict[str, Callable[[], Compressor]] = {
+    "none": _NoneCompressor,
+    "zstd": _ZstdCompressor,
+    "lz4_block": _Lz4BlockCompressor,
+}
+_COMPRESSOR_NAMES_BY_ID = {
+    layout.COMPRESSOR_ID_NONE: "none",
+    layout.COMPRESSOR_ID_LZ4_BLOCK: "lz4_block",
+    layout.COMPRESSOR_ID_ZSTD: "zstd",
+}
+_COMPRESSOR_NAMES_BY_TOC_FLAG = {
+    layout.TOC_FLAG_NONE: "none",
+    layout.TOC_FLAG_ZSTD: "zstd",
+    layout.TOC_FLAG_LZ4_BLOCK: "lz4_block",
+}
+COMPRESSOR_NAMES = tuple(_COMPRESSORS)
+
+_local = threading.local()
+
+
+def thread_compressor(name: str) -> Compressor:
+    """The calling thread's instance of compressor ``name``."""
+    cache: dict[str, Compressor] | None = getattr(_local, "compressors", None)
+    if cache is None:
+        cache = _local.compressors = {}
+    comp = cache.get(name)
+    if comp is None:
+        try:
+            comp = cache[name] = _COMPRESSORS[name]()
+        except KeyError:
+            raise ConfigError(f"unknown compressor {name!r} (choose from {', '.join(_COMPRESSORS)})") from None
+    return comp
+
+
+def compressor_by_id(algorithm_id: int) -> Compressor:
+    """Compressor for a blob-table / ci-header algorithm id."""
+    try:
+        return thread_compressor(_COMPRESSOR_NAMES_BY_ID[algorithm_id])
+    except KeyError:
+        raise FormatError(f"unsupported compression algorithm id {algorithm_id}") from None
+
+
+def compressor_by_toc_flag(flags: int) -> Compressor:
+    """Compressor for a ToC entry's flags."""
+    try:
+        return thread_compressor(_COMPRESSOR_NAMES_BY_TOC_FLAG[flags & layout.TOC_FLAG_COMPRESSION_MASK])
+    except KeyError:
+        raise FormatError(f"unsupported ToC compression flags {flags:#x}") from None
+
+
+def compress_if_smaller(comp: Compressor, data: bytes) -> tuple[bytes, bool]:
+    """``(stored bytes, compressed?)``: raw bytes when compression does not shrink them (§3.2)."""
+    if comp.algorithm_id == layout.COMPRESSOR_ID_NONE:
+        return data, False
+    out = comp.compress(data)
+    if len(out) >= len(data):
+        return data, False
+    return out, True
+
+
+@dataclass(frozen=True, slots=True)
+class Digester:
+    name: str
+    algorithm_id: int
+    super_flag: int
+    digest: Callable[[bytes], bytes]
+
+
+def _blake3(data: bytes) -> bytes:
+    # max_threads=1: callers already parallelise across chunks.
+    return blake3.blake3(data).digest()
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+_DIGESTERS = {
+    "blake3": Digester("blake3", layout.DIGESTER_ID_BLAKE3, layout.RAFS_HASH_BLAKE3, _blake3),
+    "sha256": Digester("sha256", layout.DIGESTER_ID_SHA256, layout.RAFS_HASH_SHA256, _sha256),
+}
+DIGESTER_NAMES = tuple(_DIGESTERS)
+
+
+def digester(name: str) -> Digester:
+    try:
+        return _DIGESTERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown digester {name!r} (choose from {', '.join(_DIGESTERS)})") from None
+
+
+def digester_by_id(algorithm_id: int) -> Digester:
+    for d in _DIGESTERS.values():
+        if d.algorithm_id == algorithm_id:
+            return d
+    raise FormatError(f"unsupported digest algorithm id {algorithm_id}")
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli / iSCSI) of ``data``, as in the chunk table (§2.14)."""
+    return int(google_crc32c.value(data))
+
+
+def check_chunk_size(chunk_size: int) -> int:
+    """Validate a chunk size option: a power of two in [4 KiB, 16 MiB]."""
+    if (
+        chunk_size < layout.MIN_CHUNK_SIZE
+        or chunk_size > layout.MAX_CHUNK_SIZE
+        or chunk_size & (chunk_size - 1)
+    ):
+        raise ConfigError(f"chunk size {chunk_size:#x} is not a power of two between 4 KiB and 16 MiB")
+    return chunk_size
