@@ -1,0 +1,136 @@
+"""The ``nydus-exporter`` command line.
+
+Exit codes: 0 success, 1 an :class:`ExporterError` (message on stderr), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from nydus_exporter import __version__
+from nydus_exporter.errors import ConfigError, ExporterError
+from nydus_exporter.describe import describe_file, render_text
+from nydus_exporter.pack import PackOptions, pack_layer_to_file
+from nydus_exporter.rafs import codecs, layout
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "ki": 1 << 10, "m": 1 << 20, "mi": 1 << 20}
+
+
+def parse_size(text: str) -> int:
+    """``1048576``, ``0x100000``, ``1M``, ``1MiB``, ``512KiB`` -> bytes."""
+    match = re.fullmatch(r"\s*(0x[0-9a-fA-F]+|\d+)\s*([kKmM]i?)?[bB]?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    number = int(match.group(1), 0)
+    return number * _SIZE_UNITS[(match.group(2) or "").lower()]
+
+
+def _chunk_size(text: str) -> int:
+    size = parse_size(text)
+    try:
+        return codecs.check_chunk_size(size)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nydus-exporter", description="Build Nydus (RAFS v6) images from container layers."
+    )
+    parser.add_argument("--version", action="version", version=f"nydus-exporter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    pack = sub.add_parser(
+        "pack",
+        help="convert one layer tar into a Nydus data blob",
+        description="Convert one layer (tar, tar+gzip or tar+zstd; '-' for stdin) into a Nydus "
+        "data blob with its bootstrap inlined, as `nydus-image create --type tar-rafs "
+        "--blob-inline-meta --features blob-toc` writes it.",
+    )
+    pack.add_argument("layer", help="layer tar file, or - for standard input")
+    pack.add_argument("-o", "--output", required=True, type=Path, help="blob file to write")
+    pack.add_argument(
+        "--chunk-size", type=_chunk_size, default=layout.DEFAULT_CHUNK_SIZE,
+        help="power of two from 4KiB to 16MiB (default 1MiB)",
+    )
+    pack.add_argument("--compressor", choices=codecs.COMPRESSOR_NAMES, default="zstd")
+    pack.add_argument("--digester", choices=codecs.DIGESTER_NAMES, default="blake3")
+    pack.add_argument("--threads", type=int, default=None, help="worker threads (default: CPU count)")
+    pack.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    inspect = sub.add_parser("inspect", help="describe a bootstrap or data blob")
+    inspect.add_argument("file", type=Path)
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.add_argument("--files", action="store_true", help="list every file with its chunks")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "pack":
+            return _pack(args)
+        if args.command == "inspect":
+            return _inspect(args)
+    except ExporterError as exc:
+        print(f"nydus-exporter: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 1
+    return 2
+
+
+def _pack(args: argparse.Namespace) -> int:
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads must be at least 1")
+    options = PackOptions(
+        chunk_size=args.chunk_size,
+        compressor=args.compressor,
+        digester=args.digester,
+        threads=args.threads or os.cpu_count() or 1,
+    )
+    stream: BinaryIO
+    if args.layer == "-":
+        result = pack_layer_to_file(sys.stdin.buffer, args.output, options)
+    else:
+        try:
+            stream = open(args.layer, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise ConfigError(f"cannot open layer {args.layer}: {exc.strerror}") from None
+        with stream:
+            result = pack_layer_to_file(stream, args.output, options)
+    report: dict[str, Any] = {
+        "blob": str(args.output),
+        "digest": result.digest,
+        "blob_id": result.blob_id,
+        "size": result.size,
+        "uncompressed_size": result.uncompressed_size,
+        "chunk_count": result.chunk_count,
+        "bootstrap_size": len(result.bootstrap),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    description = describe_file(args.file, files=args.files or args.json)
+    if args.json:
+        print(json.dumps(description, indent=2))
+    else:
+        print(render_text(description))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

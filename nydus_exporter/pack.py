@@ -1,0 +1,193 @@
+"""Pack one layer stream into a Nydus data blob (the per-layer step of a conversion).
+
+Data flow: layer stream -> decompression -> tar entries -> chunks -> thread pool (digest,
+CRC-32C, compression) -> :class:`BlobWriter` in submission order -> sink. Chunks are
+committed strictly in the order they were read, so the output does not depend on the
+number of threads; at most ``max_inflight`` chunks are in memory at any time.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from nydus_exporter.errors import CorruptLayerError, UnsupportedEntryError
+from nydus_exporter.layer.compression import open_layer_stream
+from nydus_exporter.layer.entry import EntryKind, LayerEntry
+from nydus_exporter.layer.tarstream import iter_entries
+from nydus_exporter.rafs import codecs, layout
+from nydus_exporter.rafs.blob import BlobResult, BlobWriter, PreparedChunk, prepare_chunk
+from nydus_exporter.rafs.bootstrap import write_bootstrap
+from nydus_exporter.rafs.model import BlobInfo, Inode
+from nydus_exporter.rafs.tree import TreeBuilder
+
+# Bytes of raw chunk data allowed in flight in the thread pool (plus their compressed copies).
+MAX_INFLIGHT_BYTES = 64 << 20
+
+_TYPE_BITS = {
+    EntryKind.REGULAR: stat.S_IFREG,
+    EntryKind.DIRECTORY: stat.S_IFDIR,
+    EntryKind.SYMLINK: stat.S_IFLNK,
+    EntryKind.CHAR_DEVICE: stat.S_IFCHR,
+    EntryKind.BLOCK_DEVICE: stat.S_IFBLK,
+    EntryKind.FIFO: stat.S_IFIFO,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PackOptions:
+    chunk_size: int = layout.DEFAULT_CHUNK_SIZE
+    compressor: str = "zstd"
+    digester: str = "blake3"
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    def validated(self) -> PackOptions:
+        codecs.check_chunk_size(self.chunk_size)
+        codecs.thread_compressor(self.compressor)
+        codecs.digester(self.digester)
+        return self
+
+    def super_flags(self) -> int:
+        """RafsSuperFlags of a per-layer bootstrap (§8.1 step 6); HAS_XATTR is added by the writer."""
+        return (
+            codecs.thread_compressor(self.compressor).super_flag
+            | codecs.digester(self.digester).super_flag
+            | layout.RAFS_EXPLICIT_UID_GID
+            | layout.RAFS_ENCRYPTION_NONE
+        )
+
+
+def pack_layer(
+    stream: BinaryIO, sink: Callable[[bytes], object], options: PackOptions | None = None
+) -> BlobResult:
+    """Convert one layer (tar, tar+gzip or tar+zstd, from any binary stream) into a blob."""
+    options = (options or PackOptions()).validated()
+    writer = BlobWriter(
+        sink, chunk_size=options.chunk_size, compressor=options.compressor, digester=options.digester
+    )
+    tree = TreeBuilder()
+    with ThreadPoolExecutor(max_workers=max(1, options.threads), thread_name_prefix="pack") as pool:
+        chunker = _Chunker(pool, writer, options)
+        try:
+            for entry in iter_entries(open_layer_stream(stream)):
+                if entry.kind is EntryKind.HARDLINK:
+                    tree.add_hardlink(entry.path, entry.link_target)
+                    continue
+                inode = _inode_of(entry)
+                if entry.kind is EntryKind.REGULAR:
+                    chunker.add_file(entry, inode)
+                tree.add(entry.path, inode)
+            chunker.drain()
+        finally:
+            chunker.cancel()
+
+    def make_bootstrap(info: BlobInfo | None) -> bytes:
+        flags = options.super_flags()
+        if info is not None:
+            flags |= layout.RAFS_INLINED_CHUNK_DIGEST
+        return write_bootstrap(
+            tree.root, [info] if info is not None else [], chunk_size=options.chunk_size, flags=flags
+        )
+
+    return writer.finish(make_bootstrap)
+
+
+def pack_layer_to_file(stream: BinaryIO, output: Path, options: PackOptions | None = None) -> BlobResult:
+    """:func:`pack_layer` into ``output``, atomically: a temp file renamed on success, removed on error."""
+    output = Path(output)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            result = pack_layer(stream, out.write, options)
+        os.replace(tmp_name, output)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return result
+
+
+def _inode_of(entry: LayerEntry) -> Inode:
+    inode = Inode(
+        mode=_TYPE_BITS[entry.kind] | (entry.mode & 0o7777),
+        uid=entry.uid,
+        gid=entry.gid,
+        mtime=entry.mtime,
+        mtime_nsec=entry.mtime_nsec,
+        xattrs=dict(entry.xattrs),
+    )
+    if entry.kind is EntryKind.REGULAR:
+        inode.size = entry.size
+    elif entry.kind is EntryKind.SYMLINK:
+        inode.symlink_target = entry.link_target
+        inode.size = len(entry.link_target)
+    elif entry.kind in (EntryKind.CHAR_DEVICE, EntryKind.BLOCK_DEVICE, EntryKind.FIFO):
+        inode.rdev = layout.encode_rdev(entry.devmajor, entry.devminor)
+    return inode
+
+
+class _Chunker:
+    """Cuts files into chunks, prepares them in a pool and commits them in reading order."""
+
+    def __init__(self, pool: ThreadPoolExecutor, writer: BlobWriter, options: PackOptions) -> None:
+        self._pool = pool
+        self._writer = writer
+        self._chunk_size = options.chunk_size
+        self._compressor = options.compressor
+        self._digester = options.digester
+        self._max_inflight = max(options.threads + 1, MAX_INFLIGHT_BYTES // options.chunk_size)
+        self._pending: deque[tuple[Future[PreparedChunk], Inode, int]] = deque()
+
+    def add_file(self, entry: LayerEntry, inode: Inode) -> None:
+        assert entry.data is not None
+        if -(-entry.size // self._chunk_size) > layout.MAX_CHUNKS_PER_BLOB:
+            raise UnsupportedEntryError(
+                f"{entry.path.decode('utf-8', 'backslashreplace')} needs more than 2^24 chunks"
+            )
+        offset = 0
+        while offset < entry.size:
+            want = min(self._chunk_size, entry.size - offset)
+            raw = _read_exactly(entry.data, want, entry.path)
+            future = self._pool.submit(
+                prepare_chunk, raw, compressor=self._compressor, digester=self._digester
+            )
+            self._pending.append((future, inode, offset))
+            offset += want
+            while len(self._pending) >= self._max_inflight:
+                self._commit_one()
+
+    def drain(self) -> None:
+        while self._pending:
+            self._commit_one()
+
+    def cancel(self) -> None:
+        for future, _, _ in self._pending:
+            future.cancel()
+        self._pending.clear()
+
+    def _commit_one(self) -> None:
+        future, inode, offset = self._pending.popleft()
+        inode.chunks.append(self._writer.add_chunk(future.result(), file_offset=offset))
+
+
+def _read_exactly(data: BinaryIO, size: int, path: bytes) -> bytes:
+    buf = data.read(size)
+    if len(buf) == size:
+        return buf
+    parts = [buf]
+    got = len(buf)
+    while got < size:
+        more = data.read(size - got)
+        if not more:
+            raise CorruptLayerError(
+                f"layer ends inside {path.decode('utf-8', 'backslashreplace')}: {got} of {size} bytes"
+            )
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
