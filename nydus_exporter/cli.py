@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from nydus_exporter import __version__
-from nydus_exporter.errors import ConfigError, ExporterError
 from nydus_exporter.describe import describe_file, render_text
+from nydus_exporter.errors import ConfigError, ExporterError
 from nydus_exporter.pack import PackOptions, pack_layer_to_file
 from nydus_exporter.rafs import codecs, layout
 

@@ -63,6 +63,11 @@ class _ZstdCompressor:
 
     def decompress(self, data: bytes, uncompressed_size: int) -> bytes:
         try:
+            # A frame that declares its size is decompressed into a buffer of that size: refuse
+            # a declared size other than the expected one before anything is allocated.
+            declared = zstandard.frame_content_size(data)
+            if declared not in (uncompressed_size, -1):
+                raise FormatError(f"zstd frame declares {declared} bytes, expected {uncompressed_size}")
             out = self._d.decompress(data, max_output_size=uncompressed_size)
         except zstandard.ZstdError as exc:
             raise FormatError(f"zstd data does not decompress: {exc}") from None
@@ -79,11 +84,12 @@ class _Lz4BlockCompressor:
 
     def compress(self, data: bytes) -> bytes:
         # A raw LZ4 block (LZ4_compress_default): no frame, no size prefix.
-        return lz4.block.compress(data, mode="default", store_size=False)
+        out: bytes = lz4.block.compress(data, mode="default", store_size=False)
+        return out
 
     def decompress(self, data: bytes, uncompressed_size: int) -> bytes:
         try:
-            out = lz4.block.decompress(data, uncompressed_size=uncompressed_size)
+            out: bytes = lz4.block.decompress(data, uncompressed_size=uncompressed_size)
         except lz4.block.LZ4BlockError as exc:
             raise FormatError(f"lz4 block does not decompress: {exc}") from None
         if len(out) != uncompressed_size:
@@ -121,7 +127,8 @@ def thread_compressor(name: str) -> Compressor:
         try:
             comp = cache[name] = _COMPRESSORS[name]()
         except KeyError:
-            raise ConfigError(f"unknown compressor {name!r} (choose from {', '.join(_COMPRESSORS)})") from None
+            choices = ", ".join(_COMPRESSORS)
+            raise ConfigError(f"unknown compressor {name!r} (choose from {choices})") from None
     return comp
 
 

@@ -1,0 +1,74 @@
+# nydus-exporter developer entry points. `make run` and `make test` work on a fresh Debian 12
+# machine (as root, or with sudo for the Debian packages).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUN_DIR := .state/run
+PYTEST_ARGS ?=
+
+# Debian packages the tests and the benchmark use:
+#   erofs-utils      mkfs.erofs / fsck.erofs / dump.erofs: independent readers of our images
+#   docker-registry  a local OCI registry for the push tests
+#   skopeo, umoci    independent OCI clients (copy, inspect, unpack images)
+#   debootstrap      builds the realistic rootfs layer of bench/pack.py
+#   tar, gzip, zstd, xz-utils  reference archivers; util-linux (losetup, mount); kmod (modprobe erofs)
+DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux kmod \
+	ca-certificates
+
+.PHONY: all venv system-deps test lint run bench clean distclean
+
+all: test
+
+# Install the missing Debian packages only (apt-get update only when something is missing).
+system-deps:
+	@missing=""; \
+	for pkg in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' "$$pkg" 2>/dev/null | grep -q '^install ok installed$$' \
+			|| missing="$$missing $$pkg"; \
+	done; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
+	if [ -z "$$missing" ]; then echo "system-deps: all present"; exit 0; fi; \
+	echo "system-deps: installing$$missing"; \
+	if [ "$$(id -u)" -eq 0 ]; then SUDO=""; \
+	elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; \
+	else echo "system-deps: need root or sudo to install:$$missing" >&2; exit 1; fi; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 required, $(PYTHON) is " + sys.version)'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: system-deps venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The main job on embedded defaults. Until the daemon exists: pack a sample layer and
+# inspect the result.
+run: venv
+	mkdir -p $(RUN_DIR)
+	$(BIN)/python scripts/sample_layer.py $(RUN_DIR)/sample.tar
+	$(BIN)/nydus-exporter pack $(RUN_DIR)/sample.tar -o $(RUN_DIR)/sample.blob
+	$(BIN)/nydus-exporter inspect $(RUN_DIR)/sample.blob
+
+bench: system-deps venv
+	$(BIN)/python bench/pack.py $(BENCH_ARGS)
+
+clean:
+	rm -rf .state build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Also drop the virtualenv and the cached benchmark layers.
+distclean: clean
+	rm -rf $(VENV) bench/.cache
