@@ -98,14 +98,14 @@ def _pack(args: argparse.Namespace) -> int:
     )
     stream: BinaryIO
     if args.layer == "-":
-        result = pack_layer_to_file(sys.stdin.buffer, args.output, options)
+        result = pack_layer_to_file(sys.stdin.buffer, args.output, options, on_warning=_warn)
     else:
         try:
             stream = open(args.layer, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise ConfigError(f"cannot open layer {args.layer}: {exc.strerror}") from None
         with stream:
-            result = pack_layer_to_file(stream, args.output, options)
+            result = pack_layer_to_file(stream, args.output, options, on_warning=_warn)
     report: dict[str, Any] = {
         "blob": str(args.output),
         "digest": result.digest,
@@ -121,6 +121,10 @@ def _pack(args: argparse.Namespace) -> int:
         for key, value in report.items():
             print(f"{key}: {value}")
     return 0
+
+
+def _warn(message: str) -> None:
+    print(f"nydus-exporter: warning: {message}", file=sys.stderr)
 
 
 def _inspect(args: argparse.Namespace) -> int:

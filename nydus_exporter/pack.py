@@ -64,10 +64,24 @@ class PackOptions:
         )
 
 
+Warn = Callable[[str], None]
+
+
+def _ignore(message: str) -> None:
+    pass
+
+
 def pack_layer(
-    stream: BinaryIO, sink: Callable[[bytes], object], options: PackOptions | None = None
+    stream: BinaryIO,
+    sink: Callable[[bytes], object],
+    options: PackOptions | None = None,
+    *,
+    on_warning: Warn = _ignore,
 ) -> BlobResult:
-    """Convert one layer (tar, tar+gzip or tar+zstd, from any binary stream) into a blob."""
+    """Convert one layer (tar, tar+gzip or tar+zstd, from any binary stream) into a blob.
+
+    ``on_warning`` hears about what was dropped on purpose (xattrs Linux cannot store).
+    """
     options = (options or PackOptions()).validated()
     writer = BlobWriter(
         sink, chunk_size=options.chunk_size, compressor=options.compressor, digester=options.digester
@@ -80,7 +94,7 @@ def pack_layer(
                 if entry.kind is EntryKind.HARDLINK:
                     tree.add_hardlink(entry.path, entry.link_target)
                     continue
-                inode = _inode_of(entry)
+                inode = _inode_of(entry, on_warning)
                 if entry.kind is EntryKind.REGULAR:
                     chunker.add_file(entry, inode)
                 tree.add(entry.path, inode)
@@ -99,13 +113,15 @@ def pack_layer(
     return writer.finish(make_bootstrap)
 
 
-def pack_layer_to_file(stream: BinaryIO, output: Path, options: PackOptions | None = None) -> BlobResult:
+def pack_layer_to_file(
+    stream: BinaryIO, output: Path, options: PackOptions | None = None, *, on_warning: Warn = _ignore
+) -> BlobResult:
     """:func:`pack_layer` into ``output``, atomically: a temp file renamed on success, removed on error."""
     output = Path(output)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-            result = pack_layer(stream, out.write, options)
+            result = pack_layer(stream, out.write, options, on_warning=on_warning)
         os.replace(tmp_name, output)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -113,14 +129,32 @@ def pack_layer_to_file(stream: BinaryIO, output: Path, options: PackOptions | No
     return result
 
 
-def _inode_of(entry: LayerEntry) -> Inode:
+def _storable_xattrs(entry: LayerEntry, on_warning: Warn) -> dict[bytes, bytes]:
+    """The xattrs RAFS v6 (and Linux) can store; others are dropped with a warning, as
+    containerd drops them when it applies a layer (e.g. macOS tars carry bare names)."""
+    kept = {}
+    for name, value in entry.xattrs.items():
+        if name.startswith(_XATTR_PREFIXES):
+            kept[name] = value
+        else:
+            on_warning(
+                f"{entry.path.decode('utf-8', 'backslashreplace')}: dropped xattr "
+                f"{name.decode('utf-8', 'backslashreplace')} (not a Linux xattr namespace)"
+            )
+    return kept
+
+
+_XATTR_PREFIXES = tuple(prefix for prefix, _ in layout.XATTR_PREFIXES)
+
+
+def _inode_of(entry: LayerEntry, on_warning: Warn) -> Inode:
     inode = Inode(
         mode=_TYPE_BITS[entry.kind] | (entry.mode & 0o7777),
         uid=entry.uid,
         gid=entry.gid,
         mtime=entry.mtime,
         mtime_nsec=entry.mtime_nsec,
-        xattrs=dict(entry.xattrs),
+        xattrs=_storable_xattrs(entry, on_warning) if entry.xattrs else {},
     )
     if entry.kind is EntryKind.REGULAR:
         inode.size = entry.size

@@ -133,8 +133,9 @@ def snapshot_dir(root: Path) -> Snapshot:
         if kind == "reg":
             with open(full, "rb") as f:
                 size, digest = _sha256_stream(f)
+        if kind != "dir":
             inode_members.setdefault((st.st_dev, st.st_ino), []).append(rel)
-        elif kind == "symlink":
+        if kind == "symlink":
             target = os.readlink(full)
         elif kind in ("chr", "blk"):
             rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
@@ -208,7 +209,12 @@ def _tar_xattrs(pax: Mapping[str, str]) -> dict[bytes, bytes]:
                 out[name] = base64.b64decode(encoded, validate=True)
             except binascii.Error as exc:
                 raise ValueError(f"bad base64 in {key}: {exc}") from exc
-    return out
+    # Linux stores only namespaced xattrs; an extraction drops the others (macOS tars carry
+    # bare names such as "com.apple.provenance" or "hardlink3").
+    return {k: v for k, v in out.items() if k.startswith(_LINUX_XATTR_NAMESPACES)}
+
+
+_LINUX_XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.", b"system.")
 
 
 @dataclass
@@ -262,6 +268,8 @@ def _node_from_member(member: tarfile.TarInfo) -> _Node:
         mtime, mtime_nsec = int(member.mtime), 0
     node = _Node(
         kind=kind,
+        # A symlink keeps the tar's permission bits, as in RAFS (Linux ignores them; a tar
+        # extraction onto a disk filesystem shows 0777 instead).
         mode=member.mode & 0o7777,
         uid=member.uid,
         gid=member.gid,
@@ -315,8 +323,9 @@ def snapshot_tar(tar: Path | bytes) -> Snapshot:
             if member.islnk():
                 link = normalize_tar_path(member.linkname)
                 target = tree.get(link)
-                if target is None or target.kind != "reg":
-                    raise ValueError(f"hardlink {path!r} -> {link!r}: target missing or not a regular file")
+                # GNU tar links any non-directory (a hardlink to a symlink links the symlink itself).
+                if target is None or target.kind == "dir":
+                    raise ValueError(f"hardlink {path!r} -> {link!r}: target missing or a directory")
                 if link != path:
                     put(path, target)  # the same node object: one inode, several names
                 continue
@@ -333,7 +342,7 @@ def snapshot_tar(tar: Path | bytes) -> Snapshot:
 def _freeze(tree: dict[bytes, _Node], children: dict[bytes, set[bytes]]) -> Snapshot:
     members: dict[int, list[bytes]] = {}
     for path, node in tree.items():
-        if node.kind == "reg":
+        if node.kind != "dir":
             members.setdefault(id(node), []).append(path)
     group_of: dict[int, int] = {}
     for group_id, key in enumerate(sorted(k for k, v in members.items() if len(v) > 1), start=1):
@@ -343,10 +352,8 @@ def _freeze(tree: dict[bytes, _Node], children: dict[bytes, set[bytes]]) -> Snap
         node = tree[path]
         if node.kind == "dir":
             nlink = 2 + sum(1 for child in children.get(path, ()) if tree[child].kind == "dir")
-        elif node.kind == "reg":
-            nlink = len(members[id(node)])
         else:
-            nlink = 1
+            nlink = len(members[id(node)])
         snap[path] = EntrySnap(
             kind=node.kind,
             mode=node.mode,
