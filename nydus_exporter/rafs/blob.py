@@ -98,9 +98,10 @@ class BlobWriter:
         self._compressor_id = codecs.thread_compressor(compressor).algorithm_id  # validates the name
         self._digester = codecs.digester(digester)
         # Two running hashes (§3.9): the blob id skips the digest-array payload, the OCI layer
-        # digest covers every byte.
+        # digest covers every byte. They agree up to that payload, so the file hash is forked
+        # from the blob hash there instead of hashing every chunk twice.
         self._blob_hash = hashlib.sha256()
-        self._file_hash = hashlib.sha256()
+        self._file_hash: hashlib._Hash | None = None  # None while equal to _blob_hash
         self._position = 0  # == current compressed offset (--blob-offset 0)
         self._uncompressed_size = 0  # running 4 KiB-aligned uncompressed cursor
         self._by_digest: dict[bytes, ChunkRef] = {}  # in-layer dedup, first insert wins (§4.2)
@@ -188,7 +189,7 @@ class BlobWriter:
         self._write(encode_toc(toc))
 
         blob_id = self._blob_hash.hexdigest()
-        digest_hex = self._file_hash.hexdigest()
+        digest_hex = (self._file_hash or self._blob_hash).hexdigest()
         merged_info = None
         if info is not None:
             # A merged bootstrap names the blob by its OCI layer digest and clears
@@ -222,9 +223,12 @@ class BlobWriter:
             raise ValueError("an uncompressed chunk must store exactly its uncompressed bytes")
 
     def _write(self, data: bytes, *, blob_hashed: bool = True) -> None:
+        if not blob_hashed and self._file_hash is None:
+            self._file_hash = self._blob_hash.copy()
         if blob_hashed:
             self._blob_hash.update(data)
-        self._file_hash.update(data)
+        if self._file_hash is not None:
+            self._file_hash.update(data)
         self._position += len(data)
         self._sink(data)
 
