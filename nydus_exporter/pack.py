@@ -29,7 +29,7 @@ from nydus_exporter.rafs.model import BlobInfo, Inode
 from nydus_exporter.rafs.tree import TreeBuilder
 
 # Bytes of raw chunk data allowed in flight in the thread pool (plus their compressed copies).
-MAX_INFLIGHT_BYTES = 64 << 20
+MAX_INFLIGHT_BYTES = 16 << 20
 
 _TYPE_BITS = {
     EntryKind.REGULAR: stat.S_IFREG,
@@ -167,7 +167,14 @@ def _inode_of(entry: LayerEntry, on_warning: Warn) -> Inode:
 
 
 class _Chunker:
-    """Cuts files into chunks, prepares them in a pool and commits them in reading order."""
+    """Cuts files into chunks, prepares them in a pool and commits them in reading order.
+
+    Small chunks are handed to the pool in batches of about ``BATCH_BYTES``: a layer is
+    mostly small files, and one pool task per tiny chunk costs more than hashing it.
+    """
+
+    BATCH_BYTES = 1 << 20
+    BATCH_CHUNKS = 256
 
     def __init__(self, pool: ThreadPoolExecutor, writer: BlobWriter, options: PackOptions) -> None:
         self._pool = pool
@@ -175,8 +182,12 @@ class _Chunker:
         self._chunk_size = options.chunk_size
         self._compressor = options.compressor
         self._digester = options.digester
-        self._max_inflight = max(options.threads + 1, MAX_INFLIGHT_BYTES // options.chunk_size)
-        self._pending: deque[tuple[Future[PreparedChunk], Inode, int]] = deque()
+        task_bytes = max(options.chunk_size, self.BATCH_BYTES)
+        self._max_inflight = max(options.threads + 1, MAX_INFLIGHT_BYTES // task_bytes)
+        self._pending: deque[tuple[Future[list[PreparedChunk]], list[tuple[Inode, int]]]] = deque()
+        self._batch: list[bytes] = []
+        self._batch_refs: list[tuple[Inode, int]] = []
+        self._batch_bytes = 0
 
     def add_file(self, entry: LayerEntry, inode: Inode) -> None:
         assert entry.data is not None
@@ -187,27 +198,40 @@ class _Chunker:
         offset = 0
         while offset < entry.size:
             want = min(self._chunk_size, entry.size - offset)
-            raw = _read_exactly(entry.data, want, entry.path)
-            future = self._pool.submit(
-                prepare_chunk, raw, compressor=self._compressor, digester=self._digester
-            )
-            self._pending.append((future, inode, offset))
+            self._batch.append(_read_exactly(entry.data, want, entry.path))
+            self._batch_refs.append((inode, offset))
+            self._batch_bytes += want
             offset += want
-            while len(self._pending) >= self._max_inflight:
-                self._commit_one()
+            if self._batch_bytes >= self.BATCH_BYTES or len(self._batch) >= self.BATCH_CHUNKS:
+                self._submit_batch()
 
     def drain(self) -> None:
+        self._submit_batch()
         while self._pending:
             self._commit_one()
 
     def cancel(self) -> None:
-        for future, _, _ in self._pending:
+        for future, _ in self._pending:
             future.cancel()
         self._pending.clear()
 
+    def _submit_batch(self) -> None:
+        if not self._batch:
+            return
+        future = self._pool.submit(_prepare_batch, self._batch, self._compressor, self._digester)
+        self._pending.append((future, self._batch_refs))
+        self._batch, self._batch_refs, self._batch_bytes = [], [], 0
+        while len(self._pending) >= self._max_inflight:
+            self._commit_one()
+
     def _commit_one(self) -> None:
-        future, inode, offset = self._pending.popleft()
-        inode.chunks.append(self._writer.add_chunk(future.result(), file_offset=offset))
+        future, refs = self._pending.popleft()
+        for chunk, (inode, offset) in zip(future.result(), refs, strict=True):
+            inode.chunks.append(self._writer.add_chunk(chunk, file_offset=offset))
+
+
+def _prepare_batch(raws: list[bytes], compressor: str, digester: str) -> list[PreparedChunk]:
+    return [prepare_chunk(raw, compressor=compressor, digester=digester) for raw in raws]
 
 
 def _read_exactly(data: BinaryIO, size: int, path: bytes) -> bytes:
