@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from nydus_exporter.errors import ConfigError, FormatError
 from nydus_exporter.rafs import layout
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import Bootstrap, read_bootstrap
-from nydus_exporter.rafs.model import BlobInfo, Node
+from nydus_exporter.rafs.model import BlobInfo, walk
 
 _SUPER_FLAG_NAMES = {
     layout.RAFS_COMPRESSION_NONE: "COMPRESSION_NONE",
@@ -152,10 +153,8 @@ def _describe_blob_info(blob: BlobInfo) -> dict[str, Any]:
     }
 
 
-def _walk_files(boot: Bootstrap) -> Any:
-    stack: list[tuple[bytes, Node]] = [(b"/", boot.root)]
-    while stack:
-        path, node = stack.pop()
+def _walk_files(boot: Bootstrap) -> Iterator[dict[str, Any]]:
+    for path, node in walk(boot.root):
         inode = node.inode
         entry: dict[str, Any] = {
             "path": path.decode("utf-8", "backslashreplace"),
@@ -188,9 +187,6 @@ def _walk_files(boot: Bootstrap) -> Any:
                 for c in inode.chunks
             ]
         yield entry
-        for child in reversed(node.sorted_children()):
-            prefix = path if path.endswith(b"/") else path + b"/"
-            stack.append((prefix + child.name, child))
 
 
 def render_text(description: dict[str, Any], indent: str = "") -> str:

@@ -310,13 +310,8 @@ def _check_chunks(inode: Inode, name: bytes, chunk_size: int, nblobs: int, bs: i
 
 def _check_flags(flags: int) -> None:
     # nydusd refuses unknown bits and wants exactly one compressor and one digester (§2.3).
-    compressors = (
-        layout.RAFS_COMPRESSION_NONE
-        | layout.RAFS_COMPRESSION_LZ4
-        | layout.RAFS_COMPRESSION_GZIP
-        | layout.RAFS_COMPRESSION_ZSTD
-    )
-    digesters = layout.RAFS_HASH_BLAKE3 | layout.RAFS_HASH_SHA256
+    compressors = layout.RAFS_COMPRESSION_MASK
+    digesters = layout.RAFS_HASH_MASK
     if (
         flags & ~layout.RAFS_KNOWN_FLAGS
         or (flags & compressors).bit_count() != 1

@@ -18,13 +18,8 @@ from nydus_exporter.rafs import layout, xattr
 from nydus_exporter.rafs.model import BlobInfo, ChunkRef, Inode, Node, file_type_of
 
 _SLOT = layout.EROFS_INODE_SLOT
-_COMPRESSION_FLAGS = (
-    layout.RAFS_COMPRESSION_NONE
-    | layout.RAFS_COMPRESSION_LZ4
-    | layout.RAFS_COMPRESSION_GZIP
-    | layout.RAFS_COMPRESSION_ZSTD
-)
-_HASH_FLAGS = layout.RAFS_HASH_BLAKE3 | layout.RAFS_HASH_SHA256
+_COMPRESSION_FLAGS = layout.RAFS_COMPRESSION_MASK
+_HASH_FLAGS = layout.RAFS_HASH_MASK
 _KNOWN_MODE_TYPES = frozenset(
     {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK}
 )

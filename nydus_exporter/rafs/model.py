@@ -8,6 +8,7 @@ writer knows to give them one nid (§2.12). Only pure data lives here.
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from nydus_exporter.rafs import layout
@@ -102,6 +103,17 @@ class Node:
         if not self.children:
             return []
         return [self.children[name] for name in sorted(self.children)]
+
+
+def walk(root: Node) -> Iterator[tuple[bytes, Node]]:
+    """``(absolute path, node)`` of every node, depth first, parents before children, siblings
+    in byte order."""
+    stack: list[tuple[bytes, Node]] = [(b"", root)]
+    while stack:
+        path, node = stack.pop()
+        yield path or b"/", node
+        for child in reversed(node.sorted_children()):
+            stack.append((path + b"/" + child.name, child))
 
 
 @dataclass(slots=True)

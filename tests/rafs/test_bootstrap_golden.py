@@ -15,7 +15,6 @@ import struct
 import subprocess
 import tarfile
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
@@ -25,7 +24,7 @@ import zstandard
 from nydus_exporter.rafs import layout
 from nydus_exporter.rafs.bootstrap import plan_layout, write_bootstrap
 from nydus_exporter.rafs.bootstrap_reader import Bootstrap, read_bootstrap
-from nydus_exporter.rafs.model import Node
+from nydus_exporter.rafs.model import walk
 from tests.conftest import require
 
 V22_BLOB_ID = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
@@ -46,16 +45,6 @@ def accel(nydus_fixtures: Path) -> bytes:
         member = tar.extractfile("image/image.boot")
         assert member is not None
         return member.read()
-
-
-def walk(root: Node) -> Iterator[tuple[bytes, Node]]:
-    """(path, node) of every node, parents before children."""
-    stack = [(b"", root)]
-    while stack:
-        path, node = stack.pop()
-        yield path or b"/", node
-        for child in node.sorted_children():
-            stack.append((path + b"/" + child.name, child))
 
 
 def u32(data: bytes, offset: int) -> int:

@@ -30,7 +30,7 @@ from nydus_exporter.errors import UnsupportedEntryError
 from nydus_exporter.rafs import layout
 from nydus_exporter.rafs.bootstrap import write_bootstrap
 from nydus_exporter.rafs.bootstrap_reader import Bootstrap, read_bootstrap
-from nydus_exporter.rafs.model import BlobInfo, ChunkRef, Inode, Node
+from nydus_exporter.rafs.model import BlobInfo, ChunkRef, Inode, Node, walk
 from tests.conftest import require
 
 CHUNK = 4096  # the smallest chunk size keeps blob images small and files multi-chunk
@@ -242,15 +242,6 @@ def chunks_content(image: Image, chunk: ChunkRef) -> bytes:
 
 # -------------------------------------------------------------------------------------------
 # Comparison helpers
-
-
-def walk(root: Node) -> Iterator[tuple[bytes, Node]]:
-    stack = [(b"", root)]
-    while stack:
-        path, node = stack.pop()
-        yield path or b"/", node
-        for child in node.sorted_children():
-            stack.append((path + b"/" + child.name, child))
 
 
 def sequential_indexes(root: Node) -> dict[int, int]:
