@@ -12,7 +12,7 @@ import os
 import stat
 import tempfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +82,17 @@ def pack_layer(
 
     ``on_warning`` hears about what was dropped on purpose (xattrs Linux cannot store).
     """
+    return pack_entries(iter_entries(open_layer_stream(stream)), sink, options, on_warning=on_warning)
+
+
+def pack_entries(
+    entries: Iterable[LayerEntry],
+    sink: Callable[[bytes], object],
+    options: PackOptions | None = None,
+    *,
+    on_warning: Warn = _ignore,
+) -> BlobResult:
+    """Convert a layer given as entries in stream order (a tar, a directory walk) into a blob."""
     options = (options or PackOptions()).validated()
     writer = BlobWriter(
         sink, chunk_size=options.chunk_size, compressor=options.compressor, digester=options.digester
@@ -90,7 +101,7 @@ def pack_layer(
     with ThreadPoolExecutor(max_workers=max(1, options.threads), thread_name_prefix="pack") as pool:
         chunker = _Chunker(pool, writer, options)
         try:
-            for entry in iter_entries(open_layer_stream(stream)):
+            for entry in entries:
                 if entry.kind is EntryKind.HARDLINK:
                     tree.add_hardlink(entry.path, entry.link_target)
                     continue
