@@ -6,6 +6,8 @@ Exit codes: 0 success, 1 an :class:`ExporterError` (message on stderr), 2 bad us
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import json
 import os
 import re
@@ -17,7 +19,9 @@ from typing import Any, BinaryIO
 from nydus_exporter import __version__
 from nydus_exporter.describe import describe_file, render_text
 from nydus_exporter.errors import ConfigError, ExporterError
+from nydus_exporter.export import ExportOptions, export
 from nydus_exporter.pack import PackOptions, pack_layer_to_file
+from nydus_exporter.progress import MODES, ProgressPrinter
 from nydus_exporter.rafs import codecs, layout
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "ki": 1 << 10, "m": 1 << 20, "mi": 1 << 20}
@@ -65,6 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--threads", type=int, default=None, help="worker threads (default: CPU count)")
     pack.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    export = sub.add_parser(
+        "export",
+        help="convert a whole image into a Nydus image",
+        description="Convert SOURCE (oci:DIR[:TAG], oci-archive:FILE|-, docker-archive:FILE, "
+        "tar:L1.tar,L2.tar,..., dir:PATH) into a Nydus image, in-process.",
+    )
+    export.add_argument("source")
+    export.add_argument(
+        "--output",
+        required=True,
+        help="exporter attrs as for buildctl: type=nydus,push=false,oci-layout=DIR[,name=REF]"
+        "[,oci-mediatypes=true][,merge-manifest=true][,platform=linux/amd64,...]",
+    )
+    export.add_argument("--config", type=Path, help="image config JSON for tar:/dir: sources")
+    export.add_argument(
+        "--whiteouts", choices=("oci", "overlayfs"), default="oci",
+        help="how a dir: source spells whiteouts (overlayfs: an overlay upper dir)",
+    )
+    export.add_argument("--progress", choices=MODES, default="auto")
+    export.add_argument("--metadata-file", type=Path, help="write the response keys as JSON")
+    export.add_argument("--threads", type=int, default=None, help="worker threads per layer")
+
     inspect = sub.add_parser("inspect", help="describe a bootstrap or data blob")
     inspect.add_argument("file", type=Path)
     inspect.add_argument("--json", action="store_true", help="print JSON")
@@ -79,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _pack(args)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "export":
+            return _export(args)
     except ExporterError as exc:
         print(f"nydus-exporter: error: {exc}", file=sys.stderr)
         return 1
@@ -120,6 +148,47 @@ def _pack(args: argparse.Namespace) -> int:
     else:
         for key, value in report.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def parse_attrs(text: str) -> dict[str, str]:
+    """``k=v,k2="a,b"`` -> dict (CSV fields, as buildctl parses --output)."""
+    attrs: dict[str, str] = {}
+    for row in csv.reader([text]):
+        for field in row:
+            if not field.strip():
+                continue
+            key, sep, value = field.partition("=")
+            if not sep:
+                raise ConfigError(f"--output field {field!r} is not key=value")
+            attrs[key.strip()] = value
+    return attrs
+
+
+def _export(args: argparse.Namespace) -> int:
+    attrs = parse_attrs(args.output)
+    attrs.setdefault("type", "nydus")
+    if args.threads is not None:
+        attrs.setdefault("threads", str(args.threads))
+    threads = attrs.pop("threads", None)
+    options, warnings = ExportOptions.from_attrs(attrs)
+    if threads is not None:
+        try:
+            pack = dataclasses.replace(options.pack, threads=max(1, int(threads)))
+        except ValueError:
+            raise ConfigError(f"threads={threads!r} is not a number") from None
+        options = dataclasses.replace(options, pack=pack)
+    for warning in warnings:
+        _warn(warning)
+    printer = ProgressPrinter(args.progress)
+    try:
+        result = export(args.source, options, config=args.config, whiteouts=args.whiteouts, progress=printer)
+    finally:
+        printer.close()
+    metadata = result.metadata()
+    if args.metadata_file is not None:
+        args.metadata_file.write_text(json.dumps(metadata, indent=2) + "\n")
+    print(result.descriptor.digest)
     return 0
 
 

@@ -1,0 +1,425 @@
+"""Export a whole image as a Nydus image: the in-process pipeline the CLI and the daemon share.
+
+Per platform: pack every layer into a Nydus blob (layers in parallel, bounded), merge the
+per-layer bootstraps with overlay semantics, build the bootstrap layer, the config and the
+manifest (§6), then write everything into an OCI image layout. The top-level result is the
+manifest (one platform) or an index (several platforms, or ``merge-manifest``).
+
+Only this module knows both the format (rafs, pack) and the image shape (oci).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from nydus_exporter.errors import ConfigError
+from nydus_exporter.layer.directory import iter_directory
+from nydus_exporter.oci import mediatypes as mt
+from nydus_exporter.oci.bootstrap_layer import write_bootstrap_layer
+from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest, sha256_digest
+from nydus_exporter.oci.layout import OciLayout
+from nydus_exporter.oci.nydus_image import build_merged_index, build_nydus_config, build_nydus_manifest
+from nydus_exporter.oci.platform import Platform
+from nydus_exporter.oci.reference import parse_reference
+from nydus_exporter.pack import PackOptions, pack_entries, pack_layer
+from nydus_exporter.rafs.blob import BlobResult
+from nydus_exporter.rafs.merge import MergeLayer, merge_layers
+from nydus_exporter.sources import Source, SourceImage, SourceLayer, open_source
+
+_TRUE = ("", "1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(key: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{key}={value!r} is not a boolean")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``--output type=nydus,...`` says (buildkit-exporter-contract §5.4)."""
+
+    names: tuple[str, ...] = ()
+    push: bool = True
+    oci_layout: Path | None = None
+    oci_mediatypes: bool = False
+    merge_manifest: bool = False
+    merge_manifest_mode: str = "artifact"  # "artifact" (alias "nydus-config") | "legacy"
+    platforms: tuple[Platform, ...] = ()
+    pack: PackOptions = field(default_factory=PackOptions)
+    parallel_layers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, str]) -> tuple[ExportOptions, list[str]]:
+        """Validate exporter attrs; returns the options and warnings (unknown keys)."""
+        warnings: list[str] = []
+        kw: dict[str, object] = {}
+        pack: dict[str, object] = {}
+        annotations: dict[str, str] = {}
+        for key, value in attrs.items():
+            if key == "type":
+                if value != "nydus":
+                    raise ConfigError(f"type={value!r}: this exporter writes type=nydus")
+            elif key == "name":
+                names = tuple(n.strip() for n in value.split(",") if n.strip())
+                for name in names:
+                    parse_reference(name)
+                kw["names"] = names
+            elif key == "push":
+                kw["push"] = parse_bool(key, value)
+            elif key == "oci-layout":
+                kw["oci_layout"] = Path(value)
+            elif key == "oci-mediatypes":
+                kw["oci_mediatypes"] = parse_bool(key, value)
+            elif key == "merge-manifest":
+                kw["merge_manifest"] = parse_bool(key, value)
+            elif key == "merge-manifest-mode":
+                mode = {"nydus-config": "artifact"}.get(value, value)
+                if mode not in ("artifact", "legacy"):
+                    raise ConfigError(f"merge-manifest-mode={value!r}: expected artifact or legacy")
+                kw["merge_manifest_mode"] = mode
+            elif key == "platform":
+                kw["platforms"] = tuple(Platform.parse(p) for p in value.split(",") if p.strip())
+            elif key in ("compressor", "nydus-compressor", "compression"):
+                if value == "nydus":
+                    continue  # accepted for image-exporter symmetry
+                if "compressor" in pack and pack["compressor"] != value:
+                    raise ConfigError(f"{key}={value!r} conflicts with compressor={pack['compressor']!r}")
+                pack["compressor"] = value
+            elif key in ("fs-version", "nydus-fs-version"):
+                if value != "6":
+                    raise ConfigError(f"{key}={value!r}: only RAFS v6 is supported")
+            elif key == "chunk-size":
+                try:
+                    pack["chunk_size"] = int(value, 0)
+                except ValueError:
+                    raise ConfigError(f"chunk-size={value!r} is not a number") from None
+            elif key == "digester":
+                pack["digester"] = value
+            elif key == "parallel-layers":
+                try:
+                    kw["parallel_layers"] = max(1, int(value))
+                except ValueError:
+                    raise ConfigError(f"parallel-layers={value!r} is not a number") from None
+            elif key.startswith("annotation."):
+                annotations[key.removeprefix("annotation.")] = value
+            elif key in ("registry.insecure", "source-date-epoch", "standard-response-keys"):
+                pass  # meaningful for registry pushes and the daemon; accepted here
+            else:
+                warnings.append(f"unknown exporter key {key!r} ignored")
+        if annotations:
+            kw["annotations"] = annotations
+        options = cls(pack=PackOptions(**pack).validated(), **kw)  # type: ignore[arg-type]
+        if not options.push and options.oci_layout is None:
+            raise ConfigError("push=false needs oci-layout=DIR (where to write the image)")
+        if options.push:
+            raise ConfigError("push=true needs the registry client, which is not available yet; "
+                              "use push=false,oci-layout=DIR")  # fmt: skip
+        return options, warnings
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """What the pipeline reports while it runs (the CLI draws it, the daemon forwards it)."""
+
+    kind: str  # "layer-start" | "layer-bytes" | "layer-done" | "image-done" | "message"
+    platform: str = ""
+    layer: int = -1  # index in the image, lowest first
+    layers: int = 0  # layers in the image
+    name: str = ""
+    bytes_in: int = 0  # bytes of the source layer read so far (layer-bytes) or in all (layer-done)
+    bytes_out: int = 0  # blob bytes written (layer-done)
+    message: str = ""
+
+
+Progress = Callable[[ProgressEvent], None]
+
+
+def _no_progress(event: ProgressEvent) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class PlatformResult:
+    platform: str
+    manifest: Descriptor
+    config: Descriptor
+    bootstrap_layer: Descriptor
+    blob_layers: tuple[Descriptor, ...]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    descriptor: Descriptor  # the root: manifest, or index
+    images: tuple[PlatformResult, ...]
+    names: tuple[str, ...]
+    oci_layout: Path | None
+    warnings: tuple[str, ...] = ()
+
+    def metadata(self) -> dict[str, str]:
+        """Response keys as BuildKit's image exporter (and our nydus.* extensions) set them."""
+        desc = json.dumps(self.descriptor.to_json(), separators=(",", ":")).encode()
+        out = {
+            "containerimage.digest": self.descriptor.digest,
+            "containerimage.descriptor": base64.b64encode(desc).decode(),
+            "nydus.manifest.digests": json.dumps({r.platform: r.manifest.digest for r in self.images}),
+            "nydus.bootstrap.digests": json.dumps(
+                {r.platform: r.bootstrap_layer.digest for r in self.images}
+            ),
+            "nydus.fs-version": "6",
+        }
+        if self.names:
+            out["image.name"] = ",".join(self.names)
+        if len(self.images) == 1 and mt.is_manifest(self.descriptor.media_type):
+            out["containerimage.config.digest"] = self.images[0].config.digest
+        if self.oci_layout is not None:
+            out["nydus.oci-layout.path"] = str(self.oci_layout)
+        return out
+
+
+def export(
+    source_spec: str,
+    options: ExportOptions,
+    *,
+    config: Path | None = None,
+    whiteouts: str = "oci",
+    progress: Progress = _no_progress,
+    workdir: Path | None = None,
+) -> ExportResult:
+    """Run the whole pipeline: resolve the source, convert, write the OCI layout."""
+    base = workdir or Path(tempfile.gettempdir())
+    tmp = Path(tempfile.mkdtemp(prefix="nydus-export-", dir=base))
+    try:
+        with open_source(
+            source_spec, workdir=tmp, config=config, whiteouts=whiteouts, platforms=options.platforms or None
+        ) as source:
+            return export_source(source, options, workdir=tmp, progress=progress)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_source(
+    source: Source, options: ExportOptions, *, workdir: Path, progress: Progress = _no_progress
+) -> ExportResult:
+    if options.oci_layout is None:
+        raise ConfigError("no output: give oci-layout=DIR")
+    out = OciLayout.create(options.oci_layout)
+    converter = _Converter(out, options, workdir, progress)
+    results = [converter.convert(image) for image in source.images]
+    root = _root_descriptor(out, source, results, options)
+    for tag in _tags(options.names) or [None]:
+        out.add_manifest(root, tag=tag)
+    return ExportResult(root, tuple(results), options.names, options.oci_layout)
+
+
+def _tags(names: Sequence[str]) -> list[str | None]:
+    tags: list[str | None] = []
+    for name in names:
+        ref = parse_reference(name)
+        tags.append(ref.tag or "latest")
+    return tags
+
+
+class _Converter:
+    """Converts the images of one export; identical source layers are packed once."""
+
+    def __init__(self, out: OciLayout, options: ExportOptions, workdir: Path, progress: Progress) -> None:
+        self._out = out
+        self._options = options
+        self._workdir = workdir
+        self._progress = progress
+        self._packed: dict[str, BlobResult] = {}
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    def convert(self, image: SourceImage) -> PlatformResult:
+        platform = image.platform or _platform_from_config(image.config)
+        label = str(platform) if platform else ""
+        n = len(image.layers)
+        with ThreadPoolExecutor(max_workers=max(1, min(self._options.parallel_layers, n or 1))) as pool:
+            futures = [
+                pool.submit(self._pack_layer, layer, i, n, label) for i, layer in enumerate(image.layers)
+            ]
+            blobs = [f.result() for f in futures]
+
+        # Directory sources already turned overlayfs whiteouts into OCI ones (layer/directory.py).
+        merged = merge_layers([MergeLayer(b.bootstrap, b.digest.removeprefix("sha256:")) for b in blobs])
+        blob_metas = []
+        seen = set()
+        for blob in blobs:
+            hex_id = blob.digest.removeprefix("sha256:")
+            if blob.blob_meta is not None and hex_id in merged.blob_ids and hex_id not in seen:
+                seen.add(hex_id)
+                blob_metas.append((hex_id, blob.blob_meta))
+        oci = self._options.oci_mediatypes
+        with self._out.blob_writer() as sink:
+            boot = write_bootstrap_layer(sink, merged.bootstrap, blob_metas)  # type: ignore[arg-type]
+        bootstrap_desc = boot.descriptor(oci=oci)
+
+        config_raw = build_nydus_config(image.config, [b.digest for b in blobs], boot.diff_id)
+        config_type = (
+            mt.MEDIA_TYPE_NYDUS_CONFIG
+            if self._options.merge_manifest and self._options.merge_manifest_mode == "artifact"
+            else mt.config_media_type(oci=oci)
+        )
+        config_desc = Descriptor(config_type, self._out.write_blob(config_raw), len(config_raw))
+        blob_descs = [Descriptor(mt.MEDIA_TYPE_NYDUS_BLOB, b.digest, b.size) for b in blobs]
+        manifest_raw = build_nydus_manifest(
+            config=config_desc,
+            blob_layers=blob_descs,
+            bootstrap_layer=bootstrap_desc,
+            oci=oci,
+            annotations=self._options.annotations or None,
+        )
+        manifest_desc = Descriptor(
+            mt.manifest_media_type(oci=oci), self._out.write_blob(manifest_raw), len(manifest_raw),
+            platform=platform,
+        )  # fmt: skip
+        self._progress(ProgressEvent("image-done", platform=label, layers=n, name=manifest_desc.digest))
+        return PlatformResult(label, manifest_desc, config_desc, bootstrap_desc, tuple(blob_descs))
+
+    def _pack_layer(self, layer: SourceLayer, index: int, total: int, label: str) -> BlobResult:
+        key = layer.name if layer.name.startswith("sha256:") else None
+        if key is not None:
+            with self._lock:
+                cached = self._packed.get(key)
+            if cached is not None:
+                self._progress(ProgressEvent("layer-done", label, index, total, layer.name, 0, cached.size))
+                return cached
+        self._progress(ProgressEvent("layer-start", label, index, total, layer.name))
+        with self._lock:
+            self._counter += 1
+            path = self._workdir / f"layer-{self._counter}.blob"
+        counted = [0]
+
+        def report(n: int) -> None:
+            counted[0] += n
+            self._progress(ProgressEvent("layer-bytes", label, index, total, layer.name, counted[0]))
+
+        warn: Callable[[str], None] = lambda msg: self._progress(  # noqa: E731
+            ProgressEvent("message", label, index, total, layer.name, message=msg)
+        )
+        with open(path, "wb", buffering=1 << 20) as f:
+            if layer.directory is not None:
+                result = pack_entries(
+                    iter_directory(layer.directory, whiteouts=layer.whiteouts), f.write, self._options.pack,
+                    on_warning=warn,
+                )  # fmt: skip
+            else:
+                assert layer.open is not None
+                with layer.open() as stream:
+                    counting = cast(BinaryIO, _Counting(stream, report))
+                    result = pack_layer(counting, f.write, self._options.pack, on_warning=warn)
+        self._out.import_blob_file(path, result.digest)
+        if key is not None:
+            with self._lock:
+                self._packed[key] = result
+        self._progress(
+            ProgressEvent("layer-done", label, index, total, layer.name, counted[0], result.size)
+        )
+        return result
+
+
+class _Counting:
+    """A read-through wrapper that reports consumed bytes (for progress) every few MiB."""
+
+    _EVERY = 8 << 20
+
+    def __init__(self, stream: BinaryIO, report: Callable[[int], None]) -> None:
+        self._stream = stream
+        self._report = report
+        self._pending = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._count(len(data))
+        return data
+
+    def readinto(self, b: bytearray | memoryview) -> int:
+        n = int(self._stream.readinto(b))  # type: ignore[attr-defined]
+        self._count(n)
+        return n
+
+    def _count(self, n: int) -> None:
+        self._pending += n
+        if self._pending >= self._EVERY or n == 0:
+            if self._pending:
+                self._report(self._pending)
+            self._pending = 0
+
+
+def _platform_from_config(config: bytes) -> Platform | None:
+    try:
+        obj = json.loads(config)
+        return Platform(os=str(obj["os"]), architecture=str(obj["architecture"]), variant=obj.get("variant"))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _root_descriptor(
+    out: OciLayout, source: Source, results: Sequence[PlatformResult], options: ExportOptions
+) -> Descriptor:
+    """The manifest (single platform) or an index of the Nydus manifests (merged or not)."""
+    if options.merge_manifest:
+        existing = _source_top(out, source)
+        for result in results:
+            assert result.manifest.platform is not None, "merge-manifest needs a platform per image"
+            existing = build_merged_index(
+                existing=existing,
+                nydus_manifest=replace(result.manifest, platform=None),
+                platform=result.manifest.platform,
+                mode=options.merge_manifest_mode,  # type: ignore[arg-type]
+                oci=options.oci_mediatypes,
+            )
+        assert existing is not None
+        index = ImageIndex.parse(existing)
+        return Descriptor(index.media_type, out.write_blob(existing), len(existing))
+    if len(results) == 1:
+        return results[0].manifest
+    from nydus_exporter.oci.descriptor import canonical_json
+
+    index_raw = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.index_media_type(oci=options.oci_mediatypes),
+            "manifests": [r.manifest.to_json() for r in results],
+        }
+    )
+    return Descriptor(
+        mt.index_media_type(oci=options.oci_mediatypes), out.write_blob(index_raw), len(index_raw)
+    )
+
+
+def _source_top(out: OciLayout, source: Source) -> bytes | None:
+    """The source image (index or manifest) that a merged index keeps, copied into ``out``."""
+    if source.layout is None:
+        return None
+    for image in source.images:
+        if image.manifest is None or image.manifest_descriptor is None:
+            continue
+        manifest = ImageManifest.parse(image.manifest)
+        for desc in (image.manifest_descriptor, manifest.config, *manifest.layers):
+            if not out.has_blob(desc.digest):
+                out.import_blob_file(source.layout.blob_path(desc.digest), desc.digest, move=False)
+    if source.index is not None:
+        if not out.has_blob(sha256_digest(source.index)):
+            out.write_blob(source.index)
+        return source.index
+    image = source.images[0]
+    return image.manifest
+
