@@ -329,9 +329,7 @@ class _Converter:
         if key is not None:
             with self._lock:
                 self._packed[key] = result
-        self._progress(
-            ProgressEvent("layer-done", label, index, total, layer.name, counted[0], result.size)
-        )
+        self._progress(ProgressEvent("layer-done", label, index, total, layer.name, counted[0], result.size))
         return result
 
 
@@ -422,4 +420,3 @@ def _source_top(out: OciLayout, source: Source) -> bytes | None:
         return source.index
     image = source.images[0]
     return image.manifest
-

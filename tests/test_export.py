@@ -25,6 +25,11 @@ from tests.helpers import tarbuild as tb
 NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
 ARTIFACT = "application/vnd.nydus.image.manifest.v1+json"
 NYDUS_CONFIG = "application/vnd.nydus.image.config.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+DOCKER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+REF_NAME = "org.opencontainers.image.ref.name"
 BIN = Path(sys.executable).parent
 
 
@@ -62,7 +67,7 @@ def blob_json(root: Path, digest: str) -> Any:
 
 def top_descriptor(root: Path, tag: str) -> dict[str, Any]:
     index = json.loads((root / "index.json").read_text())
-    found = [m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag]
+    found = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) == tag]
     assert len(found) == 1, index
     return found[0]
 
@@ -75,14 +80,18 @@ def run_export(source: str, out: Path, *attrs: str, extra: list[str] | None = No
     return json.loads(metadata.read_text())
 
 
-def check_nydus_manifest(root: Path, manifest_digest: str, source_layers: int, *, oci: bool) -> dict[str, Any]:
+def check_nydus_manifest(
+    root: Path, manifest_digest: str, source_layers: int, *, oci: bool
+) -> dict[str, Any]:
     """The §6 shape, checked from the raw JSON and the blobs themselves."""
     raw = blob(root, manifest_digest)
     assert "sha256:" + hashlib.sha256(raw).hexdigest() == manifest_digest
     manifest = json.loads(raw)
     assert manifest["schemaVersion"] == 2
     expected_type = (
-        "application/vnd.oci.image.manifest.v1+json" if oci else "application/vnd.docker.distribution.manifest.v2+json"
+        "application/vnd.oci.image.manifest.v1+json"
+        if oci
+        else "application/vnd.docker.distribution.manifest.v2+json"
     )
     assert manifest["mediaType"] == expected_type
     layers = manifest["layers"]
@@ -95,7 +104,9 @@ def check_nydus_manifest(root: Path, manifest_digest: str, source_layers: int, *
         assert "sha256:" + hashlib.sha256(data).hexdigest() == layer["digest"]
     boot = layers[-1]
     assert boot["mediaType"] == (
-        "application/vnd.oci.image.layer.v1.tar+gzip" if oci else "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        if oci
+        else "application/vnd.docker.image.rootfs.diff.tar.gzip"
     )
     assert boot["annotations"] == {
         "containerd.io/snapshot/nydus-bootstrap": "true",
@@ -217,7 +228,9 @@ def test_oci_archive_streamed_from_stdin_matches_the_layout(source: Path, tmp_pa
     require(shutil.which("skopeo") is not None, "needs skopeo")
     archive = tmp_path / "image.tar"
     subprocess.run(
-        ["skopeo", "copy", "-q", "--all", f"oci:{source}:t", f"oci-archive:{archive}:t"], check=True, capture_output=True
+        ["skopeo", "copy", "-q", "--all", f"oci:{source}:t", f"oci-archive:{archive}:t"],
+        check=True,
+        capture_output=True,
     )
     direct = run_export(f"oci:{source}:t", tmp_path / "a", "oci-mediatypes=true", "name=x:1")
     out_b = tmp_path / "b"
@@ -267,7 +280,9 @@ def test_corrupt_source_layer_fails_and_leaves_no_tag(source: Path, tmp_path: Pa
     options, _ = ExportOptions.from_attrs({"push": "false", "oci-layout": str(out), "name": "x:1"})
     with pytest.raises(ExporterError, match=layer["digest"].removeprefix("sha256:")[:12] + "|gzip|digest"):
         export(f"oci:{source}:t", options, workdir=work)
-    index = json.loads((out / "index.json").read_text()) if (out / "index.json").exists() else {"manifests": []}
+    index = (
+        json.loads((out / "index.json").read_text()) if (out / "index.json").exists() else {"manifests": []}
+    )
     assert index["manifests"] == []
     assert list(work.iterdir()) == []  # no temp files left
     leftovers = [p for p in out.rglob("*") if p.is_file() and ".tmp" in p.name]

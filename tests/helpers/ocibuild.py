@@ -59,7 +59,12 @@ def write_image(
         if variant:
             config["variant"] = variant[0]
         config_desc = {"mediaType": OCI_CONFIG, **_put(root, json.dumps(config).encode())}
-        manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_desc, "layers": layer_descs}
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": config_desc,
+            "layers": layer_descs,
+        }
         manifest_desc = _put(root, json.dumps(manifest).encode())
         platform: dict[str, str] = {"architecture": arch, "os": os_name}
         if variant:
