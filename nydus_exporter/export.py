@@ -316,10 +316,8 @@ class _Converter:
         )
         with open(path, "wb", buffering=1 << 20) as f:
             if layer.directory is not None:
-                result = pack_entries(
-                    iter_directory(layer.directory, whiteouts=layer.whiteouts), f.write, self._options.pack,
-                    on_warning=warn,
-                )  # fmt: skip
+                entries = iter_directory(layer.directory, whiteouts=layer.whiteouts, on_warning=warn)
+                result = pack_entries(entries, f.write, self._options.pack, on_warning=warn)
             else:
                 assert layer.open is not None
                 with layer.open() as stream:
