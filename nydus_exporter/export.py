@@ -268,7 +268,7 @@ class _Converter:
                 blob_metas.append((hex_id, blob.blob_meta))
         oci = self._options.oci_mediatypes
         with self._out.blob_writer() as sink:
-            boot = write_bootstrap_layer(sink, merged.bootstrap, blob_metas)  # type: ignore[arg-type]
+            boot = write_bootstrap_layer(sink, merged.bootstrap, blob_metas)
         bootstrap_desc = boot.descriptor(oci=oci)
 
         config_raw = build_nydus_config(image.config, [b.digest for b in blobs], boot.diff_id)
