@@ -28,101 +28,36 @@ import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = BENCH_DIR.parent
-DEFAULT_CACHE = BENCH_DIR / ".cache"
-SUITE = "bookworm"
-CHUNK_SIZE = 1 << 20
+from _common import (
+    CHUNK_SIZE,
+    DEFAULT_CACHE,
+    BenchError,
+    MiB,
+    Result,
+    check_exporter,
+    ensure_layer,
+    ensure_rootfs,
+    find_exporter,
+    floor_kib,
+    fmt_kib,
+    fmt_s,
+    layer_stats,
+    measure,
+    ratio,
+)
+
 BIG_TARGET = 2 << 30  # bytes of file content in the --big layer
-MiB = 1 << 20
-
-
-class BenchError(Exception):
-    """A setup step failed; the message says what to do."""
 
 
 # --------------------------------------------------------------------------------------------
 # The cached inputs
-
-
-def apt_mirror(suite: str = SUITE) -> str | None:
-    """The first archive URI the apt sources use for ``suite`` (not -security/-updates)."""
-    apt = Path("/etc/apt")
-    candidates = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list"))]
-    for path in candidates:
-        for line in _read_lines(path):
-            words = line.split()
-            if words[:1] != ["deb"]:
-                continue
-            words = [w for w in words[1:] if not w.startswith("[") and not w.endswith("]")]
-            if len(words) >= 2 and words[1] == suite:
-                return words[0]
-    for path in sorted((apt / "sources.list.d").glob("*.sources")):
-        stanza: dict[str, str] = {}
-        for line in [*_read_lines(path), ""]:
-            if not line:
-                if "deb" in stanza.get("types", "").split() and suite in stanza.get("suites", "").split():
-                    uris = stanza.get("uris", "").split()
-                    if uris and stanza.get("enabled", "yes").lower() != "no":
-                        return uris[0]
-                stanza = {}
-                continue
-            key, _, value = line.partition(":")
-            stanza[key.strip().lower()] = value.strip()
-    return None
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    # Comment lines vanish (they do not end a deb822 stanza); blank lines stay as "".
-    return [line.split("#", 1)[0].strip() for line in text.splitlines() if not line.lstrip().startswith("#")]
-
-
-def ensure_rootfs(cache: Path, mirror: str | None) -> Path:
-    rootfs = cache / "rootfs"
-    if rootfs.is_dir():
-        return rootfs
-    if os.geteuid() != 0:
-        raise BenchError("building the rootfs with debootstrap needs root")
-    if shutil.which("debootstrap") is None:
-        raise BenchError("debootstrap is not installed (run `make system-deps`)")
-    mirror = mirror or apt_mirror()
-    tmp = cache / "rootfs.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    cache.mkdir(parents=True, exist_ok=True)
-    argv = ["debootstrap", "--variant=minbase", SUITE, str(tmp), *([mirror] if mirror else [])]
-    print(f"building the rootfs: {' '.join(argv)}", file=sys.stderr)
-    res = subprocess.run(argv, capture_output=True, text=True, errors="replace", check=False)
-    if res.returncode != 0:
-        tail = "\n".join((res.stdout + res.stderr).splitlines()[-15:])
-        raise BenchError(f"debootstrap failed (exit {res.returncode}):\n{tail}")
-    tmp.rename(rootfs)
-    return rootfs
-
-
-def ensure_layer(cache: Path, rootfs: Path) -> Path:
-    layer = cache / "layer.tar"
-    if layer.is_file():
-        return layer
-    tmp = cache / "layer.tar.tmp"
-    argv = ["tar", "-C", str(rootfs), "--numeric-owner", "--xattrs", "-cf", str(tmp), "."]
-    print(f"building the layer: {' '.join(argv)}", file=sys.stderr)
-    subprocess.run(argv, check=True)
-    tmp.rename(layer)
-    return layer
 
 
 def _kept_pax(headers: Mapping[str, str]) -> dict[str, str]:
@@ -185,115 +120,6 @@ class _RandomReader:
         return self._rng.randbytes(n)
 
 
-def layer_stats(layer: Path) -> dict[str, int]:
-    entries = files = content = 0
-    with tarfile.open(layer) as tf:
-        for member in tf:
-            entries += 1
-            if member.isreg():
-                files += 1
-                content += member.size
-    return {
-        "tar_bytes": layer.stat().st_size,
-        "entries": entries,
-        "regular_files": files,
-        "content_bytes": content,
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Measuring
-
-
-@dataclass
-class Result:
-    tool: str
-    argv: list[str]
-    wall_s: list[float] = field(default_factory=list)
-    max_rss_kib: list[int] = field(default_factory=list)
-    error: str | None = None
-    output_bytes: int | None = None
-
-    @property
-    def median_wall_s(self) -> float | None:
-        return statistics.median(self.wall_s) if self.wall_s else None
-
-    @property
-    def peak_rss_kib(self) -> int | None:
-        return max(self.max_rss_kib) if self.max_rss_kib else None
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["median_wall_s"] = self.median_wall_s
-        data["peak_rss_kib"] = self.peak_rss_kib
-        return data
-
-
-# Peak RSS is read with wait4(2) in a small launcher process, not in this one: on exec,
-# Linux seeds the new program's ru_maxrss with the high-water RSS of the process image it
-# replaces, and subprocess spawns with vfork, i.e. from THIS (large) process's memory. A fresh
-# `python -I -S` launcher keeps that floor to a few MiB; `floor_kib` measures it with `true`.
-_LAUNCHER = """
-import json, os, sys, time
-out, argv = sys.argv[1], sys.argv[2:]
-start = time.perf_counter()
-try:
-    pid = os.posix_spawnp(argv[0], argv, os.environ)
-except OSError as exc:
-    with open(out, "w") as f:
-        json.dump({"error": f"cannot run {argv[0]}: {exc}"}, f)
-    sys.exit(127)
-_, status, usage = os.wait4(pid, 0)
-wall = time.perf_counter() - start
-with open(out, "w") as f:
-    json.dump({"wall_s": wall, "max_rss_kib": usage.ru_maxrss, "exit": os.waitstatus_to_exitcode(status)}, f)
-"""
-
-
-def run_once(argv: list[str], stdout: int | IO[bytes]) -> tuple[float, int, int, str]:
-    """Run ``argv`` as one isolated child; return (wall seconds, its peak RSS in KiB, exit
-    code, stderr tail). Raises OSError when it cannot be started."""
-    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile(suffix=".json") as res:
-        launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, res.name, *argv]
-        subprocess.run(launcher, stdout=stdout, stderr=err, stdin=subprocess.DEVNULL, check=False)
-        err.seek(0)
-        tail = "\n".join(err.read().decode(errors="replace").splitlines()[-10:])
-        try:
-            data = json.loads(Path(res.name).read_text() or "{}")
-        except ValueError:
-            data = {}
-    if "error" in data:
-        raise OSError(data["error"])
-    if "exit" not in data:
-        raise OSError(f"the measuring launcher failed: {tail}")
-    return float(data["wall_s"]), int(data["max_rss_kib"]), int(data["exit"]), tail  # KiB on Linux
-
-
-def floor_kib() -> int:
-    """The ru_maxrss that `true` reports through the launcher: readings at or below this are
-    the launcher's own footprint, not the tool's."""
-    return run_once(["true"], subprocess.DEVNULL)[1]
-
-
-def measure(tool: str, argv: list[str], runs: int, outputs: list[Path]) -> Result:
-    result = Result(tool=tool, argv=argv)
-    for _ in range(runs):
-        for out in outputs:  # every run starts from nothing
-            out.unlink(missing_ok=True)
-        try:
-            wall, rss, code, tail = run_once(argv, subprocess.DEVNULL)
-        except OSError as exc:
-            result.error = f"cannot run {argv[0]}: {exc}"
-            return result
-        if code != 0:
-            result.error = f"exit {code}: {tail or '(no output)'}"
-            return result
-        result.wall_s.append(wall)
-        result.max_rss_kib.append(rss)
-    result.output_bytes = sum(p.stat().st_size for p in outputs if p.exists()) if outputs else None
-    return result
-
-
 def pack_argv(exporter: Path, layer: Path, out: Path) -> list[str]:
     return [
         str(exporter),
@@ -310,42 +136,8 @@ def pack_argv(exporter: Path, layer: Path, out: Path) -> list[str]:
     ]
 
 
-def find_exporter(explicit: Path | None) -> Path:
-    if explicit is not None:
-        return explicit
-    beside = Path(sys.executable).parent / "nydus-exporter"
-    return beside if beside.exists() else PROJECT_ROOT / ".venv" / "bin" / "nydus-exporter"
-
-
-def check_exporter(exporter: Path) -> str | None:
-    """None if ``nydus-exporter pack`` exists, else why not."""
-    if not exporter.exists():
-        return f"{exporter} not found: run `make venv` to install the nydus-exporter console script"
-    res = subprocess.run([str(exporter), "pack", "--help"], capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        tail = "\n".join((res.stdout + res.stderr).splitlines()[-10:])
-        return f"`{exporter} pack --help` failed (exit {res.returncode}); is `pack` implemented?\n{tail}"
-    return None
-
-
 # --------------------------------------------------------------------------------------------
 # Reporting
-
-
-def _fmt_s(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f} s"
-
-
-def _fmt_kib(value: int | None, floor: int = 0) -> str:
-    if value is None:
-        return "-"
-    if value <= floor * 1.05:
-        return f"<= {floor / 1024:.1f} MiB"
-    return f"{value / 1024:.1f} MiB"
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else a / b
 
 
 def render(report: dict[str, Any], results: list[Result], big: Result | None) -> str:
@@ -357,7 +149,7 @@ def render(report: dict[str, Any], results: list[Result], big: Result | None) ->
     ]
     for r in [*results, *([big] if big else [])]:
         out = "-" if r.output_bytes is None else f"{r.output_bytes / MiB:.1f} MiB"
-        wall, rss = _fmt_s(r.median_wall_s), _fmt_kib(r.peak_rss_kib, report["rss_floor_kib"])
+        wall, rss = fmt_s(r.median_wall_s), fmt_kib(r.peak_rss_kib, report["rss_floor_kib"])
         lines.append(f"{r.tool:<24} {wall:>12} {rss:>12} {out:>12}  {len(r.wall_s)}")
     ratios = report["ratios"]
 
@@ -367,11 +159,11 @@ def render(report: dict[str, Any], results: list[Result], big: Result | None) ->
     lines.append(
         f"ratios: pack/mkfs.erofs {fmt(ratios['pack_over_mkfs_erofs'])}"
         f"   pack/gzip {fmt(ratios['pack_over_gzip'])}"
-        f"   pack peak RSS {_fmt_kib(report['pack_peak_rss_kib'])}"
+        f"   pack peak RSS {fmt_kib(report['pack_peak_rss_kib'])}"
     )
     if big:
         big_mib = report["big_layer"]["tar_bytes"] / MiB
-        lines.append(f"big layer ({big_mib:.0f} MiB): pack peak RSS {_fmt_kib(big.peak_rss_kib)}")
+        lines.append(f"big layer ({big_mib:.0f} MiB): pack peak RSS {fmt_kib(big.peak_rss_kib)}")
     for r in [*results, *([big] if big else [])]:
         if r.error:
             lines.append(f"ERROR {r.tool}: {r.error}")
@@ -444,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         report["big_layer"] = {"path": str(big_layer), **layer_stats(big_layer)}
     report["results"] = [r.to_json() for r in [*results, *([big] if big else [])]]
     report["ratios"] = {
-        "pack_over_mkfs_erofs": _ratio(pack.median_wall_s, mkfs.median_wall_s),
-        "pack_over_gzip": _ratio(pack.median_wall_s, gzip.median_wall_s),
+        "pack_over_mkfs_erofs": ratio(pack.median_wall_s, mkfs.median_wall_s),
+        "pack_over_gzip": ratio(pack.median_wall_s, gzip.median_wall_s),
     }
     report["pack_peak_rss_kib"] = pack.peak_rss_kib
     report["big_pack_peak_rss_kib"] = big.peak_rss_kib if big else None
