@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from nydus_exporter import __version__
+from nydus_exporter.cli_tools import add_tool_commands, run_tool_command
 from nydus_exporter.describe import describe_file, render_text
 from nydus_exporter.errors import ConfigError, ExporterError
 from nydus_exporter.export import ExportOptions, export
@@ -95,12 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file", type=Path)
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.add_argument("--files", action="store_true", help="list every file with its chunks")
+    add_tool_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        code = run_tool_command(args)
+        if code is not None:
+            return code
         if args.command == "pack":
             return _pack(args)
         if args.command == "inspect":

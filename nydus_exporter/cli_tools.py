@@ -1,0 +1,173 @@
+"""The verification subcommands of ``nydus-exporter``: ``check``, ``unpack``, ``mount``, ``umount``.
+
+``nydus_exporter.cli`` wires them in with::
+
+    add_tool_commands(sub)                 # in build_parser(), after the other subcommands
+    code = run_tool_command(args)          # in main(), inside its ExporterError handler
+    if code is not None:
+        return code
+
+Errors are raised as :class:`~nydus_exporter.errors.ExporterError` for ``cli.main`` to print;
+``check`` prints every problem and returns 1 when there are any. :func:`main` runs these
+subcommands alone (same error handling), e.g. ``python -m nydus_exporter.cli_tools check ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from nydus_exporter.errors import ExporterError
+
+TOOL_COMMANDS = ("check", "unpack", "mount", "umount")
+_IMAGE_HELP = "the Nydus image: oci:DIR[:TAG] (an OCI image layout)"
+
+
+def add_tool_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    check = sub.add_parser(
+        "check",
+        help="verify a Nydus image end to end",
+        description="Verify the manifest, config, every blob (ToC, ci, every chunk), the bootstrap "
+        "layer and the merged bootstrap of IMAGE; with --source, also that the merged tree equals the "
+        "source image's layers applied with OCI overlay semantics. Exit 1 when a problem is found.",
+    )
+    check.add_argument("image", help=_IMAGE_HELP)
+    check.add_argument(
+        "--platform", help="os/arch[/variant] of the image to check (default: the only one, else the host's)"
+    )
+    check.add_argument(
+        "--source",
+        help="the image it was built from, as for export: oci:DIR[:TAG], oci-archive:FILE, "
+        "docker-archive:FILE, tar:L1.tar,L2.tar,..., dir:PATH",
+    )
+    check.add_argument(
+        "--config", type=Path, help="image config JSON of a tar:/dir: source (unused for the tree)"
+    )
+    check.add_argument(
+        "--whiteouts", choices=("oci", "overlayfs"), default="oci", help="how a dir: source spells whiteouts"
+    )
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    unpack = sub.add_parser(
+        "unpack",
+        help="write the merged filesystem of a Nydus image as a tar",
+        description="Write the merged filesystem of IMAGE as a PAX tar (xattrs, nanosecond mtimes, "
+        "hardlinks, devices), streaming file content from the blobs.",
+    )
+    unpack.add_argument("image", help=_IMAGE_HELP)
+    unpack.add_argument("-o", "--output", required=True, help="tar file to write, or - for standard output")
+    unpack.add_argument("--platform", help="os/arch[/variant] (default: the only one, else the host's)")
+
+    mount = sub.add_parser(
+        "mount",
+        help="mount a Nydus image with the kernel EROFS driver (root)",
+        description="Mount IMAGE read-only at MOUNTPOINT through loop devices: the merged bootstrap and "
+        "one uncompressed image per blob (cached in the state directory). Needs root.",
+    )
+    mount.add_argument("image", help=_IMAGE_HELP)
+    mount.add_argument("mountpoint", type=Path)
+    mount.add_argument("--platform", help="os/arch[/variant] (default: the only one, else the host's)")
+    mount.add_argument(
+        "--state-dir", type=Path, help="cache and mount records (default: ~/.local/state/nydus-exporter)"
+    )
+
+    umount = sub.add_parser(
+        "umount",
+        help="unmount a `nydus-exporter mount` and detach its loop devices (root)",
+    )
+    umount.add_argument("mountpoint", type=Path)
+    umount.add_argument("--state-dir", type=Path, help="the state directory given to mount")
+
+
+def run_tool_command(args: argparse.Namespace) -> int | None:
+    """Run ``args.command`` if it is one of :data:`TOOL_COMMANDS`; ``None`` otherwise."""
+    if args.command == "check":
+        return _check(args)
+    if args.command == "unpack":
+        return _unpack(args)
+    if args.command == "mount":
+        return _mount(args)
+    if args.command == "umount":
+        return _umount(args)
+    return None
+
+
+def _warn(message: str) -> None:
+    print(f"nydus-exporter: warning: {message}", file=sys.stderr)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from nydus_exporter.check import check_image
+
+    report = check_image(
+        args.image,
+        platform=args.platform,
+        source=args.source,
+        source_config=args.config,
+        whiteouts=args.whiteouts,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        where = f" ({report.platform})" if report.platform else ""
+        for note in report.notes:
+            print(f"note: {note}")
+        for problem in report.problems:
+            print(f"problem: {problem}")
+        counts = ", ".join(f"{v} {k}" for k, v in report.counts.items())
+        status = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        print(f"{report.image}{where} {report.manifest or ''}: {status} [{counts}]")
+    return 0 if report.ok else 1
+
+
+def _unpack(args: argparse.Namespace) -> int:
+    from nydus_exporter.unpack import unpack_image
+
+    result = unpack_image(args.image, args.output, platform=args.platform, warn=_warn)
+    if args.output != "-":
+        print(f"{args.output}: {result.entries} entries, {result.files} files, {result.bytes} bytes")
+    return 0
+
+
+def _mount(args: argparse.Namespace) -> int:
+    from nydus_exporter.mount import mount_image
+
+    result = mount_image(args.image, args.mountpoint, platform=args.platform, state_dir=args.state_dir)
+    cached = f", {len(result.reused)} blob image(s) from the cache" if result.reused else ""
+    print(f"mounted {args.image} at {result.mountpoint} ({' '.join(result.loops)}{cached})")
+    return 0
+
+
+def _umount(args: argparse.Namespace) -> int:
+    from nydus_exporter.mount import umount_image
+
+    loops = umount_image(args.mountpoint, state_dir=args.state_dir)
+    print(f"unmounted {args.mountpoint} (detached {' '.join(loops) or 'no loop devices'})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nydus-exporter", description="Inspect and verify Nydus images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_tool_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """These subcommands alone, with ``cli.main``'s exit codes (0 ok, 1 error/problems, 2 usage)."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = run_tool_command(args)
+    except ExporterError as exc:
+        print(f"nydus-exporter: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 1
+    return 2 if code is None else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
