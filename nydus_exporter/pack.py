@@ -8,6 +8,7 @@ number of threads; at most ``max_inflight`` chunks are in memory at any time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
@@ -21,6 +22,7 @@ from typing import BinaryIO
 from nydus_exporter.errors import CorruptLayerError, UnsupportedEntryError
 from nydus_exporter.layer.compression import open_layer_stream
 from nydus_exporter.layer.entry import EntryKind, LayerEntry
+from nydus_exporter.layer.readahead import read_ahead
 from nydus_exporter.layer.tarstream import iter_entries
 from nydus_exporter.rafs import codecs, layout
 from nydus_exporter.rafs.blob import BlobResult, BlobWriter, PreparedChunk, prepare_chunk
@@ -82,7 +84,9 @@ def pack_layer(
 
     ``on_warning`` hears about what was dropped on purpose (xattrs Linux cannot store).
     """
-    return pack_entries(iter_entries(open_layer_stream(stream)), sink, options, on_warning=on_warning)
+    # Decompression (and any digest check in the caller's stream) runs ahead in a thread.
+    with contextlib.closing(read_ahead(open_layer_stream(stream))) as uncompressed:
+        return pack_entries(iter_entries(uncompressed), sink, options, on_warning=on_warning)
 
 
 def pack_entries(

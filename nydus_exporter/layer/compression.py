@@ -21,7 +21,14 @@ from typing import BinaryIO, cast
 
 import zstandard
 
+# ISA-L inflates gzip 3-4x faster than zlib (same API); gzip layers are on every export's
+# critical path.
+from isal import isal_zlib
+
 from nydus_exporter.errors import CorruptLayerError
+
+# The stub types isal_zlib.error as an instance; at run time it is the IsalError class.
+_IsalError = cast(type[Exception], isal_zlib.error)
 
 GZIP_MAGIC = b"\x1f\x8b"  # RFC 1952 §2.3.1 ID1 ID2
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # RFC 8878 §3.1.1, 0xFD2FB528 little-endian
@@ -108,7 +115,7 @@ class _GzipDecoder(io.RawIOBase):
 
     def __init__(self, source: BinaryIO) -> None:
         self._source = source
-        self._decomp: zlib._Decompress | None = zlib.decompressobj(_GZIP_WBITS)
+        self._decomp: isal_zlib.Decompress | None = isal_zlib.decompressobj(_GZIP_WBITS)
         self._pending = b""  # compressed bytes read but not yet fed to zlib
         self._consumed = 0  # compressed bytes read from the source, for messages
         self._done = False
@@ -144,7 +151,7 @@ class _GzipDecoder(io.RawIOBase):
             )
         try:
             data = self._decomp.decompress(self._pending, max_length)
-        except zlib.error as exc:
+        except _IsalError as exc:
             raise CorruptLayerError(
                 f"corrupt gzip stream near compressed byte {self._consumed}: {exc}"
             ) from None
@@ -165,7 +172,7 @@ class _GzipDecoder(io.RawIOBase):
             self._check_zero_padding()
             self._done = True
             return
-        self._decomp = zlib.decompressobj(_GZIP_WBITS)  # a bad magic fails in decompress()
+        self._decomp = isal_zlib.decompressobj(_GZIP_WBITS)  # a bad magic fails in decompress()
 
     def _check_zero_padding(self) -> None:
         # Zero padding after the last member is tolerated (as gzip(1) and Python's gzip do);
