@@ -9,7 +9,12 @@
     │   ├── HardlinkError              hardlink to a missing target or to a directory
     │   └── UnsupportedEntryError      entry or attribute the format cannot carry
     ├── FormatError                    a bootstrap or blob does not parse (corrupt or foreign input)
-    └── ConfigError                    a bad option (chunk size, compressor name, ...)
+    ├── ConfigError                    a bad option (chunk size, compressor name, ...)
+    └── RegistryError                  an OCI registry refused or failed a request (remote)
+        ├── RegistryAuthError          401/403: unauthenticated, denied, bad credentials
+        ├── RegistryNotFoundError      404: no such repository, blob, manifest or upload
+        └── RegistryUnavailableError   connection failures / 5xx / 429 still failing when the
+                                       retry deadline ran out
 
 Every error carries a message naming the problem; callers map the classes to
 exit codes (CLI) or gRPC status codes (service) in one place each.
@@ -48,3 +53,52 @@ class FormatError(ExporterError):
 
 class ConfigError(ExporterError):
     """An option has a value we cannot use."""
+
+
+class RegistryError(ExporterError):
+    """An OCI distribution registry refused or failed a request.
+
+    ``status`` is the HTTP status (``None`` for connection-level failures), ``codes`` the OCI
+    error codes of the response body (``BLOB_UNKNOWN``, ``DENIED``, ...), ``method`` and
+    ``url`` name the request; ``url`` is always redacted (no userinfo, no token or signature
+    query values) and no field ever holds a credential. ``temporary`` tells whether the same
+    request may succeed later (connection failures, 408, 429, 5xx, ``TOOMANYREQUESTS`` /
+    ``UNAVAILABLE``); the registry client retries those itself, and nothing above it retries
+    again. ``retry_after`` is the wait the registry asked for (``Retry-After``), if any.
+    """
+
+    _TEMPORARY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+    _TEMPORARY_CODES = frozenset({"TOOMANYREQUESTS", "UNAVAILABLE"})
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        codes: tuple[str, ...] = (),
+        method: str = "",
+        url: str = "",
+        temporary: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.codes = codes
+        self.method = method
+        self.url = url
+        if temporary is None:
+            temporary = status in self._TEMPORARY_STATUS or any(c in self._TEMPORARY_CODES for c in codes)
+        self.temporary = temporary
+        self.retry_after = retry_after  # seconds the registry asked us to wait (429/503 Retry-After)
+
+
+class RegistryAuthError(RegistryError):
+    """401/403: no or wrong credentials (``UNAUTHORIZED``) or access ``DENIED``."""
+
+
+class RegistryNotFoundError(RegistryError):
+    """404: the repository, blob, manifest or upload session does not exist."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The registry could not be reached or kept failing until the retry deadline ran out."""

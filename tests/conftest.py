@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# Real-registry fixtures (docker-registry on 127.0.0.1, auth, TLS, fault proxy).
+pytest_plugins = ["tests.registry_fixtures"]
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = (PROJECT_ROOT.parent / "shared" / "fixtures").resolve()
 NYDUS_FIXTURES = FIXTURES / "nydus"
