@@ -11,6 +11,7 @@ Only this module knows both the format (rafs, pack) and the image shape (oci).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -26,14 +27,17 @@ from nydus_exporter.errors import ConfigError
 from nydus_exporter.layer.directory import iter_directory
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.bootstrap_layer import write_bootstrap_layer
-from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest, sha256_digest
+from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest, canonical_json, sha256_digest
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.oci.nydus_image import build_merged_index, build_nydus_config, build_nydus_manifest
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
 from nydus_exporter.pack import PackOptions, pack_entries, pack_layer
+from nydus_exporter.push import push_image
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.merge import MergeLayer, merge_layers
+from nydus_exporter.registry.credentials import CredentialProvider
+from nydus_exporter.registry.sync import SyncRegistry
 from nydus_exporter.sources import Source, SourceImage, SourceLayer, open_source
 
 _TRUE = ("", "1", "true", "yes", "on")
@@ -59,6 +63,9 @@ class ExportOptions:
     oci_mediatypes: bool = False
     merge_manifest: bool = False
     merge_manifest_mode: str = "artifact"  # "artifact" (alias "nydus-config") | "legacy"
+    merge_manifest_source: str = "registry"  # "registry" (the tag's current image) | "build" (the source)
+    insecure: bool = False  # registry.insecure: plain HTTP or unverified TLS for the named registries
+    ca_file: Path | None = None
     platforms: tuple[Platform, ...] = ()
     pack: PackOptions = field(default_factory=PackOptions)
     parallel_layers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -93,6 +100,14 @@ class ExportOptions:
                 if mode not in ("artifact", "legacy"):
                     raise ConfigError(f"merge-manifest-mode={value!r}: expected artifact or legacy")
                 kw["merge_manifest_mode"] = mode
+            elif key == "merge-manifest-source":
+                if value not in ("registry", "build"):
+                    raise ConfigError(f"merge-manifest-source={value!r}: expected registry or build")
+                kw["merge_manifest_source"] = value
+            elif key == "registry.insecure":
+                kw["insecure"] = parse_bool(key, value)
+            elif key == "registry.ca-file":
+                kw["ca_file"] = Path(value)
             elif key == "platform":
                 kw["platforms"] = tuple(Platform.parse(p) for p in value.split(",") if p.strip())
             elif key in ("compressor", "nydus-compressor", "compression"):
@@ -118,7 +133,7 @@ class ExportOptions:
                     raise ConfigError(f"parallel-layers={value!r} is not a number") from None
             elif key.startswith("annotation."):
                 annotations[key.removeprefix("annotation.")] = value
-            elif key in ("registry.insecure", "source-date-epoch", "standard-response-keys"):
+            elif key in ("source-date-epoch", "standard-response-keys"):
                 pass  # meaningful for registry pushes and the daemon; accepted here
             else:
                 warnings.append(f"unknown exporter key {key!r} ignored")
@@ -127,9 +142,8 @@ class ExportOptions:
         options = cls(pack=PackOptions(**pack).validated(), **kw)  # type: ignore[arg-type]
         if not options.push and options.oci_layout is None:
             raise ConfigError("push=false needs oci-layout=DIR (where to write the image)")
-        if options.push:
-            raise ConfigError("push=true needs the registry client, which is not available yet; "
-                              "use push=false,oci-layout=DIR")  # fmt: skip
+        if options.push and not options.names:
+            raise ConfigError("push=true needs name=REF (where to push the image)")
         return options, warnings
 
 
@@ -200,30 +214,91 @@ def export(
     whiteouts: str = "oci",
     progress: Progress = _no_progress,
     workdir: Path | None = None,
+    credential_provider: CredentialProvider | None = None,
 ) -> ExportResult:
-    """Run the whole pipeline: resolve the source, convert, write the OCI layout."""
+    """Run the whole pipeline: resolve the source, convert, write the OCI layout and/or push."""
     base = workdir or Path(tempfile.gettempdir())
     tmp = Path(tempfile.mkdtemp(prefix="nydus-export-", dir=base))
     try:
-        with open_source(
-            source_spec, workdir=tmp, config=config, whiteouts=whiteouts, platforms=options.platforms or None
-        ) as source:
-            return export_source(source, options, workdir=tmp, progress=progress)
+        with contextlib.ExitStack() as stack:
+            registry = stack.enter_context(
+                SyncRegistry(
+                    insecure_hosts=_insecure_hosts(source_spec, options),
+                    ca_file=options.ca_file,
+                    credential_provider=credential_provider,
+                )
+            )
+            source = stack.enter_context(
+                open_source(
+                    source_spec,
+                    workdir=tmp,
+                    config=config,
+                    whiteouts=whiteouts,
+                    platforms=options.platforms or None,
+                    registry=registry,
+                )
+            )
+            return export_source(source, options, workdir=tmp, progress=progress, registry=registry)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _insecure_hosts(source_spec: str, options: ExportOptions) -> list[str]:
+    """registry.insecure applies to the registries of the names (and of a docker:// source)."""
+    if not options.insecure:
+        return []
+    hosts = [parse_reference(name).api_host for name in options.names]
+    if source_spec.startswith("docker://"):
+        hosts.append(parse_reference(source_spec.removeprefix("docker://")).api_host)
+    return hosts
+
+
 def export_source(
-    source: Source, options: ExportOptions, *, workdir: Path, progress: Progress = _no_progress
+    source: Source,
+    options: ExportOptions,
+    *,
+    workdir: Path,
+    progress: Progress = _no_progress,
+    registry: SyncRegistry | None = None,
 ) -> ExportResult:
-    if options.oci_layout is None:
-        raise ConfigError("no output: give oci-layout=DIR")
-    out = OciLayout.create(options.oci_layout)
+    if options.oci_layout is None and not options.push:
+        raise ConfigError("no output: give oci-layout=DIR or push=true")
+    if options.push and registry is None:
+        raise ConfigError("push=true needs a registry client")
+    out = OciLayout.create(options.oci_layout or workdir / "push-layout")
     converter = _Converter(out, options, workdir, progress)
     results = [converter.convert(image) for image in source.images]
-    root = _root_descriptor(out, source, results, options)
-    for tag in _tags(options.names) or [None]:
-        out.add_manifest(root, tag=tag)
+    refs = [parse_reference(name).with_default_tag() for name in options.names]
+    existing = None
+    if options.merge_manifest:
+        if options.push and options.merge_manifest_source == "registry":
+            assert registry is not None
+            current = registry.get_manifest(refs[0])  # the image under the tag now (None: no tag yet)
+            existing = current.raw if current is not None else None
+        else:
+            existing = _source_top(out, source, push=options.push)
+    root = _root_descriptor(out, existing, results, options)
+    if options.oci_layout is not None:
+        for tag in _tags(options.names) or [None]:
+            out.add_manifest(root, tag=tag)
+    if options.push:
+        assert registry is not None
+        stats = push_image(
+            registry,
+            out,
+            root,
+            refs,
+            on_blob=lambda digest, outcome: progress(
+                ProgressEvent("message", message=f"{digest}: {outcome}")
+            ),
+        )
+        progress(
+            ProgressEvent(
+                "message",
+                message=f"pushed {stats.blobs} blobs ({stats.uploaded} uploaded, "
+                f"{stats.uploaded_bytes} bytes; {stats.mounted} mounted; {stats.existing} already there)",
+            )
+        )
     return ExportResult(root, tuple(results), options.names, options.oci_layout)
 
 
@@ -368,11 +443,10 @@ def _platform_from_config(config: bytes) -> Platform | None:
 
 
 def _root_descriptor(
-    out: OciLayout, source: Source, results: Sequence[PlatformResult], options: ExportOptions
+    out: OciLayout, existing: bytes | None, results: Sequence[PlatformResult], options: ExportOptions
 ) -> Descriptor:
     """The manifest (single platform) or an index of the Nydus manifests (merged or not)."""
     if options.merge_manifest:
-        existing = _source_top(out, source)
         for result in results:
             assert result.manifest.platform is not None, "merge-manifest needs a platform per image"
             existing = build_merged_index(
@@ -387,8 +461,6 @@ def _root_descriptor(
         return Descriptor(index.media_type, out.write_blob(existing), len(existing))
     if len(results) == 1:
         return results[0].manifest
-    from nydus_exporter.oci.descriptor import canonical_json
-
     index_raw = canonical_json(
         {
             "schemaVersion": 2,
@@ -401,20 +473,23 @@ def _root_descriptor(
     )
 
 
-def _source_top(out: OciLayout, source: Source) -> bytes | None:
-    """The source image (index or manifest) that a merged index keeps, copied into ``out``."""
-    if source.layout is None:
+def _source_top(out: OciLayout, source: Source, *, push: bool) -> bytes | None:
+    """The source image (index or manifest) a merged index keeps, with its content copied into
+    ``out`` so the result is complete (merge-manifest-source=build, or a local layout)."""
+    if source.store is None:
         return None
     for image in source.images:
         if image.manifest is None or image.manifest_descriptor is None:
             continue
         manifest = ImageManifest.parse(image.manifest)
-        for desc in (image.manifest_descriptor, manifest.config, *manifest.layers):
+        for desc in (manifest.config, *manifest.layers):
             if not out.has_blob(desc.digest):
-                out.import_blob_file(source.layout.blob_path(desc.digest), desc.digest, move=False)
+                with source.store.open_blob(desc.digest) as f, out.blob_writer(desc.digest) as sink:
+                    shutil.copyfileobj(f, sink, 1 << 20)
+        if not out.has_blob(image.manifest_descriptor.digest):
+            out.write_blob(image.manifest)
     if source.index is not None:
         if not out.has_blob(sha256_digest(source.index)):
             out.write_blob(source.index)
         return source.index
-    image = source.images[0]
-    return image.manifest
+    return source.images[0].manifest

@@ -20,14 +20,17 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from nydus_exporter.errors import ConfigError, FormatError
+from nydus_exporter.nydus_image_reader import ImageStore, OciLayoutStore
 from nydus_exporter.oci import mediatypes
 from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.oci.platform import Platform
+from nydus_exporter.oci.reference import parse_reference
+from nydus_exporter.registry.sync import SyncRegistry
 
 OpenStream = Callable[[], contextlib.AbstractContextManager[BinaryIO]]
 
-SCHEMES = ("oci", "oci-archive", "docker-archive", "tar", "dir")
+SCHEMES = ("oci", "oci-archive", "docker-archive", "docker", "tar", "dir")
 
 
 @dataclass
@@ -54,7 +57,7 @@ class SourceImage:
 class Source:
     images: list[SourceImage]
     index: bytes | None = None  # the source index, when there was one
-    layout: OciLayout | None = None  # where the source's blobs live, when it is an OCI layout
+    store: ImageStore | None = None  # where the source's blobs live, when it is an image
     tags: list[str] = field(default_factory=list)
 
 
@@ -132,12 +135,28 @@ def open_source(
     config: Path | None = None,
     whiteouts: str = "oci",
     platforms: Sequence[Platform] | None = None,
+    registry: SyncRegistry | None = None,
 ) -> Iterator[Source]:
-    """Resolve ``spec`` into images (one per selected platform), lowest layer first."""
+    """Resolve ``spec`` into images (one per selected platform), lowest layer first.
+
+    ``docker://REF`` reads from a registry through ``registry``: layers stream from the
+    registry into the builder, verified against their digests.
+    """
     scheme, rest = parse_source(spec)
     if scheme == "oci":
         path, tag = _split_tag(rest)
-        yield _from_layout(OciLayout.open(Path(path)), tag, platforms)
+        yield _from_store(OciLayoutStore(OciLayout.open(Path(path))), tag, platforms)
+    elif scheme == "docker":
+        if registry is None:
+            raise ConfigError("docker:// sources need a registry client")
+        from nydus_exporter.registry_store import RegistryStore
+
+        ref = parse_reference(rest.removeprefix("//"))
+        store = RegistryStore(registry, ref)
+        try:
+            yield _from_store(store, None, platforms)
+        finally:
+            store.close()
     elif scheme == "oci-archive":
         from nydus_exporter.oci.archive import open_oci_archive
 
@@ -147,7 +166,7 @@ def open_source(
         else:
             with _open_file(Path(rest)) as f:
                 layout = open_oci_archive(f, spool)
-        yield _from_layout(layout, None, platforms)
+        yield _from_store(OciLayoutStore(layout), None, platforms)
     elif scheme == "docker-archive":
         yield _from_docker_archive(Path(rest), workdir / "docker-archive", platforms)
     elif scheme == "tar":
@@ -219,29 +238,21 @@ def _config_for(config: Path | None, nlayers: int) -> bytes:
     return json.dumps(minimal, separators=(",", ":")).encode()
 
 
-def _layout_blob_opener(layout: OciLayout, desc: Descriptor) -> OpenStream:
-    return lambda: _open_verified(lambda: layout.open_blob(desc.digest), desc.digest, desc.size, desc.digest)
+def _store_blob_opener(store: ImageStore, desc: Descriptor) -> OpenStream:
+    return lambda: _open_verified(lambda: store.open_blob(desc.digest), desc.digest, desc.size, desc.digest)
 
 
-def _read_blob(layout: OciLayout, desc: Descriptor) -> bytes:
-    with layout.open_blob(desc.digest) as f:
-        data = f.read(desc.size + 1)
-    if len(data) != desc.size or f"sha256:{hashlib.sha256(data).hexdigest()}" != desc.digest:
-        raise FormatError(f"blob {desc.digest} does not match its descriptor")
-    return data
-
-
-def _image_from_manifest(layout: OciLayout, desc: Descriptor, platform: Platform | None) -> SourceImage:
-    raw = _read_blob(layout, desc)
+def _image_from_manifest(store: ImageStore, desc: Descriptor, platform: Platform | None) -> SourceImage:
+    raw = store.read_blob(desc.digest)
     manifest = ImageManifest.parse(raw)
-    config = _read_blob(layout, manifest.config)
+    config = store.read_blob(manifest.config.digest)
     if platform is None:
         platform = _platform_of_config(config)
     layers = []
     for layer in manifest.layers:
         if not mediatypes.is_tar_layer(layer.media_type):
             raise FormatError(f"layer {layer.digest} has media type {layer.media_type}, not a tar layer")
-        layers.append(SourceLayer(layer.digest, open=_layout_blob_opener(layout, layer), size=layer.size))
+        layers.append(SourceLayer(layer.digest, open=_store_blob_opener(store, layer), size=layer.size))
     return SourceImage(platform, config, layers, manifest=raw, manifest_descriptor=desc)
 
 
@@ -253,13 +264,13 @@ def _platform_of_config(config: bytes) -> Platform | None:
         return None
 
 
-def _from_layout(layout: OciLayout, tag: str | None, platforms: Sequence[Platform] | None) -> Source:
-    top = layout.resolve(tag)
+def _from_store(store: ImageStore, tag: str | None, platforms: Sequence[Platform] | None) -> Source:
+    top = store.resolve(tag)
     if mediatypes.is_manifest(top.media_type):
-        image = _image_from_manifest(layout, top, top.platform)
+        image = _image_from_manifest(store, top, top.platform)
         _check_platforms([image], platforms)
-        return Source([image], layout=layout)
-    index_raw = _read_blob(layout, top)
+        return Source([image], store=store)
+    index_raw = store.read_blob(top.digest)
     index = ImageIndex.parse(index_raw)
     images = []
     for entry in index.manifests:
@@ -267,9 +278,9 @@ def _from_layout(layout: OciLayout, tag: str | None, platforms: Sequence[Platfor
             continue
         if platforms and (entry.platform is None or not any(_matches(entry.platform, p) for p in platforms)):
             continue
-        images.append(_image_from_manifest(layout, entry, entry.platform))
+        images.append(_image_from_manifest(store, entry, entry.platform))
     _check_platforms(images, platforms)
-    return Source(images, index=index_raw, layout=layout)
+    return Source(images, index=index_raw, store=store)
 
 
 def _is_attestation(entry: Descriptor) -> bool:
