@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux kmod \
 	ca-certificates
 
-.PHONY: all venv system-deps test lint run bench bench-export clean distclean
+.PHONY: all venv system-deps test lint run bench bench-export bench-push clean distclean
 
 all: test
 
@@ -67,6 +67,9 @@ bench: system-deps venv
 
 bench-export: system-deps venv
 	$(BIN)/python bench/export.py $(BENCH_ARGS)
+
+bench-push: system-deps venv
+	$(BIN)/python bench/push.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .state build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

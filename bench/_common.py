@@ -7,14 +7,21 @@ Imported as ``_common`` by the scripts beside it (``python bench/pack.py`` puts 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -175,12 +182,19 @@ with open(out, "w") as f:
 """
 
 
-def run_once(argv: list[str], stdout: int | IO[bytes]) -> tuple[float, int, int, str]:
+def run_once(
+    argv: list[str], stdout: int | IO[bytes], *, timeout: float | None = None
+) -> tuple[float, int, int, str]:
     """Run ``argv`` as one isolated child; return (wall seconds, its peak RSS in KiB, exit
-    code, stderr tail). Raises OSError when it cannot be started."""
+    code, stderr tail). Raises OSError when it cannot be started, or (with ``timeout``) when
+    it has not finished after ``timeout`` seconds: then the launcher and the command, which
+    run in a session of their own, are killed."""
     with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile(suffix=".json") as res:
         launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, res.name, *argv]
-        subprocess.run(launcher, stdout=stdout, stderr=err, stdin=subprocess.DEVNULL, check=False)
+        if timeout is None:
+            subprocess.run(launcher, stdout=stdout, stderr=err, stdin=subprocess.DEVNULL, check=False)
+        else:
+            _run_with_deadline(launcher, argv[0], stdout, err, timeout)
         err.seek(0)
         tail = "\n".join(err.read().decode(errors="replace").splitlines()[-10:])
         try:
@@ -192,6 +206,30 @@ def run_once(argv: list[str], stdout: int | IO[bytes]) -> tuple[float, int, int,
     if "exit" not in data:
         raise OSError(f"the measuring launcher failed: {tail}")
     return float(data["wall_s"]), int(data["max_rss_kib"]), int(data["exit"]), tail  # KiB on Linux
+
+
+def _run_with_deadline(
+    launcher: list[str], what: str, stdout: int | IO[bytes], err: IO[bytes], timeout: float
+) -> None:
+    # A session of its own: on timeout the whole group (launcher and the measured command it
+    # spawned) is killed by its id, so nothing is left running.
+    proc = subprocess.Popen(
+        launcher, stdout=stdout, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        raise OSError(f"{what} did not finish within {timeout:.0f} s (killed)") from None
+    except BaseException:
+        _kill_group(proc)
+        raise
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def floor_kib() -> int:
@@ -277,6 +315,130 @@ def check_exporter(exporter: Path, command: str = "pack") -> str | None:
 def missing_tools(names: Iterable[str]) -> list[str]:
     """The executables of ``names`` that are not on PATH."""
     return [name for name in names if shutil.which(name) is None]
+
+
+# --------------------------------------------------------------------------------------------
+# A local registry (Debian's docker-registry, i.e. distribution 2.8)
+
+REGISTRY_BINARY = "docker-registry"
+REGISTRY_START_TIMEOUT = 20.0
+# Loopback requests never go through an http_proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the registry binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalRegistry:
+    """A running anonymous plain-HTTP ``docker-registry`` on 127.0.0.1 (``host`` is
+    ``127.0.0.1:PORT``) with filesystem storage under ``directory``; :meth:`stop` kills it and
+    removes ``directory``."""
+
+    host: str
+    directory: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    @property
+    def storage(self) -> Path:
+        return self.directory / "storage"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "registry.log"
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stored_blobs(self) -> dict[str, int]:
+        """digest -> size of every blob the registry has committed (manifests included: the
+        filesystem driver stores them as blobs too), read from its storage, not over HTTP."""
+        base = self.storage / "docker" / "registry" / "v2" / "blobs" / "sha256"
+        if not base.is_dir():
+            return {}
+        return {f"sha256:{data.parent.name}": data.stat().st_size for data in base.glob("*/*/data")}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> LocalRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_registry(parent: Path | None = None) -> LocalRegistry:
+    """A fresh, empty registry in a new temporary directory (under ``parent`` if given).
+    Raises BenchError when the binary is missing or the registry does not come up."""
+    if shutil.which(REGISTRY_BINARY) is None:
+        raise BenchError(f"{REGISTRY_BINARY} is not installed (run `make system-deps`)")
+    directory = Path(tempfile.mkdtemp(prefix="registry-", dir=parent))
+    port = free_port()
+    config = {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(directory / "storage")},
+            "maintenance": {"uploadpurging": {"enabled": False}},
+        },
+        "http": {"addr": f"127.0.0.1:{port}", "secret": uuid.uuid4().hex},
+    }
+    config_file = directory / "config.yml"
+    config_file.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    try:
+        with (directory / "registry.log").open("wb") as log:
+            process = subprocess.Popen(
+                [REGISTRY_BINARY, "serve", str(config_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={"PATH": "/usr/bin:/bin"},
+            )
+    except OSError as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise BenchError(f"cannot start {REGISTRY_BINARY}: {exc}") from None
+    registry = LocalRegistry(f"127.0.0.1:{port}", directory, process)
+    try:
+        _wait_until_up(registry)
+    except BaseException:
+        registry.stop()
+        raise
+    return registry
+
+
+def _wait_until_up(registry: LocalRegistry) -> None:
+    deadline = time.monotonic() + REGISTRY_START_TIMEOUT
+    while True:
+        if registry.process.poll() is not None:
+            raise BenchError(f"{REGISTRY_BINARY} exited at start:\n{registry.log_tail()}")
+        try:
+            with _DIRECT.open(f"{registry.url}/v2/", timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers (an auth challenge would be a 401)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"{REGISTRY_BINARY} did not answer on {registry.url} within "
+                    f"{REGISTRY_START_TIMEOUT:.0f} s:\n{registry.log_tail()}"
+                ) from None
+            time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------------------------

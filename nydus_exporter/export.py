@@ -221,13 +221,15 @@ def export(
     tmp = Path(tempfile.mkdtemp(prefix="nydus-export-", dir=base))
     try:
         with contextlib.ExitStack() as stack:
-            registry = stack.enter_context(
-                SyncRegistry(
-                    insecure_hosts=_insecure_hosts(source_spec, options),
-                    ca_file=options.ca_file,
-                    credential_provider=credential_provider,
+            registry = None
+            if options.push or source_spec.startswith("docker://"):
+                registry = stack.enter_context(
+                    SyncRegistry(
+                        insecure_hosts=_insecure_hosts(source_spec, options),
+                        ca_file=options.ca_file,
+                        credential_provider=credential_provider,
+                    )
                 )
-            )
             source = stack.enter_context(
                 open_source(
                     source_spec,
