@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from nydus_exporter.errors import ExporterError, FormatError
 from nydus_exporter.layer.compression import open_layer_stream
@@ -70,6 +70,9 @@ from nydus_exporter.rafs.bootstrap_reader import Bootstrap, read_bootstrap
 from nydus_exporter.rafs.chunkinfo import BlobMetaHeader, ChunkInfo
 from nydus_exporter.rafs.model import BlobInfo, Inode, walk
 from nydus_exporter.sources import SourceImage, SourceLayer, open_source
+
+if TYPE_CHECKING:
+    from nydus_exporter.registry_store import RegistryOptions
 
 _HASH_STEP = 1 << 20
 _MAX_PER_BLOB = 20  # chunk problems listed per blob before summarising
@@ -139,19 +142,25 @@ def check_image(
     source_config: Path | None = None,
     whiteouts: str = "oci",
     workdir: Path | None = None,
+    registry: RegistryOptions | None = None,
 ) -> CheckReport:
-    """Verify the Nydus image ``spec`` (``oci:DIR[:TAG]``); see the module docstring.
+    """Verify the Nydus image ``spec`` (``oci:DIR[:TAG]`` or ``docker://REF``); see the
+    module docstring. ``registry``: how to reach a ``docker://`` image.
 
     Problems with the image end up in the report. A ``spec`` or ``source`` that cannot be
-    opened at all raises (:class:`ConfigError` / :class:`FormatError`).
+    opened at all raises (:class:`ConfigError` / :class:`FormatError` /
+    :class:`~nydus_exporter.errors.RegistryError`). Blobs of a registry image are downloaded
+    once each (streamed, into a temporary directory under ``workdir`` removed at the end):
+    every byte is read anyway, several times.
     """
     report = CheckReport(image=spec)
     try:
-        image = open_image(spec, platform)
+        image = open_image(spec, platform, registry=registry)
     except FormatError as exc:
         report.problems.append(str(exc))
         return report
     with image:
+        image.spool_if_remote(workdir)
         report.platform = str(image.platform) if image.platform else None
         report.manifest = image.manifest_descriptor.digest
         _Checker(image, report).run(source, source_config, whiteouts, workdir)

@@ -1,4 +1,5 @@
-"""The verification subcommands of ``nydus-exporter``: ``check``, ``unpack``, ``mount``, ``umount``.
+"""The verification subcommands of ``nydus-exporter``: ``check``, ``unpack``, ``cat``, ``mount``,
+``umount``.
 
 ``nydus_exporter.cli`` wires them in with::
 
@@ -19,11 +20,36 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nydus_exporter.errors import ExporterError
 
-TOOL_COMMANDS = ("check", "unpack", "mount", "umount")
-_IMAGE_HELP = "the Nydus image: oci:DIR[:TAG] (an OCI image layout)"
+if TYPE_CHECKING:
+    from nydus_exporter.registry_store import RegistryOptions
+
+TOOL_COMMANDS = ("check", "unpack", "cat", "mount", "umount")
+_IMAGE_HELP = (
+    "the Nydus image: oci:DIR[:TAG] (an OCI image layout) or docker://HOST/REPO[:TAG|@DIGEST] (a registry)"
+)
+
+
+def _add_registry_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--insecure",
+        "--registry-insecure",
+        dest="insecure",
+        action="store_true",
+        help="reach the registry of a docker:// image over plain HTTP, or HTTPS without certificate checks",
+    )
+    parser.add_argument("--ca-file", type=Path, help="extra trusted CA certificates (PEM) for the registry")
+
+
+def _registry_options(args: argparse.Namespace) -> RegistryOptions | None:
+    if not args.insecure and args.ca_file is None:
+        return None  # the defaults; and no registry module import for oci: images
+    from nydus_exporter.registry_store import RegistryOptions
+
+    return RegistryOptions(insecure=args.insecure, ca_file=args.ca_file)
 
 
 def add_tool_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,6 +76,7 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "--whiteouts", choices=("oci", "overlayfs"), default="oci", help="how a dir: source spells whiteouts"
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_registry_options(check)
 
     unpack = sub.add_parser(
         "unpack",
@@ -60,6 +87,22 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     unpack.add_argument("image", help=_IMAGE_HELP)
     unpack.add_argument("-o", "--output", required=True, help="tar file to write, or - for standard output")
     unpack.add_argument("--platform", help="os/arch[/variant] (default: the only one, else the host's)")
+    _add_registry_options(unpack)
+
+    cat = sub.add_parser(
+        "cat",
+        help="print one file of a Nydus image, fetching only its chunks",
+        description="Write the content of PATH in IMAGE to standard output, reading only the manifest, "
+        "the config, the bootstrap layer and the byte ranges of the file's chunks (HTTP Range requests on "
+        "a registry), each chunk verified against its digest. Symlinks are followed inside the image.",
+    )
+    cat.add_argument("image", help=_IMAGE_HELP)
+    cat.add_argument("path", help="absolute path of a regular file in the image")
+    cat.add_argument("--platform", help="os/arch[/variant] (default: the only one, else the host's)")
+    cat.add_argument(
+        "--stats", action="store_true", help="report on standard error what was read (bytes, range requests)"
+    )
+    _add_registry_options(cat)
 
     mount = sub.add_parser(
         "mount",
@@ -88,6 +131,8 @@ def run_tool_command(args: argparse.Namespace) -> int | None:
         return _check(args)
     if args.command == "unpack":
         return _unpack(args)
+    if args.command == "cat":
+        return _cat(args)
     if args.command == "mount":
         return _mount(args)
     if args.command == "umount":
@@ -108,6 +153,7 @@ def _check(args: argparse.Namespace) -> int:
         source=args.source,
         source_config=args.config,
         whiteouts=args.whiteouts,
+        registry=_registry_options(args),
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -126,9 +172,36 @@ def _check(args: argparse.Namespace) -> int:
 def _unpack(args: argparse.Namespace) -> int:
     from nydus_exporter.unpack import unpack_image
 
-    result = unpack_image(args.image, args.output, platform=args.platform, warn=_warn)
+    result = unpack_image(
+        args.image, args.output, platform=args.platform, warn=_warn, registry=_registry_options(args)
+    )
     if args.output != "-":
         print(f"{args.output}: {result.entries} entries, {result.files} files, {result.bytes} bytes")
+    return 0
+
+
+def _cat(args: argparse.Namespace) -> int:
+    from nydus_exporter.cat import cat_file
+
+    result = cat_file(
+        args.image, args.path, sys.stdout.buffer, platform=args.platform, registry=_registry_options(args)
+    )
+    if args.stats:
+        read = result.store
+        print(
+            f"nydus-exporter: cat {result.path}: {result.size} bytes in {result.chunks} chunk(s); read "
+            f"{read.total_bytes} bytes: {read.document_bytes} in {read.documents} document(s) "
+            f"(manifests, config), {read.stream_bytes} in {read.streams} stream(s) (bootstrap layer), "
+            f"{read.range_bytes} in {read.range_reads} range request(s) (chunks)",
+            file=sys.stderr,
+        )
+        if result.registry is not None:
+            net = result.registry
+            print(
+                f"nydus-exporter: registry: {net.requests} HTTP request(s), "
+                f"{net.bytes_downloaded} blob bytes downloaded, {net.retries} retries",
+                file=sys.stderr,
+            )
     return 0
 
 

@@ -214,6 +214,10 @@ def mount_image(
     if os.path.ismount(target):
         raise ConfigError(f"{target} is already a mountpoint")
     with open_image(spec, platform) as image, _locked(state):
+        # A registry image: download each blob once instead of one range request per chunk.
+        spool = state / "spool"
+        spool.mkdir(parents=True, exist_ok=True)
+        image.spool_if_remote(spool)
         bootstrap = image.bootstrap()
         boot = read_bootstrap(bootstrap)
         for i, (blob, slot) in enumerate(zip(boot.blobs, boot.devices, strict=True)):

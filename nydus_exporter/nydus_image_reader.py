@@ -1,9 +1,12 @@
 """Open a Nydus image for reading: the verification tools' view of what an export produced.
 
-``IMAGE`` is ``oci:DIR[:TAG]`` (an OCI image layout). The content lives behind the small
-:class:`ImageStore` protocol so that a registry back-end can be added later without touching
-``check`` / ``unpack`` / ``mount``: it resolves a tag, reads small documents whole (verified
-against their digest), streams blobs and reads byte ranges of them.
+``IMAGE`` is ``oci:DIR[:TAG]`` (an OCI image layout) or ``docker://HOST/REPO[:TAG|@DIGEST]``
+(a registry, :mod:`nydus_exporter.registry_store`). The content lives behind the small
+:class:`ImageStore` protocol, so ``check`` / ``unpack`` / ``mount`` / ``cat`` do not care
+where it is: it resolves a tag, reads small documents whole (verified against their digest),
+streams blobs and reads byte ranges of them. Two wrappers: :class:`SpooledStore` downloads a
+remote blob once when it is read at random (for tools that read every byte, e.g. ``check``),
+:class:`CountingStore` counts what a tool read (``cat --stats``).
 
 :func:`open_image` picks the platform (spec §6.4: a manifest whose last layer carries
 ``nydus-bootstrap``; in an index, entries marked Nydus first), reads and checks the manifest
@@ -20,13 +23,15 @@ import hashlib
 import io
 import os
 import platform as host_platform
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
-from nydus_exporter.errors import ConfigError, FormatError
+from nydus_exporter.errors import ConfigError, FormatError, RegistryNotFoundError
 from nydus_exporter.layer.compression import open_layer_stream
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.bootstrap_layer import read_bootstrap_layer
@@ -49,6 +54,9 @@ from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import Bootstrap
 from nydus_exporter.rafs.chunkinfo import ChunkInfo
 from nydus_exporter.rafs.model import Inode
+
+if TYPE_CHECKING:
+    from nydus_exporter.registry_store import RegistryOptions
 
 _READ_SIZE = 1 << 20
 _MAX_DOCUMENT = 64 << 20  # manifests, configs and indexes are small
@@ -145,14 +153,16 @@ class OciLayoutStore:
 
 
 def parse_image_spec(spec: str) -> tuple[str, str, str | None]:
-    """``oci:DIR[:TAG]`` -> ``("oci", DIR, TAG)``; :class:`ConfigError` otherwise."""
+    """``oci:DIR[:TAG]`` -> ``("oci", DIR, TAG)``; ``docker://REF`` -> ``("docker", REF, None)``
+    (the tag or digest stays in the reference); :class:`ConfigError` otherwise."""
+    if spec.startswith("docker://"):
+        ref = spec.removeprefix("docker://")
+        if not ref:
+            raise ConfigError(f"image {spec!r}: expected docker://HOST/REPO[:TAG|@DIGEST]")
+        return "docker", ref, None
     scheme, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise ConfigError(f"image {spec!r}: expected oci:DIR[:TAG]")
-    if scheme != "oci":
-        raise ConfigError(
-            f"image {spec!r}: only oci:DIR[:TAG] images can be read (registry support is to come)"
-        )
+    if not sep or not rest or scheme != "oci":
+        raise ConfigError(f"image {spec!r}: expected oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST]")
     # A tag never contains '/'; a directory path may contain ':' only before it.
     path, colon, tag = rest.rpartition(":")
     if colon and path and "/" not in tag and tag:
@@ -160,13 +170,168 @@ def parse_image_spec(spec: str) -> tuple[str, str, str | None]:
     return scheme, rest, None
 
 
-def open_store(spec: str) -> tuple[ImageStore, str | None]:
-    """The store ``spec`` names and the tag inside it."""
-    _scheme, path, tag = parse_image_spec(spec)
+def open_store(spec: str, registry: RegistryOptions | None = None) -> tuple[ImageStore, str | None]:
+    """The store ``spec`` names and the tag inside it (``registry``: how to reach a
+    ``docker://`` image; ignored for ``oci:``)."""
+    scheme, path, tag = parse_image_spec(spec)
+    if scheme == "docker":
+        from nydus_exporter.registry_store import RegistryStore  # aiohttp only when needed
+
+        return RegistryStore.open(path, registry), None
     directory = Path(path)
     if not directory.is_dir() and tag is not None and Path(f"{path}:{tag}").is_dir():
         directory, tag = Path(f"{path}:{tag}"), None  # a directory whose name has a ':'
     return OciLayoutStore.open(directory), tag
+
+
+class SpooledStore:
+    """An :class:`ImageStore` wrapper that downloads a blob whole, once, the first time it
+    is read at random (:meth:`read_at` / :meth:`blob_size`), into a private temporary
+    directory removed by :meth:`close`. For tools that read every byte of every blob
+    (``check``: whole-blob digest, ToC sections, every chunk) from a remote store, where one
+    streaming GET per blob beats thousands of range requests. Streams and documents are
+    passed through. The spooled bytes are what the store served, unverified (the caller
+    checks them, as it would on a local layout)."""
+
+    def __init__(self, inner: ImageStore, directory: Path | None = None) -> None:
+        self._inner = inner
+        self._dir = Path(tempfile.mkdtemp(prefix="nydus-spool-", dir=directory))
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def inner(self) -> ImageStore:
+        return self._inner
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    def resolve(self, tag: str | None) -> Descriptor:
+        return self._inner.resolve(tag)
+
+    def read_blob(self, digest: str) -> bytes:
+        return self._inner.read_blob(digest)
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        return self._inner.open_blob(digest)
+
+    def _fd(self, digest: str) -> int:
+        with self._lock:  # one download at a time is plenty for a checker
+            fd = self._fds.get(digest)
+            if fd is not None:
+                return fd
+            path = self._dir / digest.replace(":", "-").replace("/", "_")
+            try:
+                with self._inner.open_blob(digest) as src, path.open("wb") as out:
+                    shutil.copyfileobj(src, out, _READ_SIZE)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except RegistryNotFoundError:
+                raise FormatError(f"blob {digest} not found in {self.name}") from None
+            finally:
+                path.unlink(missing_ok=True)  # the open descriptor keeps the data
+            self._fds[digest] = fd
+            return fd
+
+    def read_at(self, digest: str, offset: int, length: int) -> bytes:
+        return os.pread(self._fd(digest), length, offset)
+
+    def blob_size(self, digest: str) -> int:
+        return os.fstat(self._fd(digest)).st_size
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        try:
+            for fd in fds.values():
+                os.close(fd)
+            shutil.rmtree(self._dir, ignore_errors=True)
+        finally:
+            self._inner.close()
+
+
+@dataclass
+class StoreStats:
+    """What was read through a :class:`CountingStore`."""
+
+    documents: int = 0  # read_blob calls (manifests, indexes, configs)
+    document_bytes: int = 0
+    streams: int = 0  # open_blob calls
+    stream_bytes: int = 0  # bytes read from those streams
+    range_reads: int = 0  # read_at calls
+    range_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return self.document_bytes + self.stream_bytes + self.range_bytes
+
+
+class _CountingReader(io.RawIOBase):
+    def __init__(self, stream: BinaryIO, stats: StoreStats) -> None:
+        self._stream = stream
+        self._stats = stats
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._stream.read(len(b))
+        n = len(data)
+        memoryview(b)[:n] = data
+        self._stats.stream_bytes += n
+        return n
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            super().close()
+
+
+class CountingStore:
+    """An :class:`ImageStore` wrapper counting what is read through it (:attr:`stats`)."""
+
+    def __init__(self, inner: ImageStore) -> None:
+        self._inner = inner
+        self.stats = StoreStats()
+        self._lock = threading.Lock()
+
+    @property
+    def inner(self) -> ImageStore:
+        return self._inner
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    def resolve(self, tag: str | None) -> Descriptor:
+        return self._inner.resolve(tag)
+
+    def read_blob(self, digest: str) -> bytes:
+        data = self._inner.read_blob(digest)
+        with self._lock:
+            self.stats.documents += 1
+            self.stats.document_bytes += len(data)
+        return data
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        stream = self._inner.open_blob(digest)
+        with self._lock:
+            self.stats.streams += 1
+        return cast(BinaryIO, io.BufferedReader(_CountingReader(stream, self.stats), _READ_SIZE))
+
+    def read_at(self, digest: str, offset: int, length: int) -> bytes:
+        data = self._inner.read_at(digest, offset, length)
+        with self._lock:
+            self.stats.range_reads += 1
+            self.stats.range_bytes += len(data)
+        return data
+
+    def blob_size(self, digest: str) -> int:
+        return self._inner.blob_size(digest)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def host_platform_of() -> Platform:
@@ -243,6 +408,12 @@ class NydusImage:
             return store.read_at(digest, offset, length)
 
         return BlobReader(read_at, size)
+
+    def spool_if_remote(self, directory: Path | None = None) -> None:
+        """Read blobs at random from local copies (:class:`SpooledStore`) unless the store
+        is an OCI layout already (for tools that read every blob whole)."""
+        if not isinstance(self.store, OciLayoutStore | SpooledStore):
+            self.store = SpooledStore(self.store, directory)
 
     def close(self) -> None:
         self.store.close()
@@ -351,16 +522,28 @@ def _select_from_index(
     raise ConfigError(f"{store.name} holds Nydus images for {names}: choose one with --platform")
 
 
-def open_image(spec: str, platform: Platform | str | None = None) -> NydusImage:
-    """Open the Nydus image ``spec`` (``oci:DIR[:TAG]``) for ``platform``.
+def open_image(
+    spec: str, platform: Platform | str | None = None, *, registry: RegistryOptions | None = None
+) -> NydusImage:
+    """Open the Nydus image ``spec`` (``oci:DIR[:TAG]`` or ``docker://REF``) for ``platform``.
 
     Without a platform: the only Nydus image, else the host's. The manifest and the config
     are checked against their descriptors (digest and size); the caller closes the result.
+    ``registry``: how to reach a ``docker://`` image (insecure, CA file, credentials).
     """
-    if isinstance(platform, str):
-        platform = Platform.parse(platform)
-    store, tag = open_store(spec)
+    store, tag = open_store(spec, registry)
+    return open_image_in(store, spec, tag, platform)
+
+
+def open_image_in(
+    store: ImageStore, spec: str, tag: str | None = None, platform: Platform | str | None = None
+) -> NydusImage:
+    """Like :func:`open_image` over an already open ``store`` (e.g. wrapped in a
+    :class:`CountingStore`); ``spec`` only names the image in messages. The store is closed
+    on failure, else by the image."""
     try:
+        if isinstance(platform, str):
+            platform = Platform.parse(platform)
         return _open(store, spec, tag, platform)
     except BaseException:
         store.close()

@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from nydus_exporter.errors import ConfigError
 from nydus_exporter.nydus_image_reader import FileContent, NydusImage, open_image
@@ -36,6 +36,9 @@ from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs import layout
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.rafs.model import Inode, walk
+
+if TYPE_CHECKING:
+    from nydus_exporter.registry_store import RegistryOptions
 
 _NSEC = 1_000_000_000
 _TAR_TYPES = {
@@ -173,9 +176,14 @@ def unpack_image(
     *,
     platform: Platform | str | None = None,
     warn: Callable[[str], None] | None = None,
+    registry: RegistryOptions | None = None,
 ) -> UnpackResult:
-    """Unpack ``spec`` to the tar ``output`` (``"-"``: standard output), atomically."""
-    with open_image(spec, platform) as image:
+    """Unpack ``spec`` (``oci:DIR[:TAG]`` or ``docker://REF``) to the tar ``output`` (``"-"``:
+    standard output), atomically. ``registry``: how to reach a ``docker://`` image, whose
+    blobs are downloaded once each (streamed, to a temporary directory removed at the end)
+    rather than read with one range request per chunk."""
+    with open_image(spec, platform, registry=registry) as image:
+        image.spool_if_remote()
         if str(output) == "-":
             return write_tar(image, sys.stdout.buffer, warn=warn)
         target = Path(output)
