@@ -18,11 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from nydus_exporter.errors import ExporterError
 
 if TYPE_CHECKING:
     from nydus_exporter.registry_store import RegistryOptions
@@ -220,27 +217,3 @@ def _umount(args: argparse.Namespace) -> int:
     loops = umount_image(args.mountpoint, state_dir=args.state_dir)
     print(f"unmounted {args.mountpoint} (detached {' '.join(loops) or 'no loop devices'})")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nydus-exporter", description="Inspect and verify Nydus images.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_tool_commands(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """These subcommands alone, with ``cli.main``'s exit codes (0 ok, 1 error/problems, 2 usage)."""
-    args = build_parser().parse_args(argv)
-    try:
-        code = run_tool_command(args)
-    except ExporterError as exc:
-        print(f"nydus-exporter: error: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return 1
-    return 2 if code is None else code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,7 @@ import pytest
 
 from nydus_exporter import cli
 from nydus_exporter.check import CheckReport, check_image
-from nydus_exporter.cli_tools import main as tools_main
+from nydus_exporter.cli import main as tools_main
 from nydus_exporter.rafs import layout as rafs_layout
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap

@@ -17,12 +17,11 @@ import pytest
 
 from nydus_exporter.layer.directory import iter_directory
 from nydus_exporter.pack import PackOptions, pack_entries
-from nydus_exporter.rafs.blob_reader import BlobReader
-from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from tests.conftest import require
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available, mount_rafs
 from tests.helpers.treesnap import diff_snapshots, snapshot_dir
 from tests.layer.test_directory import build_tree
+from tests.test_kernel_oracle import mountable
 
 pytestmark = pytest.mark.kernel
 
@@ -33,24 +32,8 @@ def pack_directory(src: Path, tmp: Path, options: PackOptions) -> tuple[Path, li
     with blob.open("wb") as out:
         result = pack_entries(iter_directory(src), out.write, options)
     assert result.size == blob.stat().st_size
-    with blob.open("rb") as f:
-        fd = f.fileno()
-        reader = BlobReader(lambda off, n: os.pread(fd, n, off), os.fstat(fd).st_size)
-        reader.verify()
-        boot = reader.bootstrap()
-        assert boot is not None
-        bootstrap = tmp / "image.boot"
-        bootstrap.write_bytes(boot)
-        devices = []
-        for info in read_bootstrap(boot).blobs:
-            image = tmp / "blob.data"
-            with image.open("wb") as img:
-                for offset, data in reader.iter_uncompressed():
-                    img.seek(offset)
-                    img.write(data)
-                img.truncate(info.uncompressed_size)
-            devices.append(image)
-    return bootstrap, devices
+    packed = mountable(blob, tmp)
+    return packed.bootstrap, packed.devices
 
 
 @pytest.mark.parametrize(

@@ -194,6 +194,11 @@ def pack_for_kernel(layer: Path | io.BufferedIOBase, tmp: Path, options: PackOpt
             pack_layer_to_file(f, blob, options)
     else:
         pack_layer_to_file(layer, blob, options)
+    return mountable(blob, tmp)
+
+
+def mountable(blob: Path, tmp: Path) -> Packed:
+    """The embedded bootstrap of ``blob`` and its uncompressed image (§7.3), written into ``tmp``."""
     with blob.open("rb") as f:
         fd = f.fileno()
         reader = BlobReader(lambda off, n: os.pread(fd, n, off), os.fstat(fd).st_size)
@@ -202,9 +207,8 @@ def pack_for_kernel(layer: Path | io.BufferedIOBase, tmp: Path, options: PackOpt
         assert boot is not None
         bootstrap = tmp / "image.boot"
         bootstrap.write_bytes(boot)
-        parsed = read_bootstrap(boot)
         devices = []
-        for info in parsed.blobs:
+        for info in read_bootstrap(boot).blobs:
             image = tmp / "blob.data"
             with image.open("wb") as out:
                 for offset, data in reader.iter_uncompressed():

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from nydus_exporter import mount as mount_module
-from nydus_exporter.cli_tools import main as tools_main
+from nydus_exporter.cli import main as tools_main
 from nydus_exporter.errors import ConfigError
 from nydus_exporter.mount import MOUNTS_FILE, mount_image
 from tests.conftest import PROJECT_ROOT, require
@@ -124,7 +124,7 @@ def test_unpack_tar_format(image: str, tmp_path: Path) -> None:
 
 def test_unpack_to_stdout(image: str, reference: Snapshot) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "nydus_exporter.cli_tools", "unpack", image, "-o", "-"],
+        [sys.executable, "-m", "nydus_exporter.cli", "unpack", image, "-o", "-"],
         capture_output=True,
         cwd=PROJECT_ROOT,
         check=False,
