@@ -24,6 +24,12 @@ from nydus_exporter.export import ExportOptions, export
 from nydus_exporter.pack import PackOptions, pack_layer_to_file
 from nydus_exporter.progress import MODES, ProgressPrinter
 from nydus_exporter.rafs import codecs, layout
+from nydus_exporter.service_cli import (
+    add_remote_export_arguments,
+    add_serve_command,
+    run_remote_export,
+    run_serve,
+)
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "ki": 1 << 10, "m": 1 << 20, "mi": 1 << 20}
 
@@ -91,12 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--progress", choices=MODES, default="auto")
     export.add_argument("--metadata-file", type=Path, help="write the response keys as JSON")
     export.add_argument("--threads", type=int, default=None, help="worker threads per layer")
+    add_remote_export_arguments(export)
 
     inspect = sub.add_parser("inspect", help="describe a bootstrap or data blob")
     inspect.add_argument("file", type=Path)
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.add_argument("--files", action="store_true", help="list every file with its chunks")
     add_tool_commands(sub)
+    add_serve_command(sub)
     return parser
 
 
@@ -106,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = run_tool_command(args)
         if code is not None:
             return code
+        if args.command == "serve":
+            return run_serve(args)
+        if args.command == "export" and args.addr:
+            return run_remote_export(args)
         if args.command == "pack":
             return _pack(args)
         if args.command == "inspect":

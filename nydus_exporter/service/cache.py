@@ -1,0 +1,143 @@
+"""The daemon's cache of converted layers (``<state>/layer-cache``), behind ``layer_wants``.
+
+An entry is keyed by ``sha256(source blob digest ‖ pack options ‖ cache format)``: the source
+blob digest is verified by the daemon while the layer streams in (``layer_end``), so an entry
+can only be created from bytes whose digest we checked, and the conversion is deterministic
+for given pack options (per-layer conversion is independent of the other layers, §5.6).
+
+An entry directory holds ``blob`` (the converted Nydus blob), ``result.pickle`` (the
+:class:`BlobResult` the pipeline needs to merge it: embedded bootstrap, blob meta, blob info)
+and ``entry.json`` (the blob's digest and size, and the pickle's sha256). Entries are written
+to a temporary directory and renamed into place, so a reader sees a whole entry or none.
+Verification on use (:meth:`LayerCache.checkout`) re-hashes the blob and the pickle; a bad
+entry is deleted and reported as a miss. The pickle is read only after its hash matched,
+and the cache directory is private to the daemon (mode 0700).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from nydus_exporter import __version__
+from nydus_exporter.pack import PackOptions
+from nydus_exporter.rafs.blob import BlobResult
+
+CACHE_FORMAT = "nydus-exporter-layer-cache-1"
+_READ = 1 << 20
+
+
+def pack_fingerprint(options: PackOptions) -> str:
+    """The pack options that change the output (``threads`` does not: builds are reproducible)."""
+    return json.dumps(
+        {"chunk_size": options.chunk_size, "compressor": options.compressor, "digester": options.digester},
+        sort_keys=True,
+    )
+
+
+def cache_key(blob_digest: str, options: PackOptions) -> str:
+    text = "\0".join((CACHE_FORMAT, __version__, blob_digest, pack_fingerprint(options)))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedLayer:
+    """A verified entry, copied out of the cache for one job."""
+
+    blob: Path
+    result: BlobResult
+
+
+def _copy_hashing(src: Path, dst: Path) -> str:
+    """Copy ``src`` to ``dst`` and return the sha256 digest of what was copied.
+
+    Copies, never hard links: a published blob must not share an inode with a cache entry,
+    or damage to one would show in the other.
+    """
+    h = hashlib.sha256()
+    with src.open("rb") as f, dst.open("wb") as out:
+        while chunk := f.read(_READ):
+            h.update(chunk)
+            out.write(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+class LayerCache:
+    """Synchronous (call it from a worker thread or the worker process)."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def _entry(self, key: str) -> Path:
+        return self._root / key
+
+    def contains(self, key: str) -> bool:
+        return (self._entry(key) / "entry.json").is_file()
+
+    def checkout(self, key: str, target: Path) -> CachedLayer | None:
+        """Verify entry ``key`` while copying its blob to ``target`` (and its result next to it,
+        ``target.with_suffix(".result")``); None on a miss. The job works on its own copies, so
+        a concurrent removal of the entry cannot pull them away.
+        """
+        entry = self._entry(key)
+        try:
+            meta = json.loads((entry / "entry.json").read_text())
+            blob_path = entry / "blob"
+            if blob_path.stat().st_size != meta["size"]:
+                raise ValueError("blob does not match its entry")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if _copy_hashing(blob_path, target) != meta["digest"]:
+                raise ValueError("blob does not match its entry")
+            raw = (entry / "result.pickle").read_bytes()
+            if "sha256:" + hashlib.sha256(raw).hexdigest() != meta["result_sha256"]:
+                raise ValueError("result does not match its entry")
+            result = pickle.loads(raw)
+            if not isinstance(result, BlobResult) or result.digest != meta["digest"]:
+                raise ValueError("result is not the blob's")
+        except FileNotFoundError:
+            target.unlink(missing_ok=True)
+            return None
+        except (OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError, EOFError, AttributeError):
+            target.unlink(missing_ok=True)
+            shutil.rmtree(entry, ignore_errors=True)  # corrupt: drop it, convert again
+            return None
+        target.with_suffix(".result").write_bytes(raw)
+        return CachedLayer(target, result)
+
+    def store(self, key: str, blob: Path, result: BlobResult) -> None:
+        """Add the converted ``blob`` (left in place) with its ``result``; first writer wins."""
+        if self.contains(key):
+            return
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self._root))
+        try:
+            if _copy_hashing(blob, tmp / "blob") != result.digest:
+                return  # the blob changed under us: do not cache it
+            raw = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+            (tmp / "result.pickle").write_bytes(raw)
+            meta = {
+                "digest": result.digest,
+                "size": result.size,
+                "result_sha256": "sha256:" + hashlib.sha256(raw).hexdigest(),
+            }
+            (tmp / "entry.json").write_text(json.dumps(meta))
+            with contextlib.suppress(OSError):  # another job stored the same key first: keep theirs
+                os.rename(tmp, self._entry(key))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def clean_temporaries(self) -> None:
+        """Remove half-written entries a killed worker left behind."""
+        for child in self._root.glob(".tmp-*"):
+            shutil.rmtree(child, ignore_errors=True)

@@ -1,0 +1,362 @@
+"""The streaming client of ``nydus.exporter.v1.Exporter``: what the buildkitd shim does, in Python.
+
+:class:`ExporterClient` drives the daemon exactly as the shim would (contract §5.5): Resolve,
+then an Export stream (header, per platform ``platform_begin`` with the whole layer chain,
+the layers the server wants as 1 MiB ``layer_data`` chunks with ``layer_end`` digests,
+``platform_end``, ``commit``), then Finalize when the export was deferred. Layers are read
+from a :class:`~nydus_exporter.sources.Source` as they are stored (compressed bytes as in the
+source) and streamed, never held in memory. Directory layers are sent by reference (the
+daemon must share the filesystem and allow the path); tar files can be too.
+
+Registry credentials stay here: an ``auth_request`` is answered from a
+:class:`~nydus_exporter.registry.credentials.CredentialStore` (the client's docker config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from nydus_exporter.api import exporter_pb2 as pb
+from nydus_exporter.api import exporter_pb2_grpc as pb_grpc
+from nydus_exporter.errors import ConfigError
+from nydus_exporter.oci.platform import Platform
+from nydus_exporter.registry.auth import parse_challenges
+from nydus_exporter.registry.credentials import CredentialStore
+from nydus_exporter.sources import Source, SourceLayer
+
+CHUNK = 1 << 20  # contract §5.6: 1 MiB layer_data
+MAX_MESSAGE = 16 << 20
+_TOKEN_USERNAME = "<token>"
+
+OnEvent = Callable[[pb.ExportEvent], None]
+
+
+class RemoteExportError(Exception):
+    """The daemon ended an RPC with an error status (code and message kept)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    ca: Path | None = None  # verify the server with this CA (default: system roots)
+    cert: Path | None = None  # client certificate for mutual TLS
+    key: Path | None = None
+    server_name: str = ""  # override the name checked in the server's certificate
+
+
+def open_channel(address: str, *, tls: ClientTLS | None = None) -> grpc.aio.Channel:
+    """``unix:///path`` or ``tcp://host:port`` (TLS when ``tls`` is given)."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+    ]
+    if address.startswith("unix://"):
+        return grpc.aio.insecure_channel(address, options=options)
+    if not address.startswith("tcp://"):
+        raise ConfigError(f"--addr {address!r}: expected unix:///PATH or tcp://HOST:PORT")
+    target = address.removeprefix("tcp://")
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    try:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=tls.ca.read_bytes() if tls.ca else None,
+            private_key=tls.key.read_bytes() if tls.key else None,
+            certificate_chain=tls.cert.read_bytes() if tls.cert else None,
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS material: {exc}") from None
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.aio.secure_channel(target, creds, options=options)
+
+
+@dataclass
+class ExportOutcome:
+    job_id: str
+    resumed: bool
+    result: pb.Result
+    bytes_sent: int  # layer bytes streamed (0 when every layer was a cache hit)
+    events: list[pb.ExportEvent]
+
+
+def platform_id(platform: Platform | None, index: int, taken: set[str]) -> str:
+    base = str(platform) if platform is not None else f"image-{index}"
+    pid, n = base, 1
+    while pid in taken:
+        n += 1
+        pid = f"{base}#{n}"
+    taken.add(pid)
+    return pid
+
+
+def _platform_pb(pid: str, platform: Platform | None) -> pb.Platform:
+    if platform is None:
+        return pb.Platform(id=pid)
+    return pb.Platform(
+        id=pid,
+        os=platform.os,
+        architecture=platform.architecture,
+        variant=platform.variant or "",
+        os_version=platform.os_version or "",
+        os_features=list(platform.os_features or ()),
+    )
+
+
+def _layer_digest(layer: SourceLayer) -> tuple[str, int]:
+    """The digest and size of the bytes that will be sent (hashed when not known)."""
+    if layer.name.startswith("sha256:") and layer.size is not None:
+        return layer.name, layer.size
+    assert layer.open is not None
+    h, size = hashlib.sha256(), 0
+    with layer.open() as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return "sha256:" + h.hexdigest(), size
+
+
+class ExporterClient:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.stub = pb_grpc.ExporterStub(channel)
+
+    async def get_info(self) -> pb.GetInfoResponse:
+        response: pb.GetInfoResponse = await _call(self.stub.GetInfo(pb.GetInfoRequest()))
+        return response
+
+    async def resolve(self, attrs: Mapping[str, str], *, exporter_index: int = 0) -> pb.ResolveResponse:
+        request = pb.ResolveRequest(
+            attrs=dict(attrs), exporter_index=exporter_index, client_capabilities=["finalize"]
+        )
+        response: pb.ResolveResponse = await _call(self.stub.Resolve(request))
+        return response
+
+    async def release(self, instance_id: str) -> bool:
+        response: pb.ReleaseResponse = await _call(
+            self.stub.Release(pb.ReleaseRequest(instance_id=instance_id))
+        )
+        return response.released
+
+    async def cancel(self, *, instance_id: str = "", job_id: str = "") -> int:
+        response: pb.CancelResponse = await _call(
+            self.stub.Cancel(pb.CancelRequest(instance_id=instance_id, job_id=job_id))
+        )
+        return response.cancelled
+
+    async def export(
+        self,
+        source: Source,
+        instance_id: str,
+        *,
+        idempotency_key: str = "",
+        defer_push: bool = False,
+        by_reference: bool = False,
+        on_event: OnEvent | None = None,
+        credentials: CredentialStore | None = None,
+        chunk_size: int = CHUNK,
+        metadata: Mapping[str, bytes] | None = None,
+    ) -> ExportOutcome:
+        """Stream ``source`` to the daemon; returns once the result arrived."""
+        call = self.stub.Export()
+        write_lock = asyncio.Lock()
+        wants: dict[str, asyncio.Future[tuple[int, ...]]] = {}
+        accepted: asyncio.Future[pb.Accepted] = asyncio.get_running_loop().create_future()
+        result: asyncio.Future[pb.Result] = asyncio.get_running_loop().create_future()
+        events: list[pb.ExportEvent] = []
+        sent = 0
+
+        async def write(request: pb.ExportRequest) -> None:
+            async with write_lock:
+                await call.write(request)
+
+        taken: set[str] = set()
+        platforms = [(platform_id(img.platform, i, taken), img) for i, img in enumerate(source.images)]
+        header_metadata = dict(metadata or {})
+        for pid, image in platforms:
+            key = "containerimage.config" if len(platforms) == 1 else f"containerimage.config/{pid}"
+            header_metadata[key] = image.config
+        for pid, _ in platforms:
+            wants[pid] = asyncio.get_running_loop().create_future()
+
+        async def reader() -> None:
+            async for event in _events(call):
+                events.append(event)
+                kind = event.WhichOneof("ev")
+                if kind == "accepted" and not accepted.done():
+                    accepted.set_result(event.accepted)
+                elif kind == "layer_wants":
+                    future = wants.get(event.layer_wants.platform_id)
+                    if future is None or future.done():
+                        raise RemoteExportError(grpc.StatusCode.INTERNAL, "unexpected layer_wants")
+                    future.set_result(tuple(event.layer_wants.indices))
+                elif kind == "auth_request":
+                    await write(
+                        pb.ExportRequest(auth_reply=await answer_auth(event.auth_request, credentials))
+                    )
+                elif kind == "result":
+                    result.set_result(event.result)
+                    return
+                if on_event is not None:
+                    on_event(event)
+            raise RemoteExportError(grpc.StatusCode.INTERNAL, "the stream ended without a result")
+
+        async def sender() -> None:
+            nonlocal sent
+            await write(
+                pb.ExportRequest(
+                    header=pb.ExportHeader(
+                        instance_id=instance_id,
+                        idempotency_key=idempotency_key,
+                        defer_push=defer_push,
+                        metadata=header_metadata,
+                        platforms=[_platform_pb(pid, img.platform) for pid, img in platforms],
+                    )
+                )
+            )
+            if (await accepted).resumed:
+                return  # the server has (or is making) this export already
+            for pid, image in platforms:
+                infos, digests = [], []
+                for index, layer in enumerate(image.layers):
+                    info = pb.LayerInfo(index=index)
+                    if layer.directory is not None:
+                        kind = (
+                            pb.LayerReference.KIND_DIRECTORY_OVERLAYFS
+                            if layer.whiteouts == "overlayfs"
+                            else pb.LayerReference.KIND_DIRECTORY_OCI
+                        )
+                        info.reference.CopyFrom(pb.LayerReference(path=str(layer.directory), kind=kind))
+                        digests.append("")
+                    elif by_reference and not layer.name.startswith("sha256:"):
+                        info.reference.CopyFrom(
+                            pb.LayerReference(path=layer.name, kind=pb.LayerReference.KIND_TAR)
+                        )
+                        digests.append("")
+                    else:
+                        digest, size = await asyncio.to_thread(_layer_digest, layer)
+                        info.blob_digest, info.size = digest, size
+                        digests.append(digest)
+                    infos.append(info)
+                await write(pb.ExportRequest(platform_begin=pb.PlatformBegin(platform_id=pid, layers=infos)))
+                for index in await wants[pid]:
+                    sent += await self._send_layer(
+                        write, pid, index, image.layers[index], digests[index], chunk_size
+                    )
+                await write(pb.ExportRequest(platform_end=pb.PlatformEnd(platform_id=pid)))
+            await write(pb.ExportRequest(commit=pb.Commit()))
+            # The write side stays open until the result: auth replies may still be needed.
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(reader())
+                tg.create_task(sender())
+            await call.done_writing()
+        except BaseExceptionGroup as group:
+            raise _unwrap(group) from None
+        except grpc.aio.AioRpcError as exc:
+            raise RemoteExportError(exc.code(), exc.details() or "") from None
+        return ExportOutcome(
+            accepted.result().job_id, accepted.result().resumed, result.result(), sent, events
+        )
+
+    async def _send_layer(
+        self,
+        write: Callable[[pb.ExportRequest], Awaitable[None]],
+        pid: str,
+        index: int,
+        layer: SourceLayer,
+        digest: str,
+        chunk_size: int,
+    ) -> int:
+        assert layer.open is not None
+        offset = 0
+        with layer.open() as f:
+            while chunk := await asyncio.to_thread(f.read, chunk_size):
+                await write(
+                    pb.ExportRequest(
+                        layer_data=pb.LayerData(platform_id=pid, index=index, offset=offset, data=chunk)
+                    )
+                )
+                offset += len(chunk)
+        await write(pb.ExportRequest(layer_end=pb.LayerEnd(platform_id=pid, index=index, digest=digest)))
+        return offset
+
+    async def finalize(
+        self,
+        instance_id: str,
+        token: str,
+        *,
+        on_event: OnEvent | None = None,
+        credentials: CredentialStore | None = None,
+    ) -> pb.Result:
+        call = self.stub.Finalize()
+        try:
+            await call.write(
+                pb.FinalizeRequest(start=pb.FinalizeStart(instance_id=instance_id, finalize_token=token))
+            )
+            async for event in _events(call):
+                kind = event.WhichOneof("ev")
+                if kind == "auth_request":
+                    reply = await answer_auth(event.auth_request, credentials)
+                    await call.write(pb.FinalizeRequest(auth_reply=reply))
+                elif kind == "result":
+                    await call.done_writing()
+                    final: pb.Result = event.result
+                    return final
+                if on_event is not None:
+                    on_event(event)
+        except grpc.aio.AioRpcError as exc:
+            raise RemoteExportError(exc.code(), exc.details() or "") from None
+        raise RemoteExportError(grpc.StatusCode.INTERNAL, "Finalize ended without a result")
+
+
+async def _events(call: Any) -> Any:
+    while True:
+        event = await call.read()
+        if event is grpc.aio.EOF:
+            return
+        yield event
+
+
+async def _call(awaitable: Awaitable[Any]) -> Any:
+    try:
+        return await awaitable
+    except grpc.aio.AioRpcError as exc:
+        raise RemoteExportError(exc.code(), exc.details() or "") from None
+
+
+def _unwrap(group: BaseExceptionGroup) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return RemoteExportError(exc.code(), exc.details() or "")
+    return exc
+
+
+async def answer_auth(request: pb.AuthRequest, store: CredentialStore | None) -> pb.AuthReply:
+    """Look the host up in the client's own credentials (never the daemon's)."""
+    if store is None:
+        return pb.AuthReply(request_id=request.request_id, error="the client has no credential store")
+    challenges = parse_challenges(list(request.www_authenticate))
+    found = await store.lookup(request.host, challenges[0] if challenges else None)
+    if found is None:
+        return pb.AuthReply(request_id=request.request_id, error=f"no credentials for {request.host}")
+    if found.registry_token:
+        return pb.AuthReply(request_id=request.request_id, authorization=f"Bearer {found.registry_token}")
+    if found.identity_token:
+        basic = pb.BasicCredentials(username=_TOKEN_USERNAME, secret=found.identity_token)
+    else:
+        basic = pb.BasicCredentials(username=found.username, secret=found.password)
+    return pb.AuthReply(request_id=request.request_id, basic=basic)

@@ -1,0 +1,174 @@
+"""Daemon configuration: a TOML file, then ``NYDUS_EXPORTER_*`` environment variables, then flags.
+
+Later sources win: defaults < ``--config FILE`` (or ``NYDUS_EXPORTER_CONFIG``) < environment
+< command-line flags. The resolved value is a frozen :class:`ServiceConfig`, built once by
+the CLI and passed down (never a module global); :func:`redacted` is what gets logged.
+
+TOML keys are the field names (``state_dir``, ``listen``, ``allowed_roots``, ...); the
+environment variable of a field is ``NYDUS_EXPORTER_`` + its upper-cased name, and list
+fields take a comma-separated value (``NYDUS_EXPORTER_LISTEN=unix:///run/x.sock,tcp://0.0.0.0:7070``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from nydus_exporter.errors import ConfigError
+
+ENV_PREFIX = "NYDUS_EXPORTER_"
+DEFAULT_STATE_DIR = Path("/var/lib/nydus-exporter")
+_SECRET_WORDS = ("password", "secret", "token")
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the daemon is told; see the module docstring for where values come from."""
+
+    state_dir: Path = DEFAULT_STATE_DIR  # job spools, staging layouts, the layer cache
+    # unix:///path (mode 0660) and/or tcp://HOST:PORT; empty: unix socket in state_dir
+    listen: tuple[str, ...] = ()
+    http: str = ""  # HOST:PORT of the /metrics and /healthz endpoint; empty: off
+    tls_cert: Path | None = None  # server certificate (PEM) for tcp:// listeners
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: mutual TLS, clients must present a cert it signed
+    max_concurrent_exports: int = field(default_factory=_cpus)
+    job_deadline: float = 3600.0  # seconds a job may run (receive + convert + publish)
+    job_ttl: float = 600.0  # seconds finished jobs and idle instances are kept
+    grace_period: float = 30.0  # SIGTERM: seconds running exports may take to finish
+    allowed_roots: tuple[Path, ...] = ()  # host paths a client may name (oci-layout, layer refs)
+    use_docker_config: bool = False  # fall back to the daemon's own docker config for registries
+    max_chunk_bytes: int = 1 << 20  # largest LayerData.data
+    max_message_bytes: int = 16 << 20  # gRPC message limit both ways (contract §5.6)
+    log_level: str = "info"
+    log_format: str = "json"  # json | console
+
+    @property
+    def listen_addresses(self) -> tuple[str, ...]:
+        return self.listen or (f"unix://{self.state_dir / 'exporter.sock'}",)
+
+    def validated(self) -> ServiceConfig:
+        if self.max_concurrent_exports < 1:
+            raise ConfigError("max_concurrent_exports must be at least 1")
+        if not 4096 <= self.max_chunk_bytes <= self.max_message_bytes - 4096:
+            raise ConfigError("max_chunk_bytes must be from 4096 to max_message_bytes - 4096")
+        for value, name in (
+            (self.job_deadline, "job_deadline"),
+            (self.job_ttl, "job_ttl"),
+            (self.grace_period, "grace_period"),
+        ):
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive")
+        for address in self.listen_addresses:
+            if not address.startswith(("unix://", "tcp://")):
+                raise ConfigError(f"listen address {address!r}: expected unix:///PATH or tcp://HOST:PORT")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.log_format not in ("json", "console"):
+            raise ConfigError(f"log_format={self.log_format!r}: expected json or console")
+        return self
+
+    def path_allowed(self, path: Path) -> bool:
+        """Whether a client may name ``path``: under an allowed root or the state dir.
+
+        Symlinks are resolved first, so a link cannot lead out of a root.
+        """
+        real = Path(os.path.realpath(path))
+        roots = (*self.allowed_roots, self.state_dir)
+        return any(real == r or real.is_relative_to(r) for r in (Path(os.path.realpath(x)) for x in roots))
+
+
+def _coerce(name: str, kind: Any, value: object) -> object:
+    """Turn a TOML/env/flag value into the field's type."""
+    text_kind = str(kind)
+    try:
+        if text_kind in ("Path", "pathlib.Path"):
+            return Path(str(value))
+        if "Path | None" in text_kind:
+            return Path(str(value)) if value not in (None, "") else None
+        if text_kind.startswith("tuple[Path"):
+            items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+            return tuple(Path(str(i).strip()) for i in items if str(i).strip())
+        if text_kind.startswith("tuple[str"):
+            items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if text_kind == "bool":
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if text_kind == "int":
+            return int(str(value), 0) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
+        if text_kind == "float":
+            return float(value)  # type: ignore[arg-type]
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config {name}={value!r} is not a valid {text_kind}") from None
+
+
+def load_config(
+    *,
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> ServiceConfig:
+    """Merge defaults, the TOML file, the environment and flag ``overrides`` (None = unset)."""
+    env = os.environ if env is None else env
+    known = {f.name: f for f in fields(ServiceConfig)}
+    values: dict[str, object] = {}
+    if file is None and env.get(ENV_PREFIX + "CONFIG"):
+        file = Path(env[ENV_PREFIX + "CONFIG"])
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file}: {exc}") from None
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"config file {file}: unknown key {key!r}")
+            values[name] = _coerce(name, known[name].type, value)
+    for name, f in known.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(name, f.type, raw)
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in known:
+            raise ConfigError(f"unknown config option {name!r}")
+        values[name] = _coerce(name, known[name].type, value)
+    return ServiceConfig(**values).validated()  # type: ignore[arg-type]
+
+
+def redacted(config: ServiceConfig) -> dict[str, object]:
+    """The config as a loggable dict: paths as strings, anything secret-looking masked."""
+    out: dict[str, object] = {}
+    for name, value in dataclasses.asdict(config).items():
+        if any(word in name for word in _SECRET_WORDS) and value:
+            out[name] = "<redacted>"
+        elif isinstance(value, tuple):
+            out[name] = [str(v) for v in value]
+        elif isinstance(value, Path):
+            out[name] = str(value)
+        else:
+            out[name] = value
+    out["listen"] = list(config.listen_addresses)
+    return out

@@ -1,0 +1,376 @@
+"""The receiving half of an Export stream: platforms, layer chains, layer bytes, commit.
+
+:class:`ExportIntake` is the stream protocol's state machine (buildkit-exporter-contract §5.3),
+fed with plain values by the servicer. It enforces the message order and limits, and every
+violation raises :class:`ProtocolError` naming the problem (``INVALID_ARGUMENT``):
+
+* ``platform_begin`` announces a platform of the header, once, with layers indexed 0..n-1;
+  the answer is the layers still wanted: those not in the layer cache and not already
+  wanted or received for another platform of this export (same blob digest);
+* ``layer_data`` only for a wanted layer, one layer open at a time, ``offset`` equal to the
+  bytes received so far, at most ``max_chunk_bytes`` per message, never past the announced
+  size; bytes are spooled to the job directory (never held in memory) and hashed on the way;
+* ``layer_end`` closes the open layer: its digest must match the bytes (and the announced
+  ``blob_digest``);
+* ``commit`` needs every platform begun and ended and every wanted layer received.
+
+Layers sent by reference (a tar file or snapshot directory on the daemon's filesystem) are
+accepted only under the configured allowed roots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from nydus_exporter.errors import ConfigError
+from nydus_exporter.oci.platform import Platform
+from nydus_exporter.pack import PackOptions
+from nydus_exporter.service.attrs import selected
+from nydus_exporter.service.cache import LayerCache, cache_key
+from nydus_exporter.service.errors import PathNotAllowedError, ProtocolError
+from nydus_exporter.service.worker import WorkerImage, WorkerLayer, platform_to_json
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+MAX_METADATA_BYTES = 16 << 20  # one metadata value (an image config is a few KiB)
+
+
+@dataclass(frozen=True)
+class LayerReference:
+    path: Path
+    kind: Literal["tar", "dir-oci", "dir-overlayfs"]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A ``LayerInfo`` as the intake needs it."""
+
+    index: int
+    blob_digest: str = ""
+    media_type: str = ""
+    size: int = 0
+    reference: LayerReference | None = None
+
+
+@dataclass
+class _Spool:
+    path: Path
+    file: BinaryIO
+    hash: hashlib._Hash = field(default_factory=hashlib.sha256)
+    received: int = 0
+
+
+@dataclass
+class _PlatformState:
+    platform_id: str
+    platform: Platform | None
+    selected: bool
+    layers: list[LayerSpec] = field(default_factory=list)
+    wanted: set[int] = field(default_factory=set)
+    received: set[int] = field(default_factory=set)
+    sources: dict[int, WorkerLayer] = field(default_factory=dict)  # resolved at commit
+    ended: bool = False
+
+
+class ExportIntake:
+    """One Export stream's receiving state. Not thread-safe: one stream, one task."""
+
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        platforms: Sequence[tuple[str, Platform | None]],
+        selection: Sequence[Platform],
+        metadata: Mapping[str, bytes],
+        pack: PackOptions,
+        cache: LayerCache,
+        max_chunk_bytes: int,
+        path_allowed: Callable[[Path], bool],
+        on_bytes: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        if not platforms:
+            raise ProtocolError("header names no platform")
+        self._workdir = workdir
+        self._spool_dir = workdir / "spool"
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        self._platforms: dict[str, _PlatformState] = {}
+        for pid, platform in platforms:
+            if not pid:
+                raise ProtocolError("a header platform has an empty id")
+            if pid in self._platforms:
+                raise ProtocolError(f"header names platform {pid!r} twice")
+            self._platforms[pid] = _PlatformState(pid, platform, selected(selection, platform))
+        if not any(p.selected for p in self._platforms.values()):
+            names = ", ".join(str(p) for p in selection)
+            raise ConfigError(f"platform={names}: the export has no such platform")
+        self._metadata: dict[str, bytearray] = {k: bytearray(v) for k, v in metadata.items()}
+        self._metadata_done: set[str] = set(metadata)
+        self._pack = pack
+        self._cache = cache
+        self._max_chunk = max_chunk_bytes
+        self._path_allowed = path_allowed
+        self._on_bytes = on_bytes
+        self._open: tuple[str, int] | None = None
+        self._spool: _Spool | None = None
+        # blob digest -> where its bytes are / will be: ("spool", path) once received,
+        # ("pending", "") while wanted elsewhere, ("cached", key) for cache hits
+        self._by_digest: dict[str, tuple[str, str]] = {}
+        self._cached: dict[tuple[str, int], WorkerLayer] = {}
+        self._spooled: dict[tuple[str, int], str] = {}
+        self._links = 0
+        self._committed = False
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    # --- metadata -------------------------------------------------------------------------
+
+    def metadata_chunk(self, key: str, offset: int, data: bytes, last: bool) -> None:
+        self._check_not_committed("metadata_chunk")
+        if not key:
+            raise ProtocolError("metadata_chunk has no key")
+        if key in self._metadata_done:
+            raise ProtocolError(f"metadata_chunk for {key!r} after its last chunk")
+        buf = self._metadata.setdefault(key, bytearray())
+        if offset != len(buf):
+            raise ProtocolError(f"metadata_chunk for {key!r} at offset {offset}, expected {len(buf)}")
+        if len(buf) + len(data) > MAX_METADATA_BYTES:
+            raise ProtocolError(f"metadata {key!r} is larger than {MAX_METADATA_BYTES} bytes")
+        buf += data
+        if last:
+            self._metadata_done.add(key)
+
+    # --- platforms and layers -------------------------------------------------------------
+
+    def _state(self, platform_id: str, what: str) -> _PlatformState:
+        state = self._platforms.get(platform_id)
+        if state is None:
+            raise ProtocolError(f"{what}: unknown platform id {platform_id!r} (not in the header)")
+        return state
+
+    def _check_not_committed(self, what: str) -> None:
+        if self._committed:
+            raise ProtocolError(f"{what} after commit")
+
+    async def platform_begin(self, platform_id: str, layers: Sequence[LayerSpec]) -> tuple[int, ...]:
+        """Record the chain; returns the indices the client must send."""
+        self._check_not_committed("platform_begin")
+        state = self._state(platform_id, "platform_begin")
+        if state.layers or state.ended:
+            raise ProtocolError(f"platform_begin for {platform_id!r} twice")
+        for position, layer in enumerate(layers):
+            if layer.index != position:
+                raise ProtocolError(
+                    f"platform_begin {platform_id!r}: layer {position} has index {layer.index} "
+                    "(indices must be 0..n-1, lowest layer first)"
+                )
+            if layer.blob_digest and not _DIGEST.match(layer.blob_digest):
+                raise ProtocolError(
+                    f"platform_begin {platform_id!r}: layer {position} has a malformed "
+                    f"blob_digest {layer.blob_digest!r} (expected sha256:<64 hex>)"
+                )
+            if layer.size < 0:
+                raise ProtocolError(f"platform_begin {platform_id!r}: layer {position} has a negative size")
+            if layer.reference is not None:
+                self._check_reference(platform_id, layer)
+        state.layers = list(layers)
+        if not layers:
+            state.layers = []
+        if not state.selected:
+            return ()
+        for layer in layers:
+            if layer.reference is not None:
+                continue
+            digest = layer.blob_digest
+            known = self._by_digest.get(digest) if digest else None
+            if known is not None:
+                if known[0] == "cached":
+                    self._cached[(platform_id, layer.index)] = self._cached_layer(digest, known[1], layer)
+                continue
+            if digest:
+                key = cache_key(digest, self._pack)
+                target = self._spool_dir / f"{key}.cache"
+                hit = await asyncio.to_thread(self._cache.checkout, key, target)
+                if hit is not None:
+                    self.cache_hits += 1
+                    self._by_digest[digest] = ("cached", str(target))
+                    self._cached[(platform_id, layer.index)] = self._cached_layer(digest, str(target), layer)
+                    continue
+                self._by_digest[digest] = ("pending", "")
+            self.cache_misses += 1
+            state.wanted.add(layer.index)
+        return tuple(sorted(state.wanted))
+
+    def _cached_layer(self, digest: str, path: str, layer: LayerSpec) -> WorkerLayer:
+        # Each occurrence gets its own link: the worker moves it into the staging layout.
+        self._links += 1
+        own = self._spool_dir / f"cached-{self._links}.blob"
+        os.link(path, own)
+        shutil.copyfile(Path(path).with_suffix(".result"), own.with_suffix(".result"))
+        return WorkerLayer("cached", str(own), digest, cache_key=cache_key(digest, self._pack))
+
+    def _check_reference(self, platform_id: str, layer: LayerSpec) -> None:
+        ref = layer.reference
+        assert ref is not None
+        where = f"platform_begin {platform_id!r}: layer {layer.index}"
+        if not ref.path.is_absolute():
+            raise ProtocolError(f"{where}: reference path {str(ref.path)!r} is not absolute")
+        if not self._path_allowed(ref.path):
+            raise PathNotAllowedError(f"{where}: {ref.path} is not under an allowed root")
+        if ref.kind == "tar" and not ref.path.is_file():
+            raise ProtocolError(f"{where}: reference {ref.path} is not a file")
+        if ref.kind != "tar" and not ref.path.is_dir():
+            raise ProtocolError(f"{where}: reference {ref.path} is not a directory")
+
+    async def layer_data(self, platform_id: str, index: int, offset: int, data: bytes) -> None:
+        self._check_not_committed("layer_data")
+        state = self._state(platform_id, "layer_data")
+        where = f"layer_data {platform_id!r} layer {index}"
+        if len(data) > self._max_chunk:
+            raise ProtocolError(
+                f"{where}: chunk of {len(data)} bytes is over the {self._max_chunk}-byte limit"
+            )
+        if index not in state.wanted:
+            raise ProtocolError(f"{where}: the layer was not asked for (layer_wants) or is unknown")
+        if index in state.received:
+            raise ProtocolError(f"{where}: the layer was already ended")
+        if self._open is not None and self._open != (platform_id, index):
+            raise ProtocolError(
+                f"{where}: layer {self._open[1]} of {self._open[0]!r} is still open "
+                "(send its layer_end first)"
+            )
+        if self._spool is None:
+            path = self._spool_dir / f"{len(list(self._spool_dir.iterdir()))}.layer"
+            self._spool = _Spool(path, open(path, "wb"))  # noqa: SIM115 - closed in layer_end/close
+            self._open = (platform_id, index)
+        spool = self._spool
+        if offset != spool.received:
+            raise ProtocolError(f"{where}: offset {offset}, expected {spool.received}")
+        announced = state.layers[index].size
+        if announced and spool.received + len(data) > announced:
+            raise ProtocolError(f"{where}: more bytes than the announced size {announced}")
+        await asyncio.to_thread(_write_and_hash, spool, data)
+        spool.received += len(data)
+        self._on_bytes(len(data))
+
+    async def layer_end(self, platform_id: str, index: int, digest: str) -> None:
+        self._check_not_committed("layer_end")
+        state = self._state(platform_id, "layer_end")
+        where = f"layer_end {platform_id!r} layer {index}"
+        if index not in state.wanted or index in state.received:
+            raise ProtocolError(f"{where}: the layer was not asked for, or was already ended")
+        if self._open is None:
+            # a wanted layer of zero bytes: no layer_data came
+            path = self._spool_dir / f"{len(list(self._spool_dir.iterdir()))}.layer"
+            self._spool = _Spool(path, open(path, "wb"))  # noqa: SIM115
+            self._open = (platform_id, index)
+        if self._open != (platform_id, index):
+            raise ProtocolError(f"{where}: layer {self._open[1]} of {self._open[0]!r} is the open one")
+        spool = self._spool
+        assert spool is not None
+        await asyncio.to_thread(spool.file.close)
+        self._spool, self._open = None, None
+        actual = "sha256:" + spool.hash.hexdigest()
+        layer = state.layers[index]
+        if digest != actual:
+            raise ProtocolError(f"{where}: digest {digest!r} does not match the bytes received ({actual})")
+        if layer.blob_digest and layer.blob_digest != actual:
+            raise ProtocolError(
+                f"{where}: bytes have digest {actual}, platform_begin announced {layer.blob_digest}"
+            )
+        if layer.size and spool.received != layer.size:
+            raise ProtocolError(f"{where}: {spool.received} bytes received, announced {layer.size}")
+        state.received.add(index)
+        self._by_digest[actual] = ("spool", str(spool.path))
+        self._spooled[(platform_id, index)] = str(spool.path)
+
+    def platform_end(self, platform_id: str) -> None:
+        self._check_not_committed("platform_end")
+        state = self._state(platform_id, "platform_end")
+        if state.ended:
+            raise ProtocolError(f"platform_end for {platform_id!r} twice")
+        missing = sorted(state.wanted - state.received)
+        if missing:
+            raise ProtocolError(f"platform_end {platform_id!r}: wanted layers {missing} were not sent")
+        if self._open is not None and self._open[0] == platform_id:
+            raise ProtocolError(f"platform_end {platform_id!r}: layer {self._open[1]} is still open")
+        state.ended = True
+
+    def commit(self) -> tuple[WorkerImage, ...]:
+        """Check completeness; returns the images the worker converts (selected platforms)."""
+        self._check_not_committed("commit")
+        for pid, state in self._platforms.items():
+            if not state.ended:
+                raise ProtocolError(f"commit: platform {pid!r} was not ended (platform_begin/platform_end)")
+        unfinished = sorted(k for k in self._metadata if k not in self._metadata_done)
+        if unfinished:
+            raise ProtocolError(f"commit: metadata {unfinished} is missing its last chunk")
+        self._committed = True
+        images = []
+        for pid, state in self._platforms.items():
+            if not state.selected:
+                continue
+            layers = []
+            for layer in state.layers:
+                layers.append(self._source_of(pid, layer))
+            config_path = self._config_file(pid, state)
+            images.append(WorkerImage(platform_to_json(state.platform), config_path, tuple(layers)))
+        return tuple(images)
+
+    def _source_of(self, platform_id: str, layer: LayerSpec) -> WorkerLayer:
+        ref = layer.reference
+        if ref is not None:
+            if ref.kind == "tar":
+                return WorkerLayer("file", str(ref.path), str(ref.path))
+            whiteouts: Literal["oci", "overlayfs"] = "overlayfs" if ref.kind == "dir-overlayfs" else "oci"
+            return WorkerLayer("dir", str(ref.path), str(ref.path), whiteouts=whiteouts)
+        cached = self._cached.get((platform_id, layer.index))
+        if cached is not None:
+            return cached
+        digest = layer.blob_digest
+        own = self._spooled.get((platform_id, layer.index))
+        if own is not None:
+            key = cache_key(digest, self._pack) if digest else ""
+            return WorkerLayer("file", own, digest or f"{platform_id} layer {layer.index}", cache_key=key)
+        if digest:
+            kind, path = self._by_digest[digest]
+            if kind == "cached":
+                return WorkerLayer("cached", path, digest, cache_key=cache_key(digest, self._pack))
+            if kind == "spool":
+                return WorkerLayer("file", path, digest, cache_key=cache_key(digest, self._pack))
+        raise ProtocolError(f"commit: layer {layer.index} of {platform_id!r} was never sent")
+
+    def _config_file(self, platform_id: str, state: _PlatformState) -> str:
+        raw = self._metadata.get(f"containerimage.config/{platform_id}")
+        if raw is None and len(self._platforms) == 1:
+            raw = self._metadata.get("containerimage.config")
+        if raw is None:
+            return ""
+        try:
+            config = json.loads(bytes(raw))
+        except ValueError:
+            raise ConfigError(f"metadata containerimage.config of {platform_id!r} is not JSON") from None
+        if not isinstance(config, dict):
+            raise ConfigError(f"metadata containerimage.config of {platform_id!r} is not a JSON object")
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", platform_id)
+        path = self._workdir / f"config-{safe}.json"
+        path.write_bytes(bytes(raw))
+        return str(path)
+
+    def close(self) -> None:
+        """Close an open spool (the job directory itself is removed by the job)."""
+        if self._spool is not None:
+            self._spool.file.close()
+            self._spool = None
+
+
+def _write_and_hash(spool: _Spool, data: bytes) -> None:
+    spool.file.write(data)
+    spool.hash.update(data)

@@ -1,0 +1,699 @@
+"""Instances and jobs: idempotency, build slots, the worker process, publishing, TTL release.
+
+* An **instance** is what ``Resolve`` allocates: validated attrs with an id. It expires after
+  ``job_ttl`` without use.
+* A **job** is one export. The Export stream that creates it owns its work (its tasks run in
+  that stream's task group), so a client that cancels or disconnects stops the job at once:
+  the worker process group is killed and the job directory deleted, and nothing was tagged
+  or pushed (publishing happens only after a successful conversion, from a staging layout).
+* **Idempotency:** an idempotency key seen before with the same normalised attrs returns the
+  running or finished job (``resumed``); with different attrs it is ``ABORTED``. Failed and
+  cancelled jobs do not hold their key.
+* **Build slots:** at most ``max_concurrent_exports`` conversions run at once; a job waiting
+  for one reports a "waiting for a build slot" progress row.
+* **Finalize:** with ``defer_push`` the converted image waits in the job's staging layout
+  until ``Finalize`` publishes it (``Release`` or the TTL drop it instead).
+* **Auth:** registry credentials stay with the client: :class:`AuthBroker` turns a
+  ``credential_provider(host, challenge)`` call (the registry client's hook) into an
+  ``auth_request`` event and waits for the matching ``auth_reply``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import dataclasses
+import enum
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from nydus_exporter import errors as core_errors
+from nydus_exporter.export import ExportOptions, ProgressEvent
+from nydus_exporter.oci import mediatypes as mt
+from nydus_exporter.oci.descriptor import Descriptor
+from nydus_exporter.oci.layout import OciLayout
+from nydus_exporter.oci.reference import parse_reference
+from nydus_exporter.push import push_image
+from nydus_exporter.registry.auth import Challenge
+from nydus_exporter.registry.credentials import Credentials, StaticCredentials
+from nydus_exporter.registry.sync import SyncRegistry
+from nydus_exporter.service import errors as service_errors
+from nydus_exporter.service.attrs import ResolvedAttrs, filter_response, resolve_attrs
+from nydus_exporter.service.cache import LayerCache
+from nydus_exporter.service.config import ServiceConfig
+from nydus_exporter.service.errors import (
+    IdempotencyConflictError,
+    JobCancelledError,
+    NotFoundError,
+    PreconditionError,
+    ProtocolError,
+)
+from nydus_exporter.service.events import (
+    AuthAnswer,
+    AuthChallenge,
+    DescriptorValue,
+    Emit,
+    Event,
+    JobResult,
+    ProgressRow,
+    WarningEvent,
+)
+from nydus_exporter.service.metrics import Metrics
+from nydus_exporter.service.worker import WorkerImage, WorkerSpec
+
+log = structlog.get_logger("nydus_exporter.service")
+
+SLOT_ROW = "build slot"
+_AUTH_TIMEOUT = 60.0  # as BuildKit's session auth helpers (§4.2)
+_TOKEN_USERNAME = "<token>"  # docker's marker: the secret is an identity token
+
+
+class JobState(enum.Enum):
+    RECEIVING = "receiving"
+    WAITING = "waiting"  # for a build slot
+    CONVERTING = "converting"
+    CONVERTED = "converted"  # defer_push: waiting for Finalize
+    PUBLISHING = "publishing"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+_FINISHED = (JobState.CONVERTED, JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass
+class Instance:
+    instance_id: str
+    attrs: ResolvedAttrs
+    exporter_index: int
+    buildkit_version: str
+    last_used: float
+    job_ids: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Conversion:
+    """What the worker produced in the staging layout."""
+
+    metadata: dict[str, str]
+    descriptor: dict[str, Any]
+    warnings: tuple[str, ...]
+
+
+@dataclass(eq=False)
+class Job:
+    job_id: str
+    instance: Instance
+    key: str
+    defer_push: bool
+    workdir: Path
+    started: float
+    state: JobState = JobState.RECEIVING
+    finished: float | None = None
+    conversion: Conversion | None = None
+    result: JobResult | None = None  # what Export answered
+    final: JobResult | None = None  # what Finalize answered
+    error: BaseException | None = None
+    finalize_token: str = ""
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    work: asyncio.Task[Any] | None = None
+    cancel_reason: str = ""
+    publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _listeners: list[asyncio.Queue[Event | None]] = field(default_factory=list)
+
+    @property
+    def staging(self) -> Path:
+        return self.workdir / "staging"
+
+    def subscribe(self) -> asyncio.Queue[Event | None]:
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        if self.done.is_set():
+            queue.put_nowait(None)
+        else:
+            self._listeners.append(queue)
+        return queue
+
+    def broadcast(self, event: Event | None) -> None:
+        """Copy an event to resumed observers; progress is dropped for a slow observer."""
+        for queue in self._listeners:
+            if event is None or not isinstance(event, ProgressRow) or queue.qsize() < 256:
+                queue.put_nowait(event)
+        if event is None:
+            self._listeners.clear()
+
+    def cancel(self, reason: str) -> bool:
+        if self.work is None or self.work.done() or self.state in _FINISHED:
+            return False
+        self.cancel_reason = reason
+        self.work.cancel()
+        return True
+
+
+class Pusher(Protocol):
+    """Pushes a converted image from the staging layout (wired in once the pipeline can push).
+
+    ``credential_provider`` is the registry client's hook; here it asks the export's client.
+    """
+
+    async def __call__(
+        self,
+        *,
+        layout: Path,
+        root: Descriptor,
+        options: ExportOptions,
+        credential_provider: Callable[[str, Challenge | None], Awaitable[Credentials | None]],
+    ) -> None: ...
+
+
+class RegistryPusher:
+    """The default :class:`Pusher`: ``push_image`` with the registry client, in a thread.
+
+    Credentials come from the export's client through ``credential_provider`` (bridged from
+    the registry client's private loop to the daemon's); the daemon's own docker config is
+    consulted only when ``use_docker_config`` is set.
+    """
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self._config = config
+
+    async def __call__(
+        self,
+        *,
+        layout: Path,
+        root: Descriptor,
+        options: ExportOptions,
+        credential_provider: Callable[[str, Challenge | None], Awaitable[Credentials | None]],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def ask(host: str, challenge: Challenge | None) -> Credentials | None:
+            return await credential_provider(host, challenge)
+
+        async def bridge(host: str, challenge: Challenge | None) -> Credentials | None:
+            # Called on the registry client's private loop; the broker lives on ours.
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(ask(host, challenge), loop))
+
+        refs = [parse_reference(name).with_default_tag() for name in options.names]
+        insecure = [ref.api_host for ref in refs] if options.insecure else []
+        store = None if self._config.use_docker_config else StaticCredentials({})
+
+        def push() -> None:
+            with SyncRegistry(
+                credentials=store,
+                credential_provider=bridge,
+                insecure_hosts=insecure,
+                ca_file=options.ca_file,
+            ) as registry:
+                push_image(registry, OciLayout.open(layout), root, refs)
+
+        await asyncio.to_thread(push)
+
+
+class AuthBroker:
+    """Registry credentials on demand, from the client of the stream (§4.2 option 2)."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._pending: dict[str, asyncio.Future[AuthAnswer]] = {}
+
+    async def credential_provider(self, host: str, challenge: Challenge | None) -> Credentials | None:
+        """The registry client's ``credential_provider`` hook."""
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[AuthAnswer] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        headers: tuple[str, ...] = ()
+        if challenge is not None:
+            params = ",".join(f'{k}="{v}"' for k, v in challenge.params.items())
+            headers = (f"{challenge.scheme.capitalize()} {params}".strip(),)
+        try:
+            await self._emit(
+                AuthChallenge(
+                    request_id=request_id,
+                    host=host,
+                    www_authenticate=headers,
+                    scopes=challenge.scopes if challenge is not None else (),
+                )
+            )
+            async with asyncio.timeout(_AUTH_TIMEOUT):
+                answer = await future
+        finally:
+            self._pending.pop(request_id, None)
+        return credentials_from_answer(answer)
+
+    def answer(self, answer: AuthAnswer) -> None:
+        future = self._pending.get(answer.request_id)
+        if future is None or future.done():
+            raise ProtocolError(f"auth_reply for unknown request_id {answer.request_id!r}")
+        future.set_result(answer)
+
+
+def credentials_from_answer(answer: AuthAnswer) -> Credentials | None:
+    if answer.error:
+        return None
+    if answer.authorization:
+        scheme, _, value = answer.authorization.partition(" ")
+        if scheme.lower() == "bearer" and value:
+            return Credentials(registry_token=value.strip())
+        if scheme.lower() == "basic" and value:
+            try:
+                user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                raise ProtocolError("auth_reply: authorization is not valid Basic credentials") from None
+            if sep:
+                return Credentials(username=user, password=password)
+        raise ProtocolError("auth_reply: authorization must be 'Bearer <token>' or 'Basic <base64>'")
+    if answer.username == _TOKEN_USERNAME:
+        return Credentials(identity_token=answer.secret)
+    if answer.username or answer.secret:
+        return Credentials(username=answer.username, password=answer.secret)
+    return None
+
+
+# --- the worker process -------------------------------------------------------------------
+
+_ERROR_TYPES: dict[str, type[BaseException]] = {
+    **{
+        name: obj
+        for name, obj in vars(core_errors).items()
+        if isinstance(obj, type) and issubclass(obj, core_errors.ExporterError)
+    },
+    **{
+        name: obj
+        for name, obj in vars(service_errors).items()
+        if isinstance(obj, type) and issubclass(obj, core_errors.ExporterError)
+    },
+}
+
+
+class WorkerCrashedError(core_errors.ExporterError):
+    """The worker process died or failed unexpectedly (a bug: INTERNAL)."""
+
+
+class WorkerRunner:
+    """Runs a :class:`WorkerSpec` in ``python -m nydus_exporter.service.worker``."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self._python = python
+
+    async def convert(
+        self, spec: WorkerSpec, on_progress: Callable[[ProgressEvent], Awaitable[None]]
+    ) -> Conversion:
+        proc = await asyncio.create_subprocess_exec(
+            self._python,
+            "-m",
+            "nydus_exporter.service.worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group: killed as a whole
+            limit=16 << 20,
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        stderr_tail = bytearray()
+
+        async def read_stderr() -> None:
+            assert proc.stderr is not None
+            while chunk := await proc.stderr.read(1 << 16):
+                stderr_tail.extend(chunk)
+                del stderr_tail[: max(0, len(stderr_tail) - 8192)]
+
+        outcome: dict[str, Any] | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(read_stderr())
+                proc.stdin.write(spec.to_json().encode() + b"\n")
+                await proc.stdin.drain()
+                while line := await proc.stdout.readline():
+                    message = json.loads(line)
+                    if "progress" in message:
+                        await on_progress(ProgressEvent(**message["progress"]))
+                    else:
+                        outcome = message
+                proc.stdin.close()
+                await proc.wait()
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await asyncio.shield(proc.wait())
+        if outcome is not None and "result" in outcome:
+            r = outcome["result"]
+            return Conversion(dict(r["metadata"]), dict(r["descriptor"]), tuple(r.get("warnings", ())))
+        if outcome is not None and "error" in outcome:
+            raise _rebuild_error(outcome["error"])
+        tail = stderr_tail.decode(errors="replace").strip().splitlines()[-5:]
+        raise WorkerCrashedError(
+            f"conversion worker exited with status {proc.returncode}: {' | '.join(tail)}"
+        )
+
+
+def _rebuild_error(raw: Mapping[str, Any]) -> BaseException:
+    kind, message = str(raw.get("type", "")), str(raw.get("message", ""))
+    if kind == "OSError":
+        return OSError(int(raw.get("errno", 0)), message)
+    cls = _ERROR_TYPES.get(kind)
+    if cls is None:
+        return WorkerCrashedError(f"conversion failed: {message}")
+    return cls(message)
+
+
+# --- publishing ---------------------------------------------------------------------------
+
+
+def publish_layout(staging: Path, destination: Path) -> None:
+    """Move the staged image into ``destination``: blobs first, the index entries (tags) last."""
+    src = OciLayout.open(staging)
+    dst = OciLayout.create(destination)
+    blobs = staging / "blobs" / "sha256"
+    for blob in sorted(blobs.iterdir()):
+        if blob.name.startswith("."):
+            continue
+        dst.import_blob_file(blob, f"sha256:{blob.name}", move=True)
+    for desc in src.index().manifests:
+        tag = desc.annotation(mt.ANNOTATION_REF_NAME)
+        rest = {k: v for k, v in (desc.annotations or {}).items() if k != mt.ANNOTATION_REF_NAME}
+        dst.add_manifest(dataclasses.replace(desc, annotations=rest or None), tag=tag)
+
+
+def _descriptor_value(raw: Mapping[str, Any]) -> DescriptorValue:
+    return DescriptorValue(
+        media_type=str(raw.get("mediaType", "")),
+        digest=str(raw.get("digest", "")),
+        size=int(raw.get("size", 0)),
+        annotations=dict(raw.get("annotations") or {}),
+    )
+
+
+# --- the registry -------------------------------------------------------------------------
+
+
+class JobRegistry:
+    """Every instance and job of one daemon. Used from the event loop only."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        metrics: Metrics,
+        *,
+        runner: WorkerRunner | None = None,
+        pusher: Pusher | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.runner = runner or WorkerRunner()
+        self.pusher: Pusher = pusher or RegistryPusher(config)
+        self._clock = clock
+        self.instances: dict[str, Instance] = {}
+        self.jobs: dict[str, Job] = {}
+        self._by_key: dict[str, Job] = {}
+        self._slots = asyncio.Semaphore(config.max_concurrent_exports)
+        self.jobs_dir = config.state_dir / "jobs"
+        # Leftovers of a previous run (a crash) are garbage: no job survives a restart.
+        shutil.rmtree(self.jobs_dir, ignore_errors=True)
+        self.jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.cache = LayerCache(config.state_dir / "layer-cache")
+        self.cache.clean_temporaries()
+
+    # --- instances ---------------------------------------------------------------------------
+
+    def resolve(
+        self, attrs: Mapping[str, str], *, exporter_index: int = 0, buildkit_version: str = ""
+    ) -> Instance:
+        resolved = resolve_attrs(attrs, path_allowed=self.config.path_allowed)
+        instance = Instance(uuid.uuid4().hex, resolved, exporter_index, buildkit_version, self._clock())
+        self.instances[instance.instance_id] = instance
+        return instance
+
+    def instance(self, instance_id: str) -> Instance:
+        instance = self.instances.get(instance_id)
+        if instance is None:
+            raise NotFoundError(f"unknown instance {instance_id!r} (call Resolve first; it may have expired)")
+        instance.last_used = self._clock()
+        return instance
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def open(self, instance: Instance, *, key: str, defer_push: bool) -> tuple[Job, bool]:
+        """A new job, or the job the idempotency ``key`` already names (``resumed``)."""
+        if key:
+            existing = self._by_key.get(key)
+            if existing is not None and existing.state not in (JobState.FAILED, JobState.CANCELLED):
+                if existing.instance.attrs.fingerprint != instance.attrs.fingerprint:
+                    raise IdempotencyConflictError(
+                        f"idempotency key {key!r} is in use by job {existing.job_id} with different attrs"
+                    )
+                return existing, True
+        job_id = uuid.uuid4().hex
+        workdir = self.jobs_dir / job_id
+        workdir.mkdir(mode=0o700)
+        job = Job(job_id, instance, key, defer_push, workdir, self._clock())
+        self.jobs[job_id] = job
+        instance.job_ids.add(job_id)
+        if key:
+            self._by_key[key] = job
+        return job, False
+
+    async def convert(self, job: Job, images: Sequence[WorkerImage], emit: Emit) -> Conversion:
+        """Wait for a build slot, then run the worker; progress goes to ``emit``."""
+        rows = _ProgressRows(emit, self.metrics)
+        waited = self._slots.locked()
+        if waited:
+            job.state = JobState.WAITING
+            self.metrics.waiting.inc()
+            await emit(ProgressRow(SLOT_ROW, "waiting for a build slot", started=time.time()))
+        try:
+            async with self._slots:
+                if waited:
+                    self.metrics.waiting.dec()
+                    waited = False
+                    await emit(ProgressRow(SLOT_ROW, "waiting for a build slot", completed=time.time()))
+                job.state = JobState.CONVERTING
+                attrs = dict(job.instance.attrs.pipeline_attrs)
+                attrs.update({"push": "false", "oci-layout": str(job.staging)})
+                spec = WorkerSpec(
+                    pipeline_attrs=attrs,
+                    staging=str(job.staging),
+                    workdir=str(job.workdir),
+                    cache_dir=str(self.cache.root),
+                    images=tuple(images),
+                )
+                began = self._clock()
+                conversion = await self.runner.convert(spec, rows.on_progress)
+                log.info("converted", job_id=job.job_id, seconds=round(self._clock() - began, 3))
+                return conversion
+        finally:
+            if waited:
+                self.metrics.waiting.dec()
+
+    def export_result(self, job: Job, conversion: Conversion) -> JobResult:
+        """The Export result: final keys unless publishing is deferred to Finalize."""
+        attrs = job.instance.attrs
+        response = dict(conversion.metadata)
+        layout = attrs.options.oci_layout
+        if layout is not None:
+            response["nydus.oci-layout.path"] = str(layout)
+        else:
+            response.pop("nydus.oci-layout.path", None)
+        response = filter_response(response, standard_keys=attrs.standard_response_keys)
+        token = ""
+        if job.defer_push:
+            token = job.finalize_token = job.finalize_token or secrets.token_urlsafe(24)
+        return JobResult(response, _descriptor_value(conversion.descriptor), token, conversion.warnings)
+
+    async def publish(self, job: Job, broker: AuthBroker) -> JobResult:
+        """Push (when asked) and write the oci-layout; once per job (Finalize is idempotent)."""
+        async with job.publish_lock:
+            if job.final is not None:
+                return job.final
+            if job.conversion is None or job.state not in (JobState.CONVERTED, JobState.CONVERTING):
+                raise PreconditionError(f"job {job.job_id} has nothing to publish (state {job.state.value})")
+            job.state = JobState.PUBLISHING
+            options = job.instance.attrs.options
+            root = Descriptor.from_json(job.conversion.descriptor)
+            if options.push:
+                if self.pusher is None:
+                    raise PreconditionError(
+                        "push=true needs the registry client, which this daemon does not have"
+                    )
+                await self.pusher(
+                    layout=job.staging,
+                    root=root,
+                    options=options,
+                    credential_provider=broker.credential_provider,
+                )
+            if options.oci_layout is not None:
+                await asyncio.to_thread(publish_layout, job.staging, options.oci_layout)
+            result = self.export_result(job, job.conversion)
+            job.final = dataclasses.replace(result, finalize_token="")
+            job.state = JobState.DONE
+            job.finished = self._clock()
+            shutil.rmtree(job.workdir, ignore_errors=True)
+            return job.final
+
+    def converted(self, job: Job, conversion: Conversion) -> None:
+        job.conversion = conversion
+        job.state = JobState.CONVERTED
+
+    def succeed(self, job: Job, result: JobResult) -> None:
+        job.result = result
+        job.finished = self._clock()
+        self.metrics.exports.labels("success").inc()
+        self.metrics.duration.observe(job.finished - job.started)
+        job.broadcast(result)
+        job.broadcast(None)
+        job.done.set()
+
+    def fail(self, job: Job, exc: BaseException, code: str) -> None:
+        """Record a failure; kill nothing (the owner's task group already did) but the files."""
+        cancelled = isinstance(exc, asyncio.CancelledError | JobCancelledError)
+        job.state = JobState.CANCELLED if cancelled else JobState.FAILED
+        job.error = exc
+        job.finished = self._clock()
+        shutil.rmtree(job.workdir, ignore_errors=True)
+        self.metrics.exports.labels("cancelled" if cancelled else "failed").inc()
+        self.metrics.exports_failed.labels(code).inc()
+        job.broadcast(None)
+        job.done.set()
+
+    def by_token(self, instance_id: str, token: str) -> Job:
+        instance = self.instance(instance_id)
+        for job_id in instance.job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None and token and job.finalize_token == token:
+                return job
+        raise NotFoundError(f"no export of instance {instance_id!r} has finalize token {token!r}")
+
+    # --- release, cancel, expiry -------------------------------------------------------------
+
+    def cancel(self, *, instance_id: str = "", job_id: str = "", reason: str = "cancelled by Cancel") -> int:
+        targets: list[Job] = []
+        if job_id:
+            job = self.jobs.get(job_id)
+            if job is None:
+                raise NotFoundError(f"unknown job {job_id!r}")
+            targets.append(job)
+        if instance_id:
+            instance = self.instance(instance_id)
+            targets.extend(j for i in instance.job_ids if (j := self.jobs.get(i)) is not None)
+        if not job_id and not instance_id:
+            raise ProtocolError("Cancel needs an instance_id or a job_id")
+        return sum(1 for job in targets if job.cancel(reason))
+
+    def release(self, instance_id: str) -> bool:
+        instance = self.instances.pop(instance_id, None)
+        if instance is None:
+            return False
+        for job_id in instance.job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None:
+                self._drop(job, "released")
+        return True
+
+    def _drop(self, job: Job, reason: str) -> None:
+        if not job.cancel(reason):
+            shutil.rmtree(job.workdir, ignore_errors=True)
+            self.jobs.pop(job.job_id, None)
+            if job.key and self._by_key.get(job.key) is job:
+                del self._by_key[job.key]
+
+    def sweep(self) -> int:
+        """Release what outlived ``job_ttl``: finished jobs, unfinalized ones, idle instances."""
+        now = self._clock()
+        ttl = self.config.job_ttl
+        dropped = 0
+        for job in list(self.jobs.values()):
+            if job.state in _FINISHED and job.finished is not None and now - job.finished > ttl:
+                self._drop(job, "expired")
+                job.instance.job_ids.discard(job.job_id)
+                dropped += 1
+        for instance in list(self.instances.values()):
+            running = any(
+                (j := self.jobs.get(i)) is not None and j.state not in _FINISHED for i in instance.job_ids
+            )
+            if not running and not instance.job_ids and now - instance.last_used > ttl:
+                del self.instances[instance.instance_id]
+                dropped += 1
+        return dropped
+
+    async def janitor(self) -> None:
+        """Sweep periodically; runs in the server lifespan's task group until cancelled."""
+        interval = max(0.05, min(self.config.job_ttl / 4, 30.0))
+        while True:
+            await asyncio.sleep(interval)
+            if count := self.sweep():
+                log.info("released expired jobs and instances", count=count)
+
+    def running(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.state not in _FINISHED]
+
+    def close(self) -> None:
+        """After the server stopped: drop every job's files (the cache stays)."""
+        for job in list(self.jobs.values()):
+            shutil.rmtree(job.workdir, ignore_errors=True)
+        self.jobs.clear()
+        self.instances.clear()
+        self._by_key.clear()
+
+
+class _ProgressRows:
+    """Turns pipeline :class:`ProgressEvent` values into BuildKit-style progress rows."""
+
+    def __init__(self, emit: Emit, metrics: Metrics) -> None:
+        self._emit = emit
+        self._metrics = metrics
+        self._started: dict[str, float] = {}
+
+    async def on_progress(self, event: ProgressEvent) -> None:
+        prefix = f"[{event.platform}] " if event.platform else ""
+        now = time.time()
+        if event.kind == "message":
+            await self._emit(WarningEvent(short=f"{prefix}{event.message}"))
+            return
+        if event.kind == "image-done":
+            row = f"{prefix}manifest"
+            await self._emit(
+                ProgressRow(row, f"{prefix}writing manifest {event.name}", started=now, completed=now)
+            )
+            return
+        row = f"{prefix}layer {event.layer + 1}/{event.layers}"
+        if event.kind == "layer-start":
+            self._started[row] = now
+            await self._emit(ProgressRow(row, f"converting {event.name}", started=now))
+        elif event.kind == "layer-bytes":
+            await self._emit(
+                ProgressRow(
+                    row,
+                    f"converting {event.name}",
+                    current=event.bytes_in,
+                    started=self._started.get(row, now),
+                )
+            )
+        elif event.kind == "layer-done":
+            self._metrics.bytes_out.inc(event.bytes_out)
+            action = f"{'cached' if event.message == 'cached' else 'converted'} {event.name}"
+            await self._emit(
+                ProgressRow(
+                    row,
+                    action,
+                    current=event.bytes_in,
+                    total=event.bytes_in,
+                    started=self._started.pop(row, now),
+                    completed=now,
+                )
+            )

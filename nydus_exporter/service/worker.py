@@ -1,0 +1,274 @@
+"""The conversion of one job, in a worker process the daemon can kill.
+
+Why a process: the pipeline's CPU work (tar parsing, compression, hashing) runs in threads,
+and Python threads cannot be stopped. A job cancelled by its client (or by a deadline, or by
+shutdown past the grace period) must stop within a second and leave no files behind, so the
+daemon runs the pipeline in ``python -m nydus_exporter.service.worker`` in its own process
+group, kills the group (SIGKILL) on cancellation and then deletes the job directory.
+
+Protocol (JSON lines): the daemon writes one :class:`WorkerSpec` line on stdin and keeps stdin
+open; the worker writes ``{"progress": {...ProgressEvent}}`` lines and ends with
+``{"result": {...}}`` or ``{"error": {"type": ..., "message": ...}}`` on stdout. The worker
+exits when stdin reaches end-of-file (the daemon went away), so it never outlives it.
+
+The worker writes the image into a *staging* OCI layout inside the job directory; the daemon
+publishes it (tags, push) afterwards, so nothing is tagged or pushed by a killed job.
+
+Converted layers go to and come from the daemon's :class:`LayerCache` through a converter
+that wraps ``export``'s own (see :class:`_CachingConverter`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import pickle
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from nydus_exporter import export
+from nydus_exporter.errors import ExporterError
+from nydus_exporter.export import ExportOptions, ProgressEvent, export_source
+from nydus_exporter.oci.platform import Platform
+from nydus_exporter.rafs.blob import BlobResult
+from nydus_exporter.service.cache import LayerCache
+from nydus_exporter.sources import Source, SourceImage, SourceLayer
+
+LayerKind = Literal["file", "cached", "dir"]
+
+
+@dataclass(frozen=True)
+class WorkerLayer:
+    kind: LayerKind
+    path: str  # tar file (spooled or by reference), cached blob link, or directory
+    name: str  # digest or path: progress and messages
+    cache_key: str = ""  # file layers: store the conversion under this key
+    whiteouts: Literal["oci", "overlayfs"] = "oci"
+
+
+@dataclass(frozen=True)
+class WorkerImage:
+    platform: dict[str, Any] | None
+    config_path: str
+    layers: tuple[WorkerLayer, ...]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    pipeline_attrs: dict[str, str]  # ExportOptions.from_attrs input; oci-layout = staging
+    staging: str
+    workdir: str
+    cache_dir: str
+    images: tuple[WorkerImage, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        raw = json.loads(text)
+        images = tuple(
+            WorkerImage(
+                platform=img["platform"],
+                config_path=img["config_path"],
+                layers=tuple(WorkerLayer(**layer) for layer in img["layers"]),
+            )
+            for img in raw.pop("images")
+        )
+        return cls(images=images, **raw)
+
+
+def platform_to_json(platform: Platform | None) -> dict[str, Any] | None:
+    if platform is None:
+        return None
+    return {
+        "os": platform.os,
+        "architecture": platform.architecture,
+        "variant": platform.variant,
+        "os_version": platform.os_version,
+        "os_features": list(platform.os_features) if platform.os_features is not None else None,
+    }
+
+
+def platform_from_json(raw: dict[str, Any] | None) -> Platform | None:
+    if raw is None:
+        return None
+    features = raw.get("os_features")
+    return Platform(
+        os=raw["os"],
+        architecture=raw["architecture"],
+        variant=raw.get("variant"),
+        os_version=raw.get("os_version"),
+        os_features=tuple(features) if features is not None else None,
+    )
+
+
+@dataclass
+class _PrepackedLayer(SourceLayer):
+    """A layer the cache already converted: its blob and the result the merge needs."""
+
+    blob: Path | None = None
+    result: BlobResult | None = None
+
+
+@dataclass
+class _CacheableLayer(SourceLayer):
+    cache_key: str = ""
+
+
+class _CachingConverter(export._Converter):
+    """``export``'s converter, plus the daemon's layer cache (both directions).
+
+    This reaches into a private class of ``export`` on purpose and only in this process; it
+    goes away once ``export_source`` takes a layer-cache hook.
+    """
+
+    cache: LayerCache | None = None
+
+    def _pack_layer(self, layer: SourceLayer, index: int, total: int, label: str) -> BlobResult:
+        if isinstance(layer, _PrepackedLayer):
+            assert layer.blob is not None and layer.result is not None
+            result = layer.result
+            if self._out.has_blob(result.digest):
+                layer.blob.unlink(missing_ok=True)
+            else:
+                self._out.import_blob_file(layer.blob, result.digest)
+            self._progress(
+                ProgressEvent("layer-done", label, index, total, layer.name, 0, result.size, message="cached")
+            )
+            return result
+        result = super()._pack_layer(layer, index, total, label)
+        if self.cache is not None and isinstance(layer, _CacheableLayer) and layer.cache_key:
+            self.cache.store(layer.cache_key, self._out.blob_path(result.digest), result)
+        return result
+
+
+@contextlib.contextmanager
+def _open_file(path: Path) -> Iterator[BinaryIO]:
+    with path.open("rb") as f:
+        yield f
+
+
+def _minimal_config(platform: Platform | None, nlayers: int) -> bytes:
+    plat = platform or Platform(os="linux", architecture="amd64")
+    config = {
+        "architecture": plat.architecture,
+        "os": plat.os,
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": [{"created_by": "nydus-exporter: layer"} for _ in range(nlayers)],
+    }
+    return json.dumps(config, separators=(",", ":")).encode()
+
+
+def build_source(spec: WorkerSpec) -> Source:
+    images = []
+    for image in spec.images:
+        platform = platform_from_json(image.platform)
+        layers: list[SourceLayer] = []
+        for layer in image.layers:
+            path = Path(layer.path)
+            if layer.kind == "cached":
+                result = _load_result(path.with_suffix(".result"))
+                layers.append(_PrepackedLayer(layer.name, blob=path, result=result))
+            elif layer.kind == "dir":
+                layers.append(SourceLayer(layer.name, directory=path, whiteouts=layer.whiteouts))
+            else:
+                opener = (lambda p: lambda: _open_file(p))(path)
+                layers.append(
+                    _CacheableLayer(
+                        layer.name, open=opener, size=path.stat().st_size, cache_key=layer.cache_key
+                    )
+                )
+        config = Path(image.config_path).read_bytes() if image.config_path else None
+        images.append(SourceImage(platform, config or _minimal_config(platform, len(layers)), layers))
+    return Source(images)
+
+
+def _load_result(path: Path) -> BlobResult:
+    # The daemon verified the cache entry (blob and result hashes) when it answered
+    # layer_wants, and put private copies into the job directory for us.
+    result = pickle.loads(path.read_bytes())
+    if not isinstance(result, BlobResult):
+        raise ExporterError(f"{path} is not a conversion result")
+    return result
+
+
+class _Output:
+    """JSON lines on stdout, from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def send(self, obj: dict[str, Any]) -> None:
+        line = json.dumps(obj, separators=(",", ":")) + "\n"
+        with self._lock:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+
+def _exit_when_stdin_closes() -> None:
+    # The daemon holds our stdin open; EOF means it is gone: stop at once.
+    while sys.stdin.buffer.read(1 << 16):
+        pass
+    os._exit(3)
+
+
+def run(spec: WorkerSpec, out: _Output) -> None:
+    cache = LayerCache(Path(spec.cache_dir)) if spec.cache_dir else None
+    options, warnings = ExportOptions.from_attrs(spec.pipeline_attrs)
+    for warning in warnings:
+        out.send({"progress": dataclasses.asdict(ProgressEvent("message", message=warning))})
+    source = build_source(spec)
+
+    def progress(event: ProgressEvent) -> None:
+        out.send({"progress": dataclasses.asdict(event)})
+
+    converter_cls = type("_JobConverter", (_CachingConverter,), {"cache": cache})
+    setattr(export, "_Converter", converter_cls)  # noqa: B010 - see _CachingConverter
+    result = export_source(source, options, workdir=Path(spec.workdir), progress=progress)
+    out.send(
+        {
+            "result": {
+                "metadata": result.metadata(),
+                "descriptor": result.descriptor.to_json(),
+                "warnings": list(result.warnings),
+            }
+        }
+    )
+
+
+def main() -> int:
+    out = _Output()
+    line = sys.stdin.readline()
+    if not line:
+        return 2
+    threading.Thread(target=_exit_when_stdin_closes, name="stdin-watch", daemon=True).start()
+    try:
+        run(WorkerSpec.from_json(line), out)
+    except ExporterError as exc:
+        out.send({"error": {"type": type(exc).__name__, "message": str(exc)}})
+        return 1
+    except OSError as exc:
+        out.send({"error": {"type": "OSError", "errno": exc.errno or 0, "message": str(exc)}})
+        return 1
+    except Exception as exc:  # a bug: report it with its traceback tail (INTERNAL)
+        tail = traceback.format_exc()[-4000:]
+        out.send({"error": {"type": "Internal", "message": f"{type(exc).__name__}: {exc}", "trace": tail}})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    # Not sys.exit: the stdin watcher thread holds the stdin lock, and interpreter shutdown
+    # would wait for it (and then abort). Everything worth keeping is flushed and closed.
+    os._exit(code)

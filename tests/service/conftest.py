@@ -1,0 +1,65 @@
+"""A real daemon (in-process, unix socket) and its client, plus source images to export."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from nydus_exporter.service.client import ExporterClient, open_channel
+from nydus_exporter.service.config import ServiceConfig
+from nydus_exporter.service.server import RunningServer, serve
+from tests.helpers import ocibuild
+from tests.test_export import layer_base, layer_meta_only, layer_top
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short directory: unix socket paths must stay under 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="nx-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def image(short_tmp: Path) -> Path:
+    """A two-platform OCI layout (3 + 2 gzip layers, one layer shared) tagged ``t``."""
+    root = short_tmp / "src"
+    ocibuild.write_image(
+        root,
+        {
+            "linux/amd64": [layer_base(), layer_top(), layer_meta_only()],
+            "linux/arm64/v8": [layer_base(), layer_top()],
+        },
+        tag="t",
+    )
+    return root
+
+
+def config_for(root: Path, **overrides: object) -> ServiceConfig:
+    values: dict[str, object] = {
+        "state_dir": root / "state",
+        "allowed_roots": (root,),
+        "max_concurrent_exports": 2,
+        "grace_period": 5.0,
+    }
+    values.update(overrides)
+    return ServiceConfig(**values).validated()  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def daemon(short_tmp: Path) -> AsyncIterator[RunningServer]:
+    async with serve(config_for(short_tmp, http="127.0.0.1:0")) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(daemon: RunningServer) -> AsyncIterator[ExporterClient]:
+    channel = open_channel(daemon.addresses[0])
+    try:
+        yield ExporterClient(channel)
+    finally:
+        await channel.close()

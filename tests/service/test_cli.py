@@ -1,0 +1,104 @@
+"""``nydus-exporter export --addr`` and ``serve`` argument handling (service_cli)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from nydus_exporter import cli
+from nydus_exporter.service.server import RunningServer
+from nydus_exporter.service_cli import add_remote_export_arguments, add_serve_command, run_remote_export
+
+
+def export_parser() -> argparse.ArgumentParser:
+    """The ``export`` arguments of cli.py, plus what service_cli adds."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("source")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--whiteouts", default="oci")
+    parser.add_argument("--progress", default="plain")
+    parser.add_argument("--metadata-file", type=Path)
+    parser.add_argument("--threads", type=int)
+    add_remote_export_arguments(parser)
+    return parser
+
+
+async def test_remote_export_cli_matches_in_process(
+    daemon: RunningServer, image: Path, short_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    meta_remote = short_tmp / "remote.json"
+    args = export_parser().parse_args(
+        [
+            f"oci:{image}:t",
+            "--addr",
+            daemon.addresses[0],
+            "--metadata-file",
+            str(meta_remote),
+            "--output",
+            f"type=nydus,push=false,oci-layout={short_tmp / 'remote'},name=example.com/a:1",
+        ]
+    )
+    assert await asyncio.to_thread(run_remote_export, args) == 0
+    meta_local = short_tmp / "local.json"
+    assert (
+        cli.main(
+            [
+                "export",
+                f"oci:{image}:t",
+                "--progress",
+                "quiet",
+                "--metadata-file",
+                str(meta_local),
+                "--output",
+                f"type=nydus,push=false,oci-layout={short_tmp / 'local'},name=example.com/a:1",
+            ]
+        )
+        == 0
+    )
+    remote, local = json.loads(meta_remote.read_text()), json.loads(meta_local.read_text())
+    assert remote["containerimage.digest"] == local["containerimage.digest"]
+    out = capsys.readouterr()
+    assert remote["containerimage.digest"] in out.out
+    assert "converting" in out.err  # the daemon's progress rows are shown
+
+
+async def test_remote_export_reports_the_daemons_error(
+    daemon: RunningServer, image: Path, short_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = export_parser().parse_args(
+        [
+            f"oci:{image}:t",
+            "--addr",
+            daemon.addresses[0],
+            "--output",
+            "type=nydus,push=false,oci-layout=/etc/nope",
+        ]
+    )
+    assert await asyncio.to_thread(run_remote_export, args) == 1
+    assert "INVALID_ARGUMENT: oci-layout='/etc/nope' is not under an allowed root" in capsys.readouterr().err
+
+
+def test_serve_flags_parse() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_serve_command(sub)
+    args = parser.parse_args(
+        [
+            "serve",
+            "--listen",
+            "unix:///tmp/x.sock",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--allowed-root",
+            "/srv",
+            "--max-concurrent-exports",
+            "4",
+        ]
+    )
+    assert args.listen == ["unix:///tmp/x.sock", "tcp://127.0.0.1:0"]
+    assert args.allowed_roots == [Path("/srv")] and args.max_concurrent_exports == 4

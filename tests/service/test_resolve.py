@@ -1,0 +1,178 @@
+"""Resolve: every attr key of contract §5.4, good and bad values, lenient bools, aliases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from nydus_exporter.service.client import ExporterClient, RemoteExportError
+from nydus_exporter.service.server import RunningServer
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+LAYOUT = "@OUT@"  # replaced by an allowed oci-layout path
+
+# (attrs beyond push=false,oci-layout=..., expected normalized subset or error code, message part)
+GOOD: list[tuple[str, dict[str, str], dict[str, str]]] = [
+    (
+        "defaults",
+        {},
+        {
+            "push": "false",
+            "compressor": "zstd",
+            "fs-version": "6",
+            "chunk-size": "0x100000",
+            "merge-manifest": "false",
+            "oci-mediatypes": "false",
+            "digester": "blake3",
+            "standard-response-keys": "true",
+            "registry.insecure": "false",
+        },
+    ),
+    ("type", {"type": "nydus"}, {}),
+    ("name list", {"name": "a.io/x:1, b.io/y/z:2"}, {"name": "a.io/x:1,b.io/y/z:2"}),
+    ("oci-mediatypes", {"oci-mediatypes": "true"}, {"oci-mediatypes": "true"}),
+    ("merge-manifest empty is true", {"merge-manifest": ""}, {"merge-manifest": "true"}),
+    ("merge-manifest true", {"merge-manifest": "true"}, {"merge-manifest": "true"}),
+    ("merge-manifest false", {"merge-manifest": "false"}, {"merge-manifest": "false"}),
+    ("merge-manifest-mode legacy", {"merge-manifest-mode": "legacy"}, {"merge-manifest-mode": "legacy"}),
+    (
+        "merge-manifest-mode nydus-config",
+        {"merge-manifest-mode": "nydus-config"},
+        {"merge-manifest-mode": "artifact"},
+    ),
+    ("merge-manifest-source", {"merge-manifest-source": "registry"}, {"merge-manifest-source": "registry"}),
+    ("merge-manifest-source build", {"merge-manifest-source": "build"}, {"merge-manifest-source": "build"}),
+    ("compressor", {"compressor": "lz4_block"}, {"compressor": "lz4_block"}),
+    ("compressor alias", {"nydus-compressor": "none"}, {"compressor": "none"}),
+    ("compression=nydus is a no-op", {"compression": "nydus"}, {"compressor": "zstd"}),
+    ("same value twice", {"compressor": "zstd", "nydus-compressor": "zstd"}, {"compressor": "zstd"}),
+    ("fs-version", {"fs-version": "6"}, {"fs-version": "6"}),
+    ("fs-version alias", {"nydus-fs-version": "6"}, {"fs-version": "6"}),
+    ("chunk-size hex", {"chunk-size": "0x200000"}, {"chunk-size": "0x200000"}),
+    ("chunk-size decimal", {"chunk-size": "4096"}, {"chunk-size": "0x1000"}),
+    ("batch-size 0", {"batch-size": "0"}, {"batch-size": "0"}),
+    ("digester", {"digester": "sha256"}, {"digester": "sha256"}),
+    ("platform", {"platform": "linux/amd64,linux/arm64/v8"}, {"platform": "linux/amd64,linux/arm64/v8"}),
+    ("registry.insecure empty is true", {"registry.insecure": ""}, {"registry.insecure": "true"}),
+    ("registry.insecure", {"registry.insecure": "1"}, {"registry.insecure": "true"}),
+    ("with-referrer false", {"with-referrer": "false"}, {"with-referrer": "false"}),
+    ("name-canonical", {"name-canonical": "true"}, {"name-canonical": "true"}),
+    ("push-by-digest", {"push-by-digest": "true"}, {"push-by-digest": "true"}),
+    ("annotation", {"annotation.org.example": "v"}, {"annotation.org.example": "v"}),
+    ("source-date-epoch", {"source-date-epoch": "1700000000"}, {"source-date-epoch": "1700000000"}),
+    ("standard-response-keys", {"standard-response-keys": "false"}, {"standard-response-keys": "false"}),
+    ("parallel-layers", {"parallel-layers": "3"}, {"parallel-layers": "3"}),
+]
+
+BAD: list[tuple[str, dict[str, str], grpc.StatusCode, str]] = [
+    ("type", {"type": "image"}, INVALID, "type='image'"),
+    ("name", {"name": "UPPER/Case"}, INVALID, "UPPER/Case"),
+    ("push", {"push": "maybe"}, INVALID, "push='maybe' is not a boolean"),
+    ("oci-mediatypes", {"oci-mediatypes": "yes please"}, INVALID, "oci-mediatypes='yes please'"),
+    ("merge-manifest-mode", {"merge-manifest-mode": "fancy"}, INVALID, "merge-manifest-mode='fancy'"),
+    (
+        "merge-manifest-source",
+        {"merge-manifest-source": "nowhere"},
+        INVALID,
+        "merge-manifest-source='nowhere'",
+    ),
+    ("compressor", {"compressor": "brotli"}, INVALID, "compressor='brotli'"),
+    ("conflicting aliases", {"compressor": "zstd", "nydus-compressor": "none"}, INVALID, "conflicts"),
+    ("fs-version 5", {"fs-version": "5"}, PRECONDITION, "fs-version=5"),
+    ("fs-version 7", {"fs-version": "7"}, INVALID, "fs-version='7'"),
+    ("chunk-size not a number", {"chunk-size": "big"}, INVALID, "chunk-size='big' is not a number"),
+    ("chunk-size not a power of two", {"chunk-size": "0x3000"}, INVALID, "chunk-size=0x3000"),
+    ("chunk-size too small", {"chunk-size": "512"}, INVALID, "chunk-size=0x200"),
+    ("batch-size unsupported", {"batch-size": "0x10000"}, PRECONDITION, "batch-size"),
+    ("batch-size bad", {"batch-size": "0x10001"}, INVALID, "batch-size=0x10001"),
+    ("chunk-dict", {"chunk-dict": "a.io/dict:1"}, PRECONDITION, "chunk-dict"),
+    (
+        "prefetch-patterns relative",
+        {"prefetch-patterns": "usr/bin"},
+        INVALID,
+        "'usr/bin' is not an absolute path",
+    ),
+    ("prefetch-patterns", {"prefetch-patterns": "/usr/bin"}, PRECONDITION, "prefetch-patterns"),
+    ("digester", {"digester": "md5"}, INVALID, "digester='md5'"),
+    ("platform", {"platform": "linux"}, INVALID, "invalid platform 'linux'"),
+    ("registry.insecure", {"registry.insecure": "sometimes"}, INVALID, "registry.insecure='sometimes'"),
+    ("with-referrer", {"with-referrer": "x"}, INVALID, "with-referrer='x'"),
+    ("source-date-epoch", {"source-date-epoch": "yesterday"}, INVALID, "source-date-epoch='yesterday'"),
+    ("standard-response-keys", {"standard-response-keys": "2"}, INVALID, "standard-response-keys='2'"),
+    ("parallel-layers", {"parallel-layers": "0"}, INVALID, "parallel-layers='0'"),
+    ("oci-layout relative", {"oci-layout": "out"}, INVALID, "oci-layout='out' must be an absolute path"),
+    ("oci-layout not allowed", {"oci-layout": "/etc/out"}, INVALID, "not under an allowed root"),
+    ("push=false without oci-layout", {"oci-layout": None}, INVALID, "push=false needs oci-layout"),  # type: ignore[dict-item]
+]
+
+
+def _attrs(extra: dict[str, str | None], out: Path) -> dict[str, str]:
+    attrs: dict[str, str | None] = {"push": "false", "oci-layout": str(out), **extra}
+    return {k: v for k, v in attrs.items() if v is not None}
+
+
+@pytest.mark.parametrize(("extra", "expected"), [(g[1], g[2]) for g in GOOD], ids=[g[0] for g in GOOD])
+async def test_good_values(
+    client: ExporterClient, short_tmp: Path, extra: dict[str, str], expected: dict[str, str]
+) -> None:
+    response = await client.resolve(_attrs(extra, short_tmp / "out"))  # type: ignore[arg-type]
+    normalized = dict(response.normalized_attrs)
+    for key, value in expected.items():
+        assert normalized[key] == value, (key, normalized)
+    assert "type" not in normalized
+    assert response.instance_id and response.requires_finalize
+    assert not [w for w in response.warnings if "unknown" in w]
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"), [(b[1], b[2], b[3]) for b in BAD], ids=[b[0] for b in BAD]
+)
+async def test_bad_values(
+    client: ExporterClient, short_tmp: Path, extra: dict[str, str], code: grpc.StatusCode, message: str
+) -> None:
+    with pytest.raises(RemoteExportError) as info:
+        await client.resolve(_attrs(extra, short_tmp / "out"))  # type: ignore[arg-type]
+    assert info.value.code == code, info.value
+    assert message in info.value.message
+
+
+async def test_merge_manifest_is_lenient_with_a_warning(client: ExporterClient, short_tmp: Path) -> None:
+    response = await client.resolve(_attrs({"merge-manifest": "yes-please"}, short_tmp / "out"))
+    assert response.normalized_attrs["merge-manifest"] == "false"
+    assert any("merge-manifest='yes-please' is not a boolean" in w for w in response.warnings)
+
+
+async def test_unknown_keys_and_aliases_are_warnings(client: ExporterClient, short_tmp: Path) -> None:
+    response = await client.resolve(
+        _attrs({"frobnicate": "1", "nydus-compressor": "zstd"}, short_tmp / "out")
+    )
+    assert "unknown exporter key 'frobnicate' ignored" in response.warnings
+    assert "nydus-compressor is an alias of compressor" in response.warnings
+    assert "frobnicate" not in response.normalized_attrs
+
+
+async def test_push_needs_a_name_and_registry_merge_is_a_precondition(client: ExporterClient) -> None:
+    with pytest.raises(RemoteExportError) as info:
+        await client.resolve({})  # push defaults to true
+    assert info.value.code == INVALID
+    assert "push=true needs name=REF" in info.value.message
+    pushed = await client.resolve({"name": "registry.example/x:1"})
+    assert pushed.normalized_attrs["push"] == "true" and pushed.requires_finalize
+    with pytest.raises(RemoteExportError) as info:
+        await client.resolve({"name": "registry.example/x:1", "merge-manifest": "true"})
+    assert info.value.code == PRECONDITION
+    assert "merge-manifest-source=registry" in info.value.message
+
+
+async def test_resolve_allocates_distinct_instances_and_release_is_idempotent(
+    client: ExporterClient, daemon: RunningServer, short_tmp: Path
+) -> None:
+    first = await client.resolve(_attrs({}, short_tmp / "out"))
+    second = await client.resolve(_attrs({}, short_tmp / "out"))
+    assert first.instance_id != second.instance_id
+    assert await client.release(first.instance_id) is True
+    assert await client.release(first.instance_id) is False
+    assert first.instance_id not in daemon.jobs.instances and second.instance_id in daemon.jobs.instances

@@ -1,0 +1,319 @@
+"""Malformed streams, cancellation mid-layer, disconnects, out-of-band Cancel, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from nydus_exporter.api import exporter_pb2 as pb
+from nydus_exporter.api import exporter_pb2_grpc as pb_grpc
+from nydus_exporter.service.client import ExporterClient, RemoteExportError, open_channel
+from nydus_exporter.service.server import RunningServer
+from nydus_exporter.sources import open_source
+from tests.service import streams as s
+from tests.test_export import layer_meta_only, layer_top
+
+LAYER = layer_top()  # small layers: these tests are about the protocol
+TOP = layer_meta_only()
+
+
+async def _instance(client: ExporterClient, out: Path) -> str:
+    return (await client.resolve({"push": "false", "oci-layout": str(out)})).instance_id
+
+
+async def _export_ok(client: ExporterClient, image: Path, out: Path, workdir: Path) -> None:
+    """A following export on the same daemon succeeds (a small single-layer one)."""
+    resolved = await client.resolve({"push": "false", "oci-layout": str(out)})
+    layer = workdir / "ok.tar"
+    layer.write_bytes(TOP)
+    with open_source(f"tar:{layer}", workdir=workdir) as src:
+        outcome = await client.export(src, resolved.instance_id)
+    assert outcome.result.response["containerimage.digest"].startswith("sha256:")
+
+
+async def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    began = time.monotonic()
+    while not condition():
+        if time.monotonic() - began > timeout:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - began
+
+
+def _no_job_files(daemon: RunningServer) -> bool:
+    return not any((daemon.config.state_dir / "jobs").iterdir())
+
+
+# Each case: the messages after a valid header (instance filled in), the status code and a
+# part of the message that names the problem.
+BAD_STREAMS: list[tuple[str, Callable[[str], list[pb.ExportRequest]], str]] = [
+    (
+        "no header first",
+        lambda i: [s.begin("p", LAYER)],
+        "the first message is platform_begin, expected header",
+    ),
+    ("second header", lambda i: [s.header(i), s.header(i)], "a second header"),
+    ("unknown platform", lambda i: [s.header(i), s.begin("q", LAYER)], "unknown platform id 'q'"),
+    (
+        "indices out of order",
+        lambda i: [
+            s.header(i),
+            pb.ExportRequest(
+                platform_begin=pb.PlatformBegin(
+                    platform_id="p", layers=[pb.LayerInfo(index=1, blob_digest=s.sha(LAYER))]
+                )
+            ),
+        ],
+        "has index 1",
+    ),
+    (
+        "malformed digest",
+        lambda i: [s.header(i), s.begin("p", LAYER, digests=["md5:abc"])],
+        "malformed blob_digest",
+    ),
+    ("data before begin", lambda i: [s.header(i), s.data("p", 0, 0, LAYER[:10])], "was not asked for"),
+    (
+        "chunk over the limit",
+        lambda i: [s.header(i), s.begin("p", LAYER), s.data("p", 0, 0, bytes((1 << 20) + 1))],
+        "over the 1048576-byte limit",
+    ),
+    (
+        "wrong offset",
+        lambda i: [s.header(i), s.begin("p", LAYER), s.data("p", 0, 5, LAYER[:10])],
+        "offset 5, expected 0",
+    ),
+    (
+        "digest mismatch",
+        lambda i: [
+            s.header(i),
+            s.begin("p", LAYER, digests=[s.sha(TOP)]),
+            s.data("p", 0, 0, LAYER),
+            s.end("p", 0, s.sha(TOP)),
+        ],
+        "does not match the bytes received",
+    ),
+    (
+        "more than announced",
+        lambda i: [s.header(i), s.begin("p", TOP), s.data("p", 0, 0, TOP + b"x")],
+        "more bytes than the announced size",
+    ),
+    (
+        "end without data",
+        lambda i: [s.header(i), s.begin("p", LAYER), s.platform_end("p")],
+        "wanted layers [0] were not sent",
+    ),
+    ("commit before end", lambda i: [s.header(i), s.begin("p", LAYER), s.commit()], "'p' was not ended"),
+    (
+        "auth reply nobody asked",
+        lambda i: [s.header(i), pb.ExportRequest(auth_reply=pb.AuthReply(request_id="x"))],
+        "auth_reply for unknown request_id 'x'",
+    ),
+    ("empty message", lambda i: [s.header(i), pb.ExportRequest()], "no message set"),
+    ("stream ends early", lambda i: [s.header(i), s.begin("p", LAYER)], "the stream ended before commit"),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"), [(b[1], b[2]) for b in BAD_STREAMS], ids=[b[0] for b in BAD_STREAMS]
+)
+async def test_malformed_stream_is_invalid_argument_and_the_daemon_goes_on(
+    client: ExporterClient,
+    daemon: RunningServer,
+    image: Path,
+    short_tmp: Path,
+    build: Callable[[str], list[pb.ExportRequest]],
+    message: str,
+) -> None:
+    instance = await _instance(client, short_tmp / "bad")
+    call = client.stub.Export()
+    for request in build(instance):
+        await call.write(request)
+    await call.done_writing()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in call:
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert message in (info.value.details() or "")
+    await _wait_for(lambda: _no_job_files(daemon), 1.0, "job files removed")
+    assert not (short_tmp / "bad").exists()
+    await _export_ok(client, image, short_tmp / "good", short_tmp)
+
+
+async def test_unknown_instance_is_not_found(client: ExporterClient) -> None:
+    call = client.stub.Export()
+    await call.write(s.header("no-such-instance"))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "unknown instance 'no-such-instance'" in (info.value.details() or "")
+
+
+async def test_cancel_mid_layer_leaves_no_files_and_no_tag(
+    client: ExporterClient, daemon: RunningServer, image: Path, short_tmp: Path
+) -> None:
+    out = short_tmp / "out"
+    instance = (
+        await client.resolve({"push": "false", "oci-layout": str(out), "name": "x.io/a:1"})
+    ).instance_id
+    call = client.stub.Export()
+    await call.write(s.header(instance))
+    await s.read_until(call, "accepted")
+    await call.write(s.begin("p", LAYER))
+    await s.read_until(call, "layer_wants")
+    await call.write(s.data("p", 0, 0, LAYER[: len(LAYER) // 2]))
+    await _wait_for(lambda: any((daemon.config.state_dir / "jobs").rglob("*.layer")), 2.0, "spooling started")
+    call.cancel()
+    took = await _wait_for(lambda: _no_job_files(daemon), 1.0, "job directory removed")
+    assert took < 1.0
+    assert not out.exists()
+    job = next(iter(daemon.jobs.jobs.values()))
+    assert job.state.value == "cancelled", repr(job.error)
+    await _export_ok(client, image, short_tmp / "good", short_tmp)
+
+
+async def test_client_disconnect_mid_stream(
+    daemon: RunningServer, client: ExporterClient, image: Path, short_tmp: Path
+) -> None:
+    instance = await _instance(client, short_tmp / "out")
+    channel = open_channel(daemon.addresses[0])
+    call = pb_grpc.ExporterStub(channel).Export()
+    await call.write(s.header(instance))
+    await call.write(s.begin("p", LAYER))
+    await s.read_until(call, "layer_wants")
+    await call.write(s.data("p", 0, 0, LAYER[:4096]))
+    await _wait_for(lambda: any((daemon.config.state_dir / "jobs").rglob("*.layer")), 2.0, "spooling started")
+    await channel.close(grace=None)  # the connection goes away without a word
+    await _wait_for(lambda: _no_job_files(daemon), 1.0, "job directory removed")
+    assert daemon.metrics.in_flight._value.get() == 0
+    await _export_ok(client, image, short_tmp / "good", short_tmp)
+
+
+async def test_cancel_rpc_kills_a_running_conversion(
+    client: ExporterClient, daemon: RunningServer, short_tmp: Path
+) -> None:
+    big = short_tmp / "big.tar"
+    # Incompressible data takes the converter a while: long enough to cancel it mid-way.
+    import tarfile
+
+    with tarfile.open(big, "w") as tar:
+        payload = short_tmp / "payload"
+        payload.write_bytes(os.urandom(48 << 20))
+        tar.add(payload, arcname="payload")
+    payload.unlink()
+    resolved = await client.resolve({"push": "false", "oci-layout": str(short_tmp / "out")})
+
+    async def export() -> None:
+        with open_source(f"tar:{big}", workdir=short_tmp) as src:
+            await client.export(src, resolved.instance_id)
+
+    task = asyncio.create_task(export())
+    try:
+        await _wait_for(
+            lambda: any(j.state.value == "converting" for j in daemon.jobs.jobs.values()), 20, "converting"
+        )
+        await asyncio.sleep(0.2)
+        assert await client.cancel(instance_id=resolved.instance_id) == 1
+        with pytest.raises(RemoteExportError) as info:
+            await task
+    finally:
+        task.cancel()
+    assert info.value.code == grpc.StatusCode.CANCELLED
+    await _wait_for(lambda: _no_job_files(daemon), 1.0, "job directory removed")
+    workers = subprocess.run(["pgrep", "-f", "nydus_exporter.service.worker"], capture_output=True, text=True)
+    assert workers.stdout.strip() == ""
+    assert not (short_tmp / "out").exists()
+
+
+def _start_daemon(root: Path, grace: float) -> tuple[subprocess.Popen[bytes], str]:
+    socket = root / "d.sock"
+    cmd = [
+        sys.executable,
+        "-m",
+        "nydus_exporter.service_cli",
+        "serve",
+        "--state-dir",
+        str(root / "dstate"),
+        "--listen",
+        f"unix://{socket}",
+        "--allowed-root",
+        str(root),
+        "--grace-period",
+        str(grace),
+    ]
+    with (root / "daemon.log").open("wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2]
+        )
+    return proc, f"unix://{socket}"
+
+
+async def test_sigterm_drains_an_export_in_flight(image: Path, short_tmp: Path) -> None:
+    proc, address = _start_daemon(short_tmp, grace=20)
+    try:
+        await _wait_for(lambda: (short_tmp / "d.sock").exists(), 10, "daemon listening")
+        async with open_channel(address) as channel:
+            client = ExporterClient(channel)
+            instance = await _instance(client, short_tmp / "out")
+            call = client.stub.Export()
+            await call.write(s.header(instance))
+            await call.write(s.begin("p", LAYER))
+            await s.read_until(call, "layer_wants")
+            await call.write(s.data("p", 0, 0, LAYER[:1000]))
+            await asyncio.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            assert proc.poll() is None  # draining, not gone
+            # New work is refused while draining.
+            with pytest.raises(RemoteExportError):
+                await client.resolve({"push": "false", "oci-layout": str(short_tmp / "other")})
+            await call.write(s.data("p", 0, 1000, LAYER[1000:]))
+            await call.write(s.end("p", 0, s.sha(LAYER)))
+            await call.write(s.platform_end("p"))
+            await call.write(s.commit())
+            result = await s.read_until(call, "result")
+            await call.done_writing()
+            assert result.result.response["containerimage.digest"].startswith("sha256:")
+        assert proc.wait(10) == 0
+        assert (short_tmp / "out" / "index.json").is_file()
+        assert not (short_tmp / "d.sock").exists()
+        log = (short_tmp / "daemon.log").read_text()
+        assert '"event": "draining"' in log and '"running": 1' in log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_sigterm_cancels_what_outlives_the_grace_period(short_tmp: Path) -> None:
+    proc, address = _start_daemon(short_tmp, grace=0.5)
+    try:
+        await _wait_for(lambda: (short_tmp / "d.sock").exists(), 10, "daemon listening")
+        async with open_channel(address) as channel:
+            client = ExporterClient(channel)
+            instance = await _instance(client, short_tmp / "out")
+            call = client.stub.Export()
+            await call.write(s.header(instance))
+            await call.write(s.begin("p", LAYER))
+            await s.read_until(call, "layer_wants")
+            await call.write(s.data("p", 0, 0, LAYER[:1000]))
+            began = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await s.read_until(call, "result")  # the client never finishes: cut off
+        assert proc.wait(10) == 0
+        assert time.monotonic() - began < 5
+        assert not list((short_tmp / "dstate" / "jobs").iterdir())
+        assert not (short_tmp / "out").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
