@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DIR := .state/run
+DAEMON_DIR := .state/daemon
 PYTEST_ARGS ?=
 
 # Debian packages the tests and the benchmark use:
@@ -17,7 +18,7 @@ PYTEST_ARGS ?=
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux kmod \
 	ca-certificates
 
-.PHONY: all venv system-deps test lint run bench bench-export bench-push clean distclean
+.PHONY: all venv system-deps test lint run sample bench bench-export bench-push clean distclean
 
 all: test
 
@@ -54,9 +55,18 @@ test: system-deps venv
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The main job on embedded defaults. Until the daemon exists: pack a sample layer and
-# inspect the result.
+# The main job on embedded defaults: the exporter daemon, with its unix socket, state dir and
+# default output layouts under .state/daemon (Ctrl-C stops it, draining running exports).
+# Export against it from another shell, e.g.:
+#   make sample
+#   .venv/bin/nydus-exporter export --addr unix://$(CURDIR)/.state/daemon/exporter.sock \
+#       tar:.state/run/sample.tar --output type=nydus,push=false,oci-layout=$(CURDIR)/.state/daemon/out,name=sample:1
 run: venv
+	mkdir -p $(DAEMON_DIR)
+	$(BIN)/nydus-exporter serve --state-dir $(CURDIR)/$(DAEMON_DIR) --http 127.0.0.1:9464 --log-format console
+
+# A small sample layer and an in-process pack + inspect of it (no daemon needed).
+sample: venv
 	mkdir -p $(RUN_DIR)
 	$(BIN)/python scripts/sample_layer.py $(RUN_DIR)/sample.tar
 	$(BIN)/nydus-exporter pack $(RUN_DIR)/sample.tar -o $(RUN_DIR)/sample.blob
