@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, Protocol, cast
 
 from nydus_exporter.errors import ConfigError
 from nydus_exporter.layer.directory import iter_directory
@@ -29,7 +29,12 @@ from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.bootstrap_layer import write_bootstrap_layer
 from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest, canonical_json, sha256_digest
 from nydus_exporter.oci.layout import OciLayout
-from nydus_exporter.oci.nydus_image import build_merged_index, build_nydus_config, build_nydus_manifest
+from nydus_exporter.oci.nydus_image import (
+    build_merged_index,
+    build_nydus_config,
+    build_nydus_manifest,
+    is_nydus_entry,
+)
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
 from nydus_exporter.pack import PackOptions, pack_entries, pack_layer
@@ -164,6 +169,19 @@ class ProgressEvent:
 Progress = Callable[[ProgressEvent], None]
 
 
+class LayerHooks(Protocol):
+    """Lets a caller supply converted layers and keep the ones it converts (the daemon's
+    layer cache). Both are called from the pipeline's worker threads."""
+
+    def converted(self, layer: SourceLayer) -> tuple[Path, BlobResult] | None:
+        """A blob file already converted from ``layer`` (moved into the output) and its result."""
+        ...
+
+    def packed(self, layer: SourceLayer, blob: Path, result: BlobResult) -> None:
+        """``layer`` was just converted into ``blob`` (inside the output: copy, do not move)."""
+        ...
+
+
 def _no_progress(event: ProgressEvent) -> None:
     pass
 
@@ -184,6 +202,8 @@ class ExportResult:
     names: tuple[str, ...]
     oci_layout: Path | None
     warnings: tuple[str, ...] = ()
+    compressor: str = "zstd"
+    oci_manifests: Mapping[str, str] = field(default_factory=dict)  # merge-manifest: platform -> digest
 
     def metadata(self) -> dict[str, str]:
         """Response keys as BuildKit's image exporter (and our nydus.* extensions) set them."""
@@ -196,7 +216,10 @@ class ExportResult:
                 {r.platform: r.bootstrap_layer.digest for r in self.images}
             ),
             "nydus.fs-version": "6",
+            "nydus.compressor": self.compressor,
         }
+        if self.oci_manifests:
+            out["nydus.oci.manifest.digests"] = json.dumps(dict(self.oci_manifests))
         if self.names:
             out["image.name"] = ",".join(self.names)
         if len(self.images) == 1 and mt.is_manifest(self.descriptor.media_type):
@@ -262,13 +285,14 @@ def export_source(
     workdir: Path,
     progress: Progress = _no_progress,
     registry: SyncRegistry | None = None,
+    hooks: LayerHooks | None = None,
 ) -> ExportResult:
     if options.oci_layout is None and not options.push:
         raise ConfigError("no output: give oci-layout=DIR or push=true")
     if options.push and registry is None:
         raise ConfigError("push=true needs a registry client")
     out = OciLayout.create(options.oci_layout or workdir / "push-layout")
-    converter = _Converter(out, options, workdir, progress)
+    converter = _Converter(out, options, workdir, progress, hooks)
     results = [converter.convert(image) for image in source.images]
     refs = [parse_reference(name).with_default_tag() for name in options.names]
     existing = None
@@ -301,7 +325,24 @@ def export_source(
                 f"{stats.uploaded_bytes} bytes; {stats.mounted} mounted; {stats.existing} already there)",
             )
         )
-    return ExportResult(root, tuple(results), options.names, options.oci_layout)
+    return ExportResult(
+        root,
+        tuple(results),
+        options.names,
+        options.oci_layout,
+        compressor=options.pack.compressor,
+        oci_manifests=_oci_manifests(out, root) if options.merge_manifest else {},
+    )
+
+
+def _oci_manifests(out: OciLayout, root: Descriptor) -> dict[str, str]:
+    """platform -> digest of the plain (non-Nydus) manifests a merged index keeps."""
+    index = ImageIndex.parse(out.read_blob(root.digest))
+    return {
+        str(entry.platform): entry.digest
+        for entry in index.manifests
+        if entry.platform is not None and not is_nydus_entry(entry)
+    }
 
 
 def _tags(names: Sequence[str]) -> list[str | None]:
@@ -315,8 +356,16 @@ def _tags(names: Sequence[str]) -> list[str | None]:
 class _Converter:
     """Converts the images of one export; identical source layers are packed once."""
 
-    def __init__(self, out: OciLayout, options: ExportOptions, workdir: Path, progress: Progress) -> None:
+    def __init__(
+        self,
+        out: OciLayout,
+        options: ExportOptions,
+        workdir: Path,
+        progress: Progress,
+        hooks: LayerHooks | None = None,
+    ) -> None:
         self._out = out
+        self._hooks = hooks
         self._options = options
         self._workdir = workdir
         self._progress = progress
@@ -378,6 +427,17 @@ class _Converter:
             if cached is not None:
                 self._progress(ProgressEvent("layer-done", label, index, total, layer.name, 0, cached.size))
                 return cached
+        if self._hooks is not None:
+            hit = self._hooks.converted(layer)
+            if hit is not None:
+                blob, result = hit
+                self._out.import_blob_file(blob, result.digest)
+                self._progress(
+                    ProgressEvent(
+                        "layer-done", label, index, total, layer.name, 0, result.size, message="cached"
+                    )
+                )
+                return result
         self._progress(ProgressEvent("layer-start", label, index, total, layer.name))
         with self._lock:
             self._counter += 1
@@ -401,6 +461,8 @@ class _Converter:
                     counting = cast(BinaryIO, _Counting(stream, report))
                     result = pack_layer(counting, f.write, self._options.pack, on_warning=warn)
         self._out.import_blob_file(path, result.digest)
+        if self._hooks is not None:
+            self._hooks.packed(layer, self._out.blob_path(result.digest), result)
         if key is not None:
             with self._lock:
                 self._packed[key] = result

@@ -192,7 +192,7 @@ def test_identical_layers_give_identical_blobs_across_platforms(source: Path, tm
 def test_merge_manifest_keeps_the_oci_images(source: Path, tmp_path: Path, mode: str) -> None:
     original = blob_json(source, top_descriptor(source, "t")["digest"])
     out = tmp_path / "out"
-    run_export(
+    meta = run_export(
         f"oci:{source}:t", out, "name=app:merged", "oci-mediatypes=true", "merge-manifest=true",
         f"merge-manifest-mode={mode}",
     )  # fmt: skip
@@ -202,6 +202,13 @@ def test_merge_manifest_keeps_the_oci_images(source: Path, tmp_path: Path, mode:
     plain = [m for m in index["manifests"] if "artifactType" not in m and "os.features" not in m["platform"]]
     nydus = [m for m in index["manifests"] if m not in plain]
     assert plain == original["manifests"]  # the OCI entries are kept as they were
+    assert json.loads(meta["nydus.oci.manifest.digests"]) == {
+        "/".join(
+            filter(None, (m["platform"]["os"], m["platform"]["architecture"], m["platform"].get("variant")))
+        ): m["digest"]
+        for m in plain
+    }
+    assert meta["nydus.compressor"] == "zstd"
     assert len(nydus) == 2
     for entry in nydus:
         if mode == "artifact":

@@ -14,8 +14,8 @@ exits when stdin reaches end-of-file (the daemon went away), so it never outlive
 The worker writes the image into a *staging* OCI layout inside the job directory; the daemon
 publishes it (tags, push) afterwards, so nothing is tagged or pushed by a killed job.
 
-Converted layers go to and come from the daemon's :class:`LayerCache` through a converter
-that wraps ``export``'s own (see :class:`_CachingConverter`).
+Converted layers go to and come from the daemon's :class:`LayerCache` through the layer
+hooks of ``export_source`` (see :class:`_CacheHooks`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from nydus_exporter import export
 from nydus_exporter.errors import ExporterError
 from nydus_exporter.export import ExportOptions, ProgressEvent, export_source
 from nydus_exporter.oci.platform import Platform
@@ -123,31 +122,21 @@ class _CacheableLayer(SourceLayer):
     cache_key: str = ""
 
 
-class _CachingConverter(export._Converter):
-    """``export``'s converter, plus the daemon's layer cache (both directions).
+class _CacheHooks:
+    """export's LayerHooks over the daemon's layer cache (both directions)."""
 
-    This reaches into a private class of ``export`` on purpose and only in this process; it
-    goes away once ``export_source`` takes a layer-cache hook.
-    """
+    def __init__(self, cache: LayerCache | None) -> None:
+        self._cache = cache
 
-    cache: LayerCache | None = None
-
-    def _pack_layer(self, layer: SourceLayer, index: int, total: int, label: str) -> BlobResult:
+    def converted(self, layer: SourceLayer) -> tuple[Path, BlobResult] | None:
         if isinstance(layer, _PrepackedLayer):
             assert layer.blob is not None and layer.result is not None
-            result = layer.result
-            if self._out.has_blob(result.digest):
-                layer.blob.unlink(missing_ok=True)
-            else:
-                self._out.import_blob_file(layer.blob, result.digest)
-            self._progress(
-                ProgressEvent("layer-done", label, index, total, layer.name, 0, result.size, message="cached")
-            )
-            return result
-        result = super()._pack_layer(layer, index, total, label)
-        if self.cache is not None and isinstance(layer, _CacheableLayer) and layer.cache_key:
-            self.cache.store(layer.cache_key, self._out.blob_path(result.digest), result)
-        return result
+            return layer.blob, layer.result
+        return None
+
+    def packed(self, layer: SourceLayer, blob: Path, result: BlobResult) -> None:
+        if self._cache is not None and isinstance(layer, _CacheableLayer) and layer.cache_key:
+            self._cache.store(layer.cache_key, blob, result)
 
 
 @contextlib.contextmanager
@@ -231,9 +220,9 @@ def run(spec: WorkerSpec, out: _Output) -> None:
     def progress(event: ProgressEvent) -> None:
         out.send({"progress": dataclasses.asdict(event)})
 
-    converter_cls = type("_JobConverter", (_CachingConverter,), {"cache": cache})
-    setattr(export, "_Converter", converter_cls)  # noqa: B010 - see _CachingConverter
-    result = export_source(source, options, workdir=Path(spec.workdir), progress=progress)
+    result = export_source(
+        source, options, workdir=Path(spec.workdir), progress=progress, hooks=_CacheHooks(cache)
+    )
     out.send(
         {
             "result": {
