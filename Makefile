@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux kmod \
 	ca-certificates
 
-.PHONY: all venv system-deps test lint run sample bench bench-export bench-push clean distclean
+.PHONY: all venv system-deps test lint run sample bench bench-export bench-push bench-daemon clean distclean
 
 all: test
 
@@ -80,6 +80,11 @@ bench-export: system-deps venv
 
 bench-push: system-deps venv
 	$(BIN)/python bench/push.py $(BENCH_ARGS)
+
+# gRPC overhead (daemon vs in-process) and concurrent exports; not named grpc.py, which would
+# shadow the grpc package on sys.path.
+bench-daemon: system-deps venv
+	$(BIN)/python bench/daemon.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .state build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -463,3 +463,163 @@ def fmt_ratio(value: float | None) -> str:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
+
+
+# --------------------------------------------------------------------------------------------
+# A local exporter daemon (`nydus-exporter serve`)
+
+DAEMON_START_TIMEOUT = 30.0
+DAEMON_STOP_TIMEOUT = 30.0  # after SIGTERM (the daemon drains running exports), then SIGKILL
+
+
+@dataclass
+class LocalDaemon:
+    """A running ``nydus-exporter serve`` listening on the unix socket ``socket_path``, with its
+    state (spools, staging layouts, layer cache) in ``state_dir``, its metrics endpoint on
+    ``http_host`` and its log in ``log_file``; everything lives under ``directory``, which
+    :meth:`stop` (SIGTERM, wait, SIGKILL only if it does not exit) removes."""
+
+    directory: Path
+    process: subprocess.Popen[bytes]
+    http_host: str
+
+    @property
+    def state_dir(self) -> Path:
+        return self.directory / "state"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / "exporter.sock"
+
+    @property
+    def address(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "daemon.log"
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def clear_layer_cache(self) -> int:
+        """Delete every entry of the daemon's layer cache (``<state>/layer-cache``), so the next
+        export converts every layer again; returns how many entries were removed. The
+        directory itself stays: the daemon creates new entries in it."""
+        cache = self.state_dir / "layer-cache"
+        removed = 0
+        for entry in cache.iterdir() if cache.is_dir() else ():
+            remove_output(entry)
+            removed += 1
+        return removed
+
+    def metrics(self) -> dict[str, float]:
+        """The daemon's Prometheus samples (``name{labels}`` -> value) from ``/metrics``."""
+        with _DIRECT.open(f"http://{self.http_host}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                samples[name] = float(value)
+        return samples
+
+    def stop(self) -> None:
+        """SIGTERM, wait for the drain, SIGKILL if it hangs; then remove ``directory``."""
+        try:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(DAEMON_STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(10)
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> LocalDaemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_daemon(
+    exporter: Path,
+    *,
+    allowed_roots: Iterable[Path] = (),
+    parent: Path | None = None,
+    extra: Iterable[str] = (),
+) -> LocalDaemon:
+    """``nydus-exporter serve`` on a unix socket in a new temporary directory (under ``parent``
+    if given; keep it short, a socket path has at most 107 bytes), clients may name paths under
+    ``allowed_roots`` (e.g. ``oci-layout=``). Returns once the socket accepts connections;
+    raises BenchError when it cannot start or does not come up."""
+    directory = Path(tempfile.mkdtemp(prefix="daemon-", dir=parent))
+    http_host = f"127.0.0.1:{free_port()}"
+    daemon_argv = [
+        str(exporter), "serve",
+        "--state-dir", str(directory / "state"),
+        "--listen", f"unix://{directory / 'exporter.sock'}",
+        "--http", http_host,
+        "--log-format", "json",
+        *(arg for root in allowed_roots for arg in ("--allowed-root", str(root))),
+        *extra,
+    ]  # fmt: skip
+    if len(str(directory / "exporter.sock").encode()) > 107:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise BenchError(f"the socket path under {directory} is too long for a unix socket")
+    try:
+        with (directory / "daemon.log").open("wb") as log:
+            process = subprocess.Popen(
+                daemon_argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+    except OSError as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise BenchError(f"cannot start `{' '.join(daemon_argv)}`: {exc}") from None
+    daemon = LocalDaemon(directory, process, http_host)
+    try:
+        _wait_for_socket(daemon, daemon_argv)
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
+
+
+def _wait_for_socket(daemon: LocalDaemon, argv: list[str]) -> None:
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT
+    while True:
+        if daemon.process.poll() is not None:
+            raise BenchError(
+                f"`{' '.join(argv)}` exited at start (exit {daemon.process.returncode}):\n{daemon.log_tail()}"
+            )
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(daemon.socket_path))
+                return
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"the daemon did not listen on {daemon.address} within {DAEMON_START_TIMEOUT:.0f} s:\n"
+                f"{daemon.log_tail()}"
+            )
+        time.sleep(0.05)
+
+
+def percentile(values: Iterable[float], pct: float) -> float | None:
+    """The ``pct`` percentile (0-100) by linear interpolation between closest ranks (numpy's
+    default); None for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    rank = (len(ordered) - 1) * pct / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
