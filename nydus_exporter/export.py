@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, Protocol, cast
+from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from nydus_exporter.errors import ConfigError
 from nydus_exporter.layer.directory import iter_directory
@@ -38,12 +38,13 @@ from nydus_exporter.oci.nydus_image import (
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
 from nydus_exporter.pack import PackOptions, pack_entries, pack_layer
-from nydus_exporter.push import push_image
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.merge import MergeLayer, merge_layers
-from nydus_exporter.registry.credentials import CredentialProvider
-from nydus_exporter.registry.sync import SyncRegistry
 from nydus_exporter.sources import Source, SourceImage, SourceLayer, open_source
+
+if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports that use it
+    from nydus_exporter.registry.credentials import CredentialProvider
+    from nydus_exporter.registry.sync import SyncRegistry
 
 _TRUE = ("", "1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -246,6 +247,8 @@ def export(
         with contextlib.ExitStack() as stack:
             registry = None
             if options.push or source_spec.startswith("docker://"):
+                from nydus_exporter.registry.sync import SyncRegistry
+
                 registry = stack.enter_context(
                     SyncRegistry(
                         insecure_hosts=_insecure_hosts(source_spec, options),
@@ -309,6 +312,8 @@ def export_source(
             out.add_manifest(root, tag=tag)
     if options.push:
         assert registry is not None
+        from nydus_exporter.push import push_image
+
         stats = push_image(
             registry,
             out,

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from nydus_exporter.errors import ConfigError, FormatError
 from nydus_exporter.nydus_image_reader import ImageStore, OciLayoutStore
@@ -26,7 +26,9 @@ from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
-from nydus_exporter.registry.sync import SyncRegistry
+
+if TYPE_CHECKING:  # the registry client (aiohttp) is imported only for docker:// sources
+    from nydus_exporter.registry.sync import SyncRegistry
 
 OpenStream = Callable[[], contextlib.AbstractContextManager[BinaryIO]]
 
