@@ -1,5 +1,8 @@
 """The ``nydus-exporter`` command line.
 
+Command modules are imported when their command runs, so `pack` does not pay for the
+registry client or gRPC.
+
 Exit codes: 0 success, 1 an :class:`ExporterError` (message on stderr), 2 bad usage.
 """
 
@@ -18,11 +21,8 @@ from typing import Any, BinaryIO
 
 from nydus_exporter import __version__
 from nydus_exporter.cli_tools import add_tool_commands, run_tool_command
-from nydus_exporter.describe import describe_file, render_text
 from nydus_exporter.errors import ConfigError, ExporterError
-from nydus_exporter.export import ExportOptions, export
-from nydus_exporter.pack import PackOptions, pack_layer_to_file
-from nydus_exporter.progress import MODES, ProgressPrinter
+from nydus_exporter.progress import MODES
 from nydus_exporter.rafs import codecs, layout
 from nydus_exporter.service_cli import (
     add_remote_export_arguments,
@@ -133,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
+    from nydus_exporter.pack import PackOptions, pack_layer_to_file
+
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads must be at least 1")
     options = PackOptions(
@@ -183,6 +185,9 @@ def parse_attrs(text: str) -> dict[str, str]:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from nydus_exporter.export import ExportOptions, export
+    from nydus_exporter.progress import ProgressPrinter
+
     attrs = parse_attrs(args.output)
     attrs.setdefault("type", "nydus")
     if args.threads is not None:
@@ -214,6 +219,8 @@ def _warn(message: str) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from nydus_exporter.describe import describe_file, render_text
+
     description = describe_file(args.file, files=args.files or args.json)
     if args.json:
         print(json.dumps(description, indent=2))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from nydus_exporter.export import ProgressEvent
+if TYPE_CHECKING:
+    from nydus_exporter.export import ProgressEvent
 
 MODES = ("auto", "tty", "plain", "quiet")
 
