@@ -168,3 +168,19 @@ def test_cli_reports_bad_input_with_exit_code_1(tmp_path: Path, capsys: pytest.C
     assert cli.main(["pack", str(layer), "-o", str(tmp_path / "x.blob")]) == 1
     assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "x.blob").exists()
+
+
+@pytest.mark.parametrize("kind", ["files", "metadata-only", "empty"])
+def test_the_result_is_rederived_from_the_blob_alone(sample_tar: bytes, kind: str) -> None:
+    """A blob is self-describing: what the daemon's layer cache relies on instead of storing
+    (and later trusting) a serialised result next to it."""
+    from nydus_exporter.rafs.blob_reader import blob_result
+
+    tar = {
+        "files": sample_tar,
+        "metadata-only": _tar([_member("d", tarfile.DIRTYPE), _member("l", tarfile.SYMTYPE, linkname="d")]),
+        "empty": _tar([]),
+    }[kind]
+    blob, result = _pack_bytes(tar)
+    reader = BlobReader(lambda off, n: blob[off : off + n], len(blob))
+    assert blob_result(reader, result.digest) == result  # type: ignore[attr-defined]

@@ -21,6 +21,8 @@ import zstandard
 
 from nydus_exporter.errors import FormatError
 from nydus_exporter.rafs import codecs, layout
+from nydus_exporter.rafs.blob import BlobResult
+from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.rafs.chunkinfo import BlobMetaHeader, ChunkInfo, blob_meta_file, decode_chunk_infos
 from nydus_exporter.rafs.tarheader import TarHeader, parse_header
 from nydus_exporter.rafs.toc import TocEntry, decode_toc_entries
@@ -486,3 +488,36 @@ def _decompress(comp: codecs.Compressor, data: bytes, uncompressed_size: int, wh
     elif uncompressed_size > _LZ4_MAX_RATIO * len(data):
         raise FormatError(f"{what}: {len(data)} compressed bytes cannot expand to {uncompressed_size}")
     return comp.decompress(data, uncompressed_size)
+
+
+def blob_result(reader: BlobReader, digest: str) -> BlobResult:
+    """The :class:`BlobResult` a :class:`BlobWriter` returned for this blob, re-derived from the
+    blob's own bytes (a production blob is self-describing: ToC, ci, embedded bootstrap).
+
+    ``digest`` is the OCI digest of the whole file, which the caller has verified while
+    reading it (a cache checks it on copy). FormatError if the blob is not one we write.
+    """
+    boot = reader.bootstrap()
+    if boot is None:
+        raise FormatError("blob has no embedded bootstrap (not an inline-meta blob)")
+    blobs = read_bootstrap(boot).blobs
+    infos = reader.chunk_infos()
+    merged = None
+    if blobs:
+        # As a merged bootstrap names it (§5.3): by the OCI digest, without INLINED_FS_META.
+        merged = dataclasses.replace(
+            blobs[0],
+            blob_id=digest.removeprefix("sha256:"),
+            features=blobs[0].features & ~layout.BLOB_FEATURE_INLINED_FS_META,
+        )
+    return BlobResult(
+        blob_id=reader.native_blob_id(),
+        digest=digest,
+        size=reader.size,
+        chunk_count=len(infos),
+        uncompressed_size=blobs[0].uncompressed_size if blobs else 0,
+        blob_info=merged,
+        bootstrap=boot,
+        toc=reader.toc(),
+        blob_meta=reader.blob_meta_file(),
+    )

@@ -5,13 +5,13 @@ blob digest is verified by the daemon while the layer streams in (``layer_end``)
 can only be created from bytes whose digest we checked, and the conversion is deterministic
 for given pack options (per-layer conversion is independent of the other layers, §5.6).
 
-An entry directory holds ``blob`` (the converted Nydus blob), ``result.pickle`` (the
-:class:`BlobResult` the pipeline needs to merge it: embedded bootstrap, blob meta, blob info)
-and ``entry.json`` (the blob's digest and size, and the pickle's sha256). Entries are written
-to a temporary directory and renamed into place, so a reader sees a whole entry or none.
-Verification on use (:meth:`LayerCache.checkout`) re-hashes the blob and the pickle; a bad
-entry is deleted and reported as a miss. The pickle is read only after its hash matched,
-and the cache directory is private to the daemon (mode 0700).
+An entry directory holds ``blob`` (the converted Nydus blob) and ``entry.json`` (its digest
+and size). Nothing else is needed: a blob is self-describing, and the :class:`BlobResult` the
+pipeline merges with is re-derived from its bytes (:func:`~nydus_exporter.rafs.blob_reader.blob_result`),
+so no serialised objects are ever loaded from disk. Entries are written to a temporary
+directory and renamed into place, so a reader sees a whole entry or none. Verification on
+use (:meth:`LayerCache.checkout`) re-hashes the blob and parses it; a bad entry is deleted and
+reported as a miss. The cache directory is private to the daemon (mode 0700).
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ import contextlib
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from nydus_exporter import __version__
+from nydus_exporter.errors import FormatError
 from nydus_exporter.pack import PackOptions
 from nydus_exporter.rafs.blob import BlobResult
+from nydus_exporter.rafs.blob_reader import BlobReader, blob_result
 
 CACHE_FORMAT = "nydus-exporter-layer-cache-1"
 _READ = 1 << 20
@@ -45,6 +46,14 @@ def pack_fingerprint(options: PackOptions) -> str:
 def cache_key(blob_digest: str, options: PackOptions) -> str:
     text = "\0".join((CACHE_FORMAT, __version__, blob_digest, pack_fingerprint(options)))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_result(blob: Path, digest: str) -> BlobResult:
+    """The conversion result of the blob file ``blob`` whose verified digest is ``digest``."""
+    with blob.open("rb") as f:
+        fd = f.fileno()
+        reader = BlobReader(lambda offset, length: os.pread(fd, length, offset), os.fstat(fd).st_size)
+        return blob_result(reader, digest)
 
 
 @dataclass(frozen=True)
@@ -87,10 +96,8 @@ class LayerCache:
         return (self._entry(key) / "entry.json").is_file()
 
     def checkout(self, key: str, target: Path) -> CachedLayer | None:
-        """Verify entry ``key`` while copying its blob to ``target`` (and its result next to it,
-        ``target.with_suffix(".result")``); None on a miss. The job works on its own copies, so
-        a concurrent removal of the entry cannot pull them away.
-        """
+        """Verify entry ``key`` while copying its blob to ``target``; None on a miss. The job
+        works on its own copy, so a concurrent removal of the entry cannot pull it away."""
         entry = self._entry(key)
         try:
             meta = json.loads((entry / "entry.json").read_text())
@@ -100,38 +107,25 @@ class LayerCache:
             target.parent.mkdir(parents=True, exist_ok=True)
             if _copy_hashing(blob_path, target) != meta["digest"]:
                 raise ValueError("blob does not match its entry")
-            raw = (entry / "result.pickle").read_bytes()
-            if "sha256:" + hashlib.sha256(raw).hexdigest() != meta["result_sha256"]:
-                raise ValueError("result does not match its entry")
-            result = pickle.loads(raw)
-            if not isinstance(result, BlobResult) or result.digest != meta["digest"]:
-                raise ValueError("result is not the blob's")
+            result = load_result(target, meta["digest"])
         except FileNotFoundError:
             target.unlink(missing_ok=True)
             return None
-        except (OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError, EOFError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, FormatError):
             target.unlink(missing_ok=True)
             shutil.rmtree(entry, ignore_errors=True)  # corrupt: drop it, convert again
             return None
-        target.with_suffix(".result").write_bytes(raw)
         return CachedLayer(target, result)
 
     def store(self, key: str, blob: Path, result: BlobResult) -> None:
-        """Add the converted ``blob`` (left in place) with its ``result``; first writer wins."""
+        """Add the converted ``blob`` (left in place); first writer wins."""
         if self.contains(key):
             return
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self._root))
         try:
             if _copy_hashing(blob, tmp / "blob") != result.digest:
                 return  # the blob changed under us: do not cache it
-            raw = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-            (tmp / "result.pickle").write_bytes(raw)
-            meta = {
-                "digest": result.digest,
-                "size": result.size,
-                "result_sha256": "sha256:" + hashlib.sha256(raw).hexdigest(),
-            }
-            (tmp / "entry.json").write_text(json.dumps(meta))
+            (tmp / "entry.json").write_text(json.dumps({"digest": result.digest, "size": result.size}))
             with contextlib.suppress(OSError):  # another job stored the same key first: keep theirs
                 os.rename(tmp, self._entry(key))
         finally:

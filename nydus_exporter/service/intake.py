@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +122,7 @@ class ExportIntake:
         # blob digest -> where its bytes are / will be: ("spool", path) once received,
         # ("pending", "") while wanted elsewhere, ("cached", key) for cache hits
         self._by_digest: dict[str, tuple[str, str]] = {}
+        self._blob_digests: dict[str, str] = {}  # cached blob path -> its (verified) digest
         self._cached: dict[tuple[str, int], WorkerLayer] = {}
         self._spooled: dict[tuple[str, int], str] = {}
         self._links = 0
@@ -200,6 +200,7 @@ class ExportIntake:
                 hit = await asyncio.to_thread(self._cache.checkout, key, target)
                 if hit is not None:
                     self.cache_hits += 1
+                    self._blob_digests[str(target)] = hit.result.digest
                     self._by_digest[digest] = ("cached", str(target))
                     self._cached[(platform_id, layer.index)] = self._cached_layer(digest, str(target), layer)
                     continue
@@ -213,8 +214,13 @@ class ExportIntake:
         self._links += 1
         own = self._spool_dir / f"cached-{self._links}.blob"
         os.link(path, own)
-        shutil.copyfile(Path(path).with_suffix(".result"), own.with_suffix(".result"))
-        return WorkerLayer("cached", str(own), digest, cache_key=cache_key(digest, self._pack))
+        return WorkerLayer(
+            "cached",
+            str(own),
+            digest,
+            cache_key=cache_key(digest, self._pack),
+            blob_digest=self._blob_digests[path],
+        )
 
     def _check_reference(self, platform_id: str, layer: LayerSpec) -> None:
         ref = layer.reference

@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import pickle
 import sys
 import threading
 import traceback
@@ -37,7 +36,7 @@ from nydus_exporter.errors import ExporterError
 from nydus_exporter.export import ExportOptions, ProgressEvent, export_source
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs.blob import BlobResult
-from nydus_exporter.service.cache import LayerCache
+from nydus_exporter.service.cache import LayerCache, load_result
 from nydus_exporter.sources import Source, SourceImage, SourceLayer
 
 LayerKind = Literal["file", "cached", "dir"]
@@ -49,6 +48,7 @@ class WorkerLayer:
     path: str  # tar file (spooled or by reference), cached blob link, or directory
     name: str  # digest or path: progress and messages
     cache_key: str = ""  # file layers: store the conversion under this key
+    blob_digest: str = ""  # cached layers: the (verified) digest of the converted blob
     whiteouts: Literal["oci", "overlayfs"] = "oci"
 
 
@@ -165,7 +165,7 @@ def build_source(spec: WorkerSpec) -> Source:
         for layer in image.layers:
             path = Path(layer.path)
             if layer.kind == "cached":
-                result = _load_result(path.with_suffix(".result"))
+                result = load_result(path, layer.blob_digest)
                 layers.append(_PrepackedLayer(layer.name, blob=path, result=result))
             elif layer.kind == "dir":
                 layers.append(SourceLayer(layer.name, directory=path, whiteouts=layer.whiteouts))
@@ -179,15 +179,6 @@ def build_source(spec: WorkerSpec) -> Source:
         config = Path(image.config_path).read_bytes() if image.config_path else None
         images.append(SourceImage(platform, config or _minimal_config(platform, len(layers)), layers))
     return Source(images)
-
-
-def _load_result(path: Path) -> BlobResult:
-    # The daemon verified the cache entry (blob and result hashes) when it answered
-    # layer_wants, and put private copies into the job directory for us.
-    result = pickle.loads(path.read_bytes())
-    if not isinstance(result, BlobResult):
-        raise ExporterError(f"{path} is not a conversion result")
-    return result
 
 
 class _Output:
