@@ -7,6 +7,7 @@ Imported as ``_common`` by the scripts beside it (``python bench/pack.py`` puts 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -623,3 +624,18 @@ def percentile(values: Iterable[float], pct: float) -> float | None:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def bench_parser(
+    doc: str | None, *, runs_help: str = "runs per tool; the median is reported"
+) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --runs, --json, --cache, --mirror, --exporter."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--runs", type=int, default=3, help=f"{runs_help} (default 3)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help="cache directory (default bench/.cache)"
+    )
+    parser.add_argument("--mirror", help="Debian mirror for debootstrap (default: from the apt sources)")
+    parser.add_argument("--exporter", type=Path, help="nydus-exporter executable (default: the venv's)")
+    return parser

@@ -66,11 +66,11 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    DEFAULT_CACHE,
     BenchError,
     LocalDaemon,
     MiB,
     Result,
+    bench_parser,
     check_exporter,
     find_exporter,
     floor_kib,
@@ -567,16 +567,7 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--runs", type=int, default=3, help="runs per export path and export batches (default 3)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--cache", type=Path, default=DEFAULT_CACHE, help="cache directory (default bench/.cache)"
-    )
-    parser.add_argument("--mirror", help="Debian mirror for debootstrap (default: from the apt sources)")
-    parser.add_argument("--exporter", type=Path, help="nydus-exporter executable (default: the venv's)")
+    parser = bench_parser(__doc__, runs_help="runs per export path and export batches")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")

@@ -37,7 +37,6 @@ missing or when any measured command fails.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import json
@@ -54,11 +53,11 @@ from typing import Any, BinaryIO
 
 from _common import (
     CHUNK_SIZE,
-    DEFAULT_CACHE,
     SUITE,
     BenchError,
     MiB,
     Result,
+    bench_parser,
     check_exporter,
     ensure_layer,
     ensure_rootfs,
@@ -439,16 +438,7 @@ def render(report: dict[str, Any], results: list[Result]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--runs", type=int, default=3, help="runs per tool; the median is reported (default 3)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--cache", type=Path, default=DEFAULT_CACHE, help="cache directory (default bench/.cache)"
-    )
-    parser.add_argument("--mirror", help="Debian mirror for debootstrap (default: from the apt sources)")
-    parser.add_argument("--exporter", type=Path, help="nydus-exporter executable (default: the venv's)")
+    parser = bench_parser(__doc__, runs_help="runs per tool; the median is reported")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")

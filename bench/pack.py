@@ -22,7 +22,6 @@ This is a benchmark, not a test: it fails (exit 1) with a clear message when
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -37,10 +36,10 @@ from typing import Any
 
 from _common import (
     CHUNK_SIZE,
-    DEFAULT_CACHE,
     BenchError,
     MiB,
     Result,
+    bench_parser,
     check_exporter,
     ensure_layer,
     ensure_rootfs,
@@ -171,18 +170,9 @@ def render(report: dict[str, Any], results: list[Result], big: Result | None) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--runs", type=int, default=3, help="runs per tool; the median is reported (default 3)"
-    )
+    parser = bench_parser(__doc__, runs_help="runs per tool; the median is reported")
     parser.add_argument("--big", action="store_true", help="also measure pack on a ~2 GiB layer")
     parser.add_argument("--big-runs", type=int, default=1, help="runs of pack on the big layer (default 1)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--cache", type=Path, default=DEFAULT_CACHE, help="cache directory (default bench/.cache)"
-    )
-    parser.add_argument("--mirror", help="Debian mirror for debootstrap (default: from the apt sources)")
-    parser.add_argument("--exporter", type=Path, help="nydus-exporter executable (default: the venv's)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.big_runs < 1:
         parser.error("--runs and --big-runs must be at least 1")

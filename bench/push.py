@@ -32,7 +32,6 @@ missing, when a push fails or when a registry does not end up with the image.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -50,11 +49,11 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    DEFAULT_CACHE,
     BenchError,
     LocalRegistry,
     MiB,
     Result,
+    bench_parser,
     check_exporter,
     find_exporter,
     floor_kib,
@@ -312,16 +311,7 @@ def render(report: dict[str, Any], results: list[Result]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--runs", type=int, default=3, help="runs per tool; the median is reported (default 3)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--cache", type=Path, default=DEFAULT_CACHE, help="cache directory (default bench/.cache)"
-    )
-    parser.add_argument("--mirror", help="Debian mirror for debootstrap (default: from the apt sources)")
-    parser.add_argument("--exporter", type=Path, help="nydus-exporter executable (default: the venv's)")
+    parser = bench_parser(__doc__, runs_help="runs per tool; the median is reported")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
