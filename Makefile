@@ -61,7 +61,7 @@ test: system-deps venv
 #   make sample
 #   .venv/bin/nydus-exporter export --addr unix://$(CURDIR)/.state/daemon/exporter.sock \
 #       tar:.state/run/sample.tar --output type=nydus,push=false,oci-layout=$(CURDIR)/.state/daemon/out,name=sample:1
-run: venv
+run: system-deps venv
 	mkdir -p $(DAEMON_DIR)
 	$(BIN)/nydus-exporter serve --state-dir $(CURDIR)/$(DAEMON_DIR) --http 127.0.0.1:9464 --log-format console
 
