@@ -511,23 +511,39 @@ def _platform_from_config(config: bytes) -> Platform | None:
         return None
 
 
+def nydus_manifests(out: OciLayout, root: Descriptor) -> list[Descriptor]:
+    """The per-platform Nydus manifests of a (not merged) export result's root."""
+    if mt.is_manifest(root.media_type):
+        return [root]
+    return list(ImageIndex.parse(out.read_blob(root.digest)).manifests)
+
+
+def merged_index(
+    out: OciLayout, existing: bytes | None, manifests: Sequence[Descriptor], options: ExportOptions
+) -> Descriptor:
+    """The index that keeps ``existing`` (index or manifest, or nothing) and adds or replaces
+    the Nydus ``manifests`` (each with its platform), written into ``out``."""
+    for manifest in manifests:
+        if manifest.platform is None:
+            raise ConfigError(f"merge-manifest needs a platform for Nydus manifest {manifest.digest}")
+        existing = build_merged_index(
+            existing=existing,
+            nydus_manifest=replace(manifest, platform=None),
+            platform=manifest.platform,
+            mode=options.merge_manifest_mode,  # type: ignore[arg-type]
+            oci=options.oci_mediatypes,
+        )
+    assert existing is not None
+    index = ImageIndex.parse(existing)
+    return Descriptor(index.media_type, out.write_blob(existing), len(existing))
+
+
 def _root_descriptor(
     out: OciLayout, existing: bytes | None, results: Sequence[PlatformResult], options: ExportOptions
 ) -> Descriptor:
     """The manifest (single platform) or an index of the Nydus manifests (merged or not)."""
     if options.merge_manifest:
-        for result in results:
-            assert result.manifest.platform is not None, "merge-manifest needs a platform per image"
-            existing = build_merged_index(
-                existing=existing,
-                nydus_manifest=replace(result.manifest, platform=None),
-                platform=result.manifest.platform,
-                mode=options.merge_manifest_mode,  # type: ignore[arg-type]
-                oci=options.oci_mediatypes,
-            )
-        assert existing is not None
-        index = ImageIndex.parse(existing)
-        return Descriptor(index.media_type, out.write_blob(existing), len(existing))
+        return merged_index(out, existing, [r.manifest for r in results], options)
     if len(results) == 1:
         return results[0].manifest
     index_raw = canonical_json(

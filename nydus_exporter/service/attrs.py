@@ -245,13 +245,6 @@ def resolve_attrs(
 
     pipeline = {k: v for k, v in norm.items() if k in _PIPELINE_KEYS or k.startswith("annotation.")}
     options, pipeline_warnings = ExportOptions.from_attrs(pipeline)
-    if options.push and options.merge_manifest and options.merge_manifest_source == "registry":
-        # The worker converts without registry access; reading the live tag would have to
-        # happen there (see jobs.RegistryPusher).
-        raise PreconditionError(
-            "merge-manifest with push and merge-manifest-source=registry is not supported by the daemon yet; "
-            "use merge-manifest-source=build"
-        )
     warnings.extend(pipeline_warnings)
     image_names = norm.get("name", "")
     if image_names:

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import structlog
 
 from nydus_exporter import errors as core_errors
-from nydus_exporter.export import ExportOptions, ProgressEvent
+from nydus_exporter.export import ExportOptions, ProgressEvent, merged_index, nydus_manifests
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.descriptor import Descriptor
 from nydus_exporter.oci.layout import OciLayout
@@ -177,7 +177,24 @@ class Pusher(Protocol):
         root: Descriptor,
         options: ExportOptions,
         credential_provider: Callable[[str, Challenge | None], Awaitable[Credentials | None]],
-    ) -> None: ...
+    ) -> Descriptor:
+        """Push; returns the root that was pushed (a merged index with merge-manifest)."""
+        ...
+
+
+def merges_live_tag(options: ExportOptions) -> bool:
+    """merge-manifest against the image currently under the (first) name: done at push time."""
+    return options.push and options.merge_manifest and options.merge_manifest_source == "registry"
+
+
+def _with_root(conversion: Conversion, root: Descriptor) -> Conversion:
+    """The conversion's response keys for another root (the merged index that was pushed)."""
+    metadata = dict(conversion.metadata)
+    raw = json.dumps(root.to_json(), separators=(",", ":")).encode()
+    metadata["containerimage.digest"] = root.digest
+    metadata["containerimage.descriptor"] = base64.b64encode(raw).decode()
+    metadata.pop("containerimage.config.digest", None)  # the root is an index now
+    return dataclasses.replace(conversion, metadata=metadata, descriptor=root.to_json())
 
 
 class RegistryPusher:
@@ -198,7 +215,7 @@ class RegistryPusher:
         root: Descriptor,
         options: ExportOptions,
         credential_provider: Callable[[str, Challenge | None], Awaitable[Credentials | None]],
-    ) -> None:
+    ) -> Descriptor:
         loop = asyncio.get_running_loop()
 
         async def ask(host: str, challenge: Challenge | None) -> Credentials | None:
@@ -212,16 +229,23 @@ class RegistryPusher:
         insecure = [ref.api_host for ref in refs] if options.insecure else []
         store = None if self._config.use_docker_config else StaticCredentials({})
 
-        def push() -> None:
+        def push() -> Descriptor:
             with SyncRegistry(
                 credentials=store,
                 credential_provider=bridge,
                 insecure_hosts=insecure,
                 ca_file=options.ca_file,
             ) as registry:
-                push_image(registry, OciLayout.open(layout), root, refs)
+                staging = OciLayout.open(layout)
+                pushed = root
+                if merges_live_tag(options):
+                    current = registry.get_manifest(refs[0])  # the image under the tag now
+                    existing = current.raw if current is not None else None
+                    pushed = merged_index(staging, existing, nydus_manifests(staging, root), options)
+                push_image(registry, staging, pushed, refs)
+                return pushed
 
-        await asyncio.to_thread(push)
+        return await asyncio.to_thread(push)
 
 
 class AuthBroker:
@@ -486,6 +510,9 @@ class JobRegistry:
                 job.state = JobState.CONVERTING
                 attrs = dict(job.instance.attrs.pipeline_attrs)
                 attrs.update({"push": "false", "oci-layout": str(job.staging)})
+                if merges_live_tag(job.instance.attrs.options):
+                    # The worker has no registry access: the pusher merges into the live tag.
+                    attrs["merge-manifest"] = "false"
                 spec = WorkerSpec(
                     pipeline_attrs=attrs,
                     staging=str(job.staging),
@@ -531,12 +558,14 @@ class JobRegistry:
                     raise PreconditionError(
                         "push=true needs the registry client, which this daemon does not have"
                     )
-                await self.pusher(
+                pushed = await self.pusher(
                     layout=job.staging,
                     root=root,
                     options=options,
                     credential_provider=broker.credential_provider,
                 )
+                if pushed.digest != root.digest:
+                    job.conversion = _with_root(job.conversion, pushed)
             if options.oci_layout is not None:
                 await asyncio.to_thread(publish_layout, job.staging, options.oci_layout)
             result = self.export_result(job, job.conversion)

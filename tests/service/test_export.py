@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -223,3 +224,42 @@ async def test_push_asks_the_client_for_registry_credentials(
     assert outcome.result.response["image.name"] == name
     tags = registry_basic.root / f"docker/registry/v2/repositories/{repo_name}/_manifests/tags/v1"
     assert tags.is_dir()
+
+
+async def test_merge_manifest_into_the_live_tag_over_grpc(
+    client: ExporterClient, image: Path, short_tmp: Path, registry: RegistryServer, repo_name: str
+) -> None:
+    """The daemon merges into the image under the tag when it pushes (the worker converts)."""
+    import subprocess
+
+    name = f"{registry.host}/{repo_name}:app"
+    subprocess.run(
+        ["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{image}:t", f"docker://{name}"],
+        check=True,
+        capture_output=True,
+    )
+    before = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{name}"],
+            check=True,
+            capture_output=True,
+        ).stdout
+    )
+    attrs = {"name": name, "oci-mediatypes": "true", "merge-manifest": "true"}
+    for _ in range(2):  # a second run replaces the Nydus entries, it does not add more
+        resolved = await client.resolve(attrs)
+        with open_source(f"oci:{image}:t", workdir=short_tmp) as src:
+            outcome = await client.export(src, resolved.instance_id)
+        after_raw = subprocess.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{name}"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        after = json.loads(after_raw)
+        nydus = [m for m in after["manifests"] if "artifactType" in m]
+        assert [m for m in after["manifests"] if m not in nydus] == before["manifests"]
+        assert len(nydus) == len(before["manifests"])
+        assert (
+            outcome.result.response["containerimage.digest"]
+            == "sha256:" + hashlib.sha256(after_raw).hexdigest()
+        )

@@ -154,17 +154,15 @@ async def test_unknown_keys_and_aliases_are_warnings(client: ExporterClient, sho
     assert "frobnicate" not in response.normalized_attrs
 
 
-async def test_push_needs_a_name_and_registry_merge_is_a_precondition(client: ExporterClient) -> None:
+async def test_push_needs_a_name(client: ExporterClient) -> None:
     with pytest.raises(RemoteExportError) as info:
         await client.resolve({})  # push defaults to true
     assert info.value.code == INVALID
     assert "push=true needs name=REF" in info.value.message
     pushed = await client.resolve({"name": "registry.example/x:1"})
     assert pushed.normalized_attrs["push"] == "true" and pushed.requires_finalize
-    with pytest.raises(RemoteExportError) as info:
-        await client.resolve({"name": "registry.example/x:1", "merge-manifest": "true"})
-    assert info.value.code == PRECONDITION
-    assert "merge-manifest-source=registry" in info.value.message
+    merged = await client.resolve({"name": "registry.example/x:1", "merge-manifest": "true"})
+    assert merged.normalized_attrs["merge-manifest-source"] == "registry"
 
 
 async def test_resolve_allocates_distinct_instances_and_release_is_idempotent(
