@@ -63,7 +63,14 @@ from nydus_exporter.service.jobs import AuthBroker, Job, JobRegistry, WorkerCras
 
 log = structlog.get_logger("nydus_exporter.service")
 
-CAPABILITIES = ("finalize", "auth.credentials", "layer.by-reference", "layer.dedupe", "oci-layout")
+CAPABILITIES = (
+    "finalize",
+    "auth.authorize",
+    "auth.credentials",
+    "layer.by-reference",
+    "layer.dedupe",
+    "oci-layout",
+)
 BUILDER_FEATURES = ("tar2rafs", "blob-toc", "blob-inline-meta")
 _END = object()
 _QUEUE = 256
