@@ -353,9 +353,16 @@ class _Checker:
         except FormatError as exc:
             self.problem(f"{name}: embedded bootstrap: {exc}")
             return
-        if len(boot.blobs) > 1:
-            self.problem(f"{name}: the embedded bootstrap lists {len(boot.blobs)} blobs, expected 0 or 1")
-        facts.embedded = boot.blobs[0] if boot.blobs else None
+        # Its own blob carries the inline placeholder id; the others are chunk-dictionary blobs
+        # (chunk-dedup), which must be blob layers of this image (checked with the merge).
+        own = [b for b in boot.blobs if b.blob_id == layout.INLINE_BLOB_ID_PLACEHOLDER]
+        if len(own) > 1:
+            self.problem(f"{name}: the embedded bootstrap names {len(own)} blobs with the placeholder id")
+        facts.embedded = own[0] if own else None
+        layer_ids = {layer.digest.removeprefix("sha256:") for layer in self.image.blob_layers}
+        for other in boot.blobs:
+            if other.blob_id != layout.INLINE_BLOB_ID_PLACEHOLDER and other.blob_id not in layer_ids:
+                self.problem(f"{name}: the embedded bootstrap references blob {other.blob_id}, not a layer")
 
     def _check_chunks(self, reader: BlobReader, facts: _BlobFacts, name: str) -> None:
         digester = None

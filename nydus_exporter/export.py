@@ -39,6 +39,8 @@ from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
 from nydus_exporter.pack import PackOptions, pack_entries, pack_layer
 from nydus_exporter.rafs.blob import BlobResult
+from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
+from nydus_exporter.rafs.chunkdict import ChunkDict
 from nydus_exporter.rafs.merge import MergeLayer, merge_layers
 from nydus_exporter.sources import Source, SourceImage, SourceLayer, open_source
 
@@ -72,6 +74,7 @@ class ExportOptions:
     merge_manifest_source: str = "registry"  # "registry" (the tag's current image) | "build" (the source)
     insecure: bool = False  # registry.insecure: plain HTTP or unverified TLS for the named registries
     ca_file: Path | None = None
+    chunk_dedup: bool = False  # layers reference chunks their lower layers stored (§4.2)
     platforms: tuple[Platform, ...] = ()
     pack: PackOptions = field(default_factory=PackOptions)
     parallel_layers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -112,6 +115,8 @@ class ExportOptions:
                 kw["merge_manifest_source"] = value
             elif key == "registry.insecure":
                 kw["insecure"] = parse_bool(key, value)
+            elif key == "chunk-dedup":
+                kw["chunk_dedup"] = parse_bool(key, value)
             elif key == "registry.ca-file":
                 kw["ca_file"] = Path(value)
             elif key == "platform":
@@ -382,11 +387,20 @@ class _Converter:
         platform = image.platform or _platform_from_config(image.config)
         label = str(platform) if platform else ""
         n = len(image.layers)
-        with ThreadPoolExecutor(max_workers=max(1, min(self._options.parallel_layers, n or 1))) as pool:
-            futures = [
-                pool.submit(self._pack_layer, layer, i, n, label) for i, layer in enumerate(image.layers)
-            ]
-            blobs = [f.result() for f in futures]
+        if self._options.chunk_dedup:
+            # Each layer references the chunks its lower layers stored (§4.2): one at a time.
+            chunk_dict = ChunkDict()
+            blobs = []
+            for i, layer in enumerate(image.layers):
+                blob = self._pack_layer(layer, i, n, label, chunk_dict)
+                chunk_dict.add_layer(read_bootstrap(blob.bootstrap), blob.blob_info)
+                blobs.append(blob)
+        else:
+            with ThreadPoolExecutor(max_workers=max(1, min(self._options.parallel_layers, n or 1))) as pool:
+                futures = [
+                    pool.submit(self._pack_layer, layer, i, n, label) for i, layer in enumerate(image.layers)
+                ]
+                blobs = [f.result() for f in futures]
 
         # Directory sources already turned overlayfs whiteouts into OCI ones (layer/directory.py).
         merged = merge_layers([MergeLayer(b.bootstrap, b.digest.removeprefix("sha256:")) for b in blobs])
@@ -424,16 +438,21 @@ class _Converter:
         self._progress(ProgressEvent("image-done", platform=label, layers=n, name=manifest_desc.digest))
         return PlatformResult(label, manifest_desc, config_desc, bootstrap_desc, tuple(blob_descs))
 
-    def _pack_layer(self, layer: SourceLayer, index: int, total: int, label: str) -> BlobResult:
-        key = layer.name if layer.name.startswith("sha256:") else None
+    def _pack_layer(
+        self, layer: SourceLayer, index: int, total: int, label: str, chunk_dict: ChunkDict | None = None
+    ) -> BlobResult:
+        # A layer packed against a chunk dictionary depends on its lower layers: it is neither
+        # shared between images nor taken from (or given to) the caller's layer cache.
+        key = layer.name if layer.name.startswith("sha256:") and chunk_dict is None else None
+        hooks = self._hooks if chunk_dict is None else None
         if key is not None:
             with self._lock:
                 cached = self._packed.get(key)
             if cached is not None:
                 self._progress(ProgressEvent("layer-done", label, index, total, layer.name, 0, cached.size))
                 return cached
-        if self._hooks is not None:
-            hit = self._hooks.converted(layer)
+        if hooks is not None:
+            hit = hooks.converted(layer)
             if hit is not None:
                 blob, result = hit
                 self._out.import_blob_file(blob, result.digest)
@@ -459,15 +478,19 @@ class _Converter:
         with open(path, "wb", buffering=1 << 20) as f:
             if layer.directory is not None:
                 entries = iter_directory(layer.directory, whiteouts=layer.whiteouts, on_warning=warn)
-                result = pack_entries(entries, f.write, self._options.pack, on_warning=warn)
+                result = pack_entries(
+                    entries, f.write, self._options.pack, on_warning=warn, chunk_dict=chunk_dict
+                )
             else:
                 assert layer.open is not None
                 with layer.open() as stream:
                     counting = cast(BinaryIO, _Counting(stream, report))
-                    result = pack_layer(counting, f.write, self._options.pack, on_warning=warn)
+                    result = pack_layer(
+                        counting, f.write, self._options.pack, on_warning=warn, chunk_dict=chunk_dict
+                    )
         self._out.import_blob_file(path, result.digest)
-        if self._hooks is not None:
-            self._hooks.packed(layer, self._out.blob_path(result.digest), result)
+        if hooks is not None:
+            hooks.packed(layer, self._out.blob_path(result.digest), result)
         if key is not None:
             with self._lock:
                 self._packed[key] = result

@@ -27,7 +27,8 @@ from nydus_exporter.layer.tarstream import iter_entries
 from nydus_exporter.rafs import codecs, layout
 from nydus_exporter.rafs.blob import BlobResult, BlobWriter, PreparedChunk, prepare_chunk
 from nydus_exporter.rafs.bootstrap import write_bootstrap
-from nydus_exporter.rafs.model import BlobInfo, Inode
+from nydus_exporter.rafs.chunkdict import ChunkDict
+from nydus_exporter.rafs.model import BlobInfo, Inode, Node, walk
 from nydus_exporter.rafs.tree import TreeBuilder
 
 # Bytes of raw chunk data allowed in flight in the thread pool (plus their compressed copies).
@@ -79,6 +80,7 @@ def pack_layer(
     options: PackOptions | None = None,
     *,
     on_warning: Warn = _ignore,
+    chunk_dict: ChunkDict | None = None,
 ) -> BlobResult:
     """Convert one layer (tar, tar+gzip or tar+zstd, from any binary stream) into a blob.
 
@@ -86,7 +88,9 @@ def pack_layer(
     """
     # Decompression (and any digest check in the caller's stream) runs ahead in a thread.
     with contextlib.closing(read_ahead(open_layer_stream(stream))) as uncompressed:
-        return pack_entries(iter_entries(uncompressed), sink, options, on_warning=on_warning)
+        return pack_entries(
+            iter_entries(uncompressed), sink, options, on_warning=on_warning, chunk_dict=chunk_dict
+        )
 
 
 def pack_entries(
@@ -95,15 +99,20 @@ def pack_entries(
     options: PackOptions | None = None,
     *,
     on_warning: Warn = _ignore,
+    chunk_dict: ChunkDict | None = None,
 ) -> BlobResult:
-    """Convert a layer given as entries in stream order (a tar, a directory walk) into a blob."""
+    """Convert a layer given as entries in stream order (a tar, a directory walk) into a blob.
+
+    With ``chunk_dict``, chunks it knows are referenced in their blobs instead of stored again
+    (§4.2); those blobs join the layer bootstrap's blob table after the layer's own blob.
+    """
     options = (options or PackOptions()).validated()
     writer = BlobWriter(
         sink, chunk_size=options.chunk_size, compressor=options.compressor, digester=options.digester
     )
     tree = TreeBuilder()
     with ThreadPoolExecutor(max_workers=max(1, options.threads), thread_name_prefix="pack") as pool:
-        chunker = _Chunker(pool, writer, options)
+        chunker = _Chunker(pool, writer, options, chunk_dict)
         try:
             for entry in entries:
                 if entry.kind is EntryKind.HARDLINK:
@@ -118,14 +127,26 @@ def pack_entries(
             chunker.cancel()
 
     def make_bootstrap(info: BlobInfo | None) -> bytes:
+        # Own blob first (index 0), then the dictionary blobs in order of first reference.
+        blobs = ([info] if info is not None else []) + chunker.external_blobs
+        if info is None and chunker.external_blobs:
+            _shift_external_chunks(tree.root)
         flags = options.super_flags()
-        if info is not None:
+        if blobs and all(b.features & layout.BLOB_FEATURE_INLINED_CHUNK_DIGEST for b in blobs):
             flags |= layout.RAFS_INLINED_CHUNK_DIGEST
-        return write_bootstrap(
-            tree.root, [info] if info is not None else [], chunk_size=options.chunk_size, flags=flags
-        )
+        return write_bootstrap(tree.root, blobs, chunk_size=options.chunk_size, flags=flags)
 
     return writer.finish(make_bootstrap)
+
+
+def _shift_external_chunks(root: Node) -> None:
+    """The layer stored no chunk of its own: dictionary blobs move down one index."""
+    seen: set[int] = set()
+    for _path, node in walk(root):
+        if node.inode.chunks and id(node.inode) not in seen:
+            seen.add(id(node.inode))
+            for chunk in node.inode.chunks:
+                chunk.blob_index -= 1
 
 
 def pack_layer_to_file(
@@ -191,9 +212,18 @@ class _Chunker:
     BATCH_BYTES = 1 << 20
     BATCH_CHUNKS = 256
 
-    def __init__(self, pool: ThreadPoolExecutor, writer: BlobWriter, options: PackOptions) -> None:
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        writer: BlobWriter,
+        options: PackOptions,
+        chunk_dict: ChunkDict | None = None,
+    ) -> None:
         self._pool = pool
         self._writer = writer
+        self._dict = chunk_dict
+        self.external_blobs: list[BlobInfo] = []  # dictionary blobs referenced, in order
+        self._external_index: dict[str, int] = {}
         self._chunk_size = options.chunk_size
         self._compressor = options.compressor
         self._digester = options.digester
@@ -242,7 +272,17 @@ class _Chunker:
     def _commit_one(self) -> None:
         future, refs = self._pending.popleft()
         for chunk, (inode, offset) in zip(future.result(), refs, strict=True):
-            inode.chunks.append(self._writer.add_chunk(chunk, file_offset=offset))
+            hit = self._dict.lookup(chunk.digest, chunk.uncompressed_size) if self._dict else None
+            if hit is None:
+                inode.chunks.append(self._writer.add_chunk(chunk, file_offset=offset))
+                continue
+            position = self._external_index.get(hit.blob.blob_id)
+            if position is None:
+                position = self._external_index[hit.blob.blob_id] = len(self.external_blobs)
+                self.external_blobs.append(hit.blob)
+            ref = hit.chunk.at_file_offset(offset)
+            ref.blob_index = 1 + position  # after the layer's own blob (see make_bootstrap)
+            inode.chunks.append(ref)
 
 
 def _prepare_batch(raws: list[bytes], compressor: str, digester: str) -> list[PreparedChunk]:

@@ -1,6 +1,7 @@
 """Merge per-layer bootstraps into one image bootstrap (``nydus-image merge``, §5.2, §5.3, §8.2).
 
-Input: the bootstraps our packer embeds in each layer blob (0 or 1 blob each), lowest layer
+Input: the bootstraps our packer embeds in each layer blob (its own blob, if it stored chunks,
+plus any chunk-dictionary blobs it references, §4.2), lowest layer
 first, with the layer's Nydus blob digest (the id the merged bootstrap names the blob by) and
 the whiteout convention of the layer (:mod:`nydus_exporter.rafs.overlay`).
 
@@ -103,8 +104,9 @@ class _Layer:
     index: int
     source: MergeLayer
     boot: Bootstrap
-    blob: BlobInfo | None
+    blob: BlobInfo | None  # the layer's own blob (the placeholder id in its bootstrap)
     rules: WhiteoutRules
+    blobs: list[BlobInfo]  # its blob table as the merged bootstrap names them (own blob by id)
 
     @property
     def label(self) -> str:
@@ -125,23 +127,19 @@ def merge_layers(layers: Sequence[MergeLayer]) -> MergeResult:
     candidates: list[BlobInfo] = []
     position_of: dict[str, int] = {}
     for layer in loaded:
-        if layer.blob is None:
-            continue
-        info = dataclasses.replace(
-            layer.blob,
-            blob_id=layer.source.blob_id,
-            features=layer.blob.features & ~layout.BLOB_FEATURE_INLINED_FS_META,
-        )
-        position = position_of.get(info.blob_id)
-        if position is None:
-            position = position_of[info.blob_id] = len(candidates)
-            candidates.append(info)
-        elif candidates[position] != info:
-            raise ConfigError(
-                f"{layer.label} names blob {info.blob_id} like an earlier layer but describes "
-                "a different blob"
-            )
-        _tag_chunks(layer.boot.root, position)
+        positions = []
+        for info in layer.blobs:
+            position = position_of.get(info.blob_id)
+            if position is None:
+                position = position_of[info.blob_id] = len(candidates)
+                candidates.append(info)
+            elif candidates[position] != info:
+                raise ConfigError(
+                    f"{layer.label} names blob {info.blob_id} like an earlier layer but describes "
+                    "a different blob"
+                )
+            positions.append(position)
+        _tag_chunks(layer.boot.root, positions)
 
     root = loaded[0].boot.root
     _clean_subtree(root, loaded[0].rules)
@@ -183,12 +181,21 @@ def _load(index: int, source: MergeLayer) -> _Layer:
         boot = read_bootstrap(source.bootstrap)
     except FormatError as exc:
         raise FormatError(f"layer {index}: {exc}") from exc
-    if len(boot.blobs) > 1:
-        raise FormatError(
-            f"layer {index}: a per-layer bootstrap has 0 or 1 blob, this one lists {len(boot.blobs)}"
+    # The layer's own blob carries the inline placeholder id; other entries are chunk
+    # dictionary blobs (§4.2), named by their real ids already.
+    own = [b for b in boot.blobs if b.blob_id == layout.INLINE_BLOB_ID_PLACEHOLDER]
+    if len(own) > 1:
+        raise FormatError(f"layer {index}: {len(own)} blobs carry the inline-meta placeholder id")
+    blob = own[0] if own else None
+    blobs = [
+        dataclasses.replace(
+            b,
+            blob_id=source.blob_id if b.blob_id == layout.INLINE_BLOB_ID_PLACEHOLDER else b.blob_id,
+            features=b.features & ~layout.BLOB_FEATURE_INLINED_FS_META,
         )
-    blob = boot.blobs[0] if boot.blobs else None
-    layer = _Layer(index, source, boot, blob, rules)
+        for b in boot.blobs
+    ]
+    layer = _Layer(index, source, boot, blob, rules, blobs)
     if boot.block_size != layout.EROFS_BLOCK_SIZE or boot.flags & layout.RAFS_TARTFS_MODE:
         raise ConfigError(f"{layer.label}: tarfs bootstraps (block size {boot.block_size}) cannot be merged")
     if boot.flags & layout.RAFS_ENCRYPTION_ASE_128_XTS or (
@@ -209,7 +216,7 @@ def _load(index: int, source: MergeLayer) -> _Layer:
 
 def _common_chunking(loaded: Sequence[_Layer]) -> tuple[int, int]:
     """(chunk size, digester flag) every layer with data agrees on (§5.2 step 1)."""
-    with_data = [layer for layer in loaded if layer.blob is not None]
+    with_data = [layer for layer in loaded if layer.blobs]
     if not with_data:
         last = loaded[-1].boot
         return last.chunk_size, last.flags & layout.RAFS_HASH_MASK
@@ -243,15 +250,19 @@ def _directories(root: Node) -> list[Node]:
     return out
 
 
-def _tag_chunks(root: Node, position: int) -> None:
-    """Point every chunk of a per-layer tree (all in its blob 0) at candidate ``position``.
+def _tag_chunks(root: Node, positions: Sequence[int]) -> None:
+    """Point every chunk of a per-layer tree at the candidate of its per-layer blob index.
 
-    Idempotent, so hardlink members sharing an Inode may be visited twice."""
+    Each inode once: hardlink members share one Inode."""
+    seen: set[int] = set()
     for directory in _directories(root):
         assert directory.children is not None
         for child in directory.children.values():
+            if id(child.inode) in seen:
+                continue
+            seen.add(id(child.inode))
             for chunk in child.inode.chunks:
-                chunk.blob_index = position
+                chunk.blob_index = positions[chunk.blob_index]
 
 
 def _is_implied_dir(inode: Inode) -> bool:

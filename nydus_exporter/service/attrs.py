@@ -38,6 +38,7 @@ _PIPELINE_KEYS = frozenset(
         "push",
         "oci-layout",
         "oci-mediatypes",
+        "chunk-dedup",
         "merge-manifest",
         "merge-manifest-mode",
         "merge-manifest-source",
@@ -128,6 +129,7 @@ def resolve_attrs(
         elif key in (
             "push",
             "oci-mediatypes",
+            "chunk-dedup",
             "with-referrer",
             "name-canonical",
             "push-by-digest",
@@ -230,6 +232,7 @@ def resolve_attrs(
     defaults = {
         "push": "true",
         "oci-mediatypes": "false",
+        "chunk-dedup": "false",
         "merge-manifest": "false",
         "merge-manifest-mode": "artifact",
         "merge-manifest-source": "registry",

@@ -576,17 +576,28 @@ def test_bare_whiteout_name_is_rejected() -> None:
         merge_layers([as_layer(pack([F("x")])), layer])
 
 
-def test_bootstrap_with_two_blobs_is_not_a_layer() -> None:
+def _two_blob_layer(ids: tuple[str, str]) -> bytes:
     blobs = [
-        BlobInfo(blob_id=c * 64, chunk_size=layout.DEFAULT_CHUNK_SIZE, chunk_count=1, uncompressed_size=4096)
-        for c in "ab"
+        BlobInfo(blob_id=blob_id, chunk_size=layout.DEFAULT_CHUNK_SIZE, chunk_count=1, uncompressed_size=4096)
+        for blob_id in ids
     ]
     tree = TreeBuilder()
     for i in range(2):
-        chunk = ChunkRef(bytes(32), i, 0, 0, 10, 0, 10)
+        chunk = ChunkRef(bytes([i]) * 32, i, 0, 0, 10, 0, 10)
         tree.add(b"/f%d" % i, Inode(mode=stat.S_IFREG | 0o644, size=10, chunks=[chunk]))
-    with pytest.raises(FormatError, match="0 or 1 blob"):
-        merge_layers([MergeLayer(_boot_from_tree(tree, blobs), "c" * 64)])
+    return _boot_from_tree(tree, blobs)
+
+
+def test_chunk_dictionary_blobs_keep_their_ids() -> None:
+    """A layer packed with a chunk dictionary lists the dictionary's blob after its own (§4.2)."""
+    merged = merge_layers(
+        [MergeLayer(_two_blob_layer((layout.INLINE_BLOB_ID_PLACEHOLDER, "a" * 64)), "c" * 64)]
+    )
+    assert merged.blob_ids == ["c" * 64, "a" * 64]
+    boot = read_bootstrap(merged.bootstrap)
+    files = boot.root.children
+    assert files is not None
+    assert [files[b"f0"].inode.chunks[0].blob_index, files[b"f1"].inode.chunks[0].blob_index] == [0, 1]
 
 
 def test_same_blob_id_for_different_blobs_is_an_error() -> None:

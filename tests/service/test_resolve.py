@@ -37,6 +37,7 @@ GOOD: list[tuple[str, dict[str, str], dict[str, str]]] = [
     ("merge-manifest empty is true", {"merge-manifest": ""}, {"merge-manifest": "true"}),
     ("merge-manifest true", {"merge-manifest": "true"}, {"merge-manifest": "true"}),
     ("merge-manifest false", {"merge-manifest": "false"}, {"merge-manifest": "false"}),
+    ("chunk-dedup", {"chunk-dedup": "true"}, {"chunk-dedup": "true"}),
     ("merge-manifest-mode legacy", {"merge-manifest-mode": "legacy"}, {"merge-manifest-mode": "legacy"}),
     (
         "merge-manifest-mode nydus-config",

@@ -1,0 +1,58 @@
+"""A chunk dictionary: chunks already stored in other blobs, to reference instead of storing
+again (nydus-image ``--chunk-dict`` semantics, §4.2).
+
+A layer packed with a dictionary references a dictionary chunk by (blob, ci index, offsets)
+and writes no bytes for it; the dictionary's blob then appears in that layer's bootstrap blob
+table, and the merged bootstrap keeps it (§5.3). Chunks match by digest and uncompressed size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nydus_exporter.rafs.bootstrap_reader import Bootstrap
+from nydus_exporter.rafs.layout import INLINE_BLOB_ID_PLACEHOLDER
+from nydus_exporter.rafs.model import BlobInfo, ChunkRef
+
+
+@dataclass(frozen=True, slots=True)
+class DictChunk:
+    blob: BlobInfo  # as a merged bootstrap names it (blob_id = the blob layer digest hex)
+    chunk: ChunkRef  # the chunk in that blob (its blob_index is meaningless here)
+
+
+class ChunkDict:
+    """Digest -> the first blob chunk known to hold it."""
+
+    def __init__(self) -> None:
+        self._chunks: dict[bytes, DictChunk] = {}
+        self._blobs: dict[str, BlobInfo] = {}
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    @property
+    def blobs(self) -> list[BlobInfo]:
+        return list(self._blobs.values())
+
+    def add_blob(self, blob: BlobInfo, chunks: Iterable[ChunkRef]) -> None:
+        """Learn ``chunks``, all stored in ``blob``; the first blob to offer a digest keeps it."""
+        self._blobs.setdefault(blob.blob_id, blob)
+        for chunk in chunks:
+            self._chunks.setdefault(chunk.digest, DictChunk(blob, chunk))
+
+    def add_layer(self, bootstrap: Bootstrap, blob: BlobInfo | None) -> None:
+        """Learn the chunks a packed layer stored itself: those of its own blob (the one its
+        embedded bootstrap names with the inline placeholder id), now known as ``blob``."""
+        if blob is None:
+            return
+        own = [i for i, b in enumerate(bootstrap.blobs) if b.blob_id == INLINE_BLOB_ID_PLACEHOLDER]
+        if own:
+            self.add_blob(blob, (c for c in bootstrap.chunk_table if c.blob_index == own[0]))
+
+    def lookup(self, digest: bytes, uncompressed_size: int) -> DictChunk | None:
+        hit = self._chunks.get(digest)
+        if hit is None or hit.chunk.uncompressed_size != uncompressed_size:
+            return None
+        return hit
