@@ -23,8 +23,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
-from nydus_exporter.errors import ConfigError
+from nydus_exporter.errors import ConfigError, FormatError
 from nydus_exporter.layer.directory import iter_directory
+from nydus_exporter.nydus_image_reader import NydusImage, open_image
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.bootstrap_layer import write_bootstrap_layer
 from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest, canonical_json, sha256_digest
@@ -52,6 +53,18 @@ _TRUE = ("", "1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
+def chunk_dict_image_spec(value: str) -> str:
+    """``chunk-dict=`` as nydusify spells it (``bootstrap:registry:REF``), as a reference, or
+    as an image spec (``docker://REF``, ``oci:DIR[:TAG]``) -> an image spec."""
+    text = value.strip().removeprefix("bootstrap:registry:")
+    if not text:
+        raise ConfigError("chunk-dict needs an image reference")
+    if text.startswith(("docker://", "oci:")):
+        return text
+    parse_reference(text)  # validates
+    return f"docker://{text}"
+
+
 def parse_bool(key: str, value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in _TRUE:
@@ -75,6 +88,7 @@ class ExportOptions:
     insecure: bool = False  # registry.insecure: plain HTTP or unverified TLS for the named registries
     ca_file: Path | None = None
     chunk_dedup: bool = False  # layers reference chunks their lower layers stored (§4.2)
+    chunk_dict: str | None = None  # a Nydus image whose chunks layers reference (§4.2)
     platforms: tuple[Platform, ...] = ()
     pack: PackOptions = field(default_factory=PackOptions)
     parallel_layers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -117,6 +131,8 @@ class ExportOptions:
                 kw["insecure"] = parse_bool(key, value)
             elif key == "chunk-dedup":
                 kw["chunk_dedup"] = parse_bool(key, value)
+            elif key in ("chunk-dict", "nydus-chunk-dict-image"):
+                kw["chunk_dict"] = chunk_dict_image_spec(value)
             elif key == "registry.ca-file":
                 kw["ca_file"] = Path(value)
             elif key == "platform":
@@ -190,6 +206,27 @@ class LayerHooks(Protocol):
 
 def _no_progress(event: ProgressEvent) -> None:
     pass
+
+
+@dataclass
+class ChunkDictImage:
+    """A Nydus image used as chunk dictionary: its chunks, blob layers and blob.meta files."""
+
+    chunks: ChunkDict
+    layers: dict[str, Descriptor]  # blob id (layer digest hex) -> blob layer descriptor
+    blob_metas: dict[str, bytes]
+    image: NydusImage  # open: dictionary blobs are copied from its store
+
+    @classmethod
+    def load(cls, image: NydusImage) -> ChunkDictImage:
+        boot = read_bootstrap(image.bootstrap())
+        layers = {d.digest.removeprefix("sha256:"): d for d in image.blob_layers}
+        for blob in boot.blobs:
+            if blob.blob_id not in layers:
+                raise FormatError(
+                    f"chunk dictionary {image.reference}: blob {blob.blob_id} is not one of its layers"
+                )
+        return cls(ChunkDict.from_bootstrap(boot), layers, image.blob_metas(), image)
 
 
 @dataclass(frozen=True)
@@ -271,9 +308,38 @@ def export(
                     registry=registry,
                 )
             )
-            return export_source(source, options, workdir=tmp, progress=progress, registry=registry)
+            loader = _chunk_dict_loader(options, stack) if options.chunk_dict else None
+            return export_source(
+                source, options, workdir=tmp, progress=progress, registry=registry, chunk_dicts=loader
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _chunk_dict_loader(
+    options: ExportOptions, stack: contextlib.ExitStack
+) -> Callable[[Platform | None], ChunkDictImage]:
+    """Opens the chunk dictionary image once per platform (its own image for that platform
+    when it has one, else its only or host image); closed with ``stack``."""
+    from nydus_exporter.registry_store import RegistryOptions
+
+    assert options.chunk_dict is not None
+    spec = options.chunk_dict
+    where = RegistryOptions(insecure=options.insecure, ca_file=options.ca_file)
+    loaded: dict[str, ChunkDictImage] = {}
+
+    def load(platform: Platform | None) -> ChunkDictImage:
+        key = str(platform)
+        if key not in loaded:
+            try:
+                image = open_image(spec, platform, registry=where)
+            except ConfigError:
+                image = open_image(spec, None, registry=where)  # a single-platform dictionary
+            stack.callback(image.close)
+            loaded[key] = ChunkDictImage.load(image)
+        return loaded[key]
+
+    return load
 
 
 def _insecure_hosts(source_spec: str, options: ExportOptions) -> list[str]:
@@ -294,13 +360,14 @@ def export_source(
     progress: Progress = _no_progress,
     registry: SyncRegistry | None = None,
     hooks: LayerHooks | None = None,
+    chunk_dicts: Callable[[Platform | None], ChunkDictImage] | None = None,
 ) -> ExportResult:
     if options.oci_layout is None and not options.push:
         raise ConfigError("no output: give oci-layout=DIR or push=true")
     if options.push and registry is None:
         raise ConfigError("push=true needs a registry client")
     out = OciLayout.create(options.oci_layout or workdir / "push-layout")
-    converter = _Converter(out, options, workdir, progress, hooks)
+    converter = _Converter(out, options, workdir, progress, hooks, chunk_dicts)
     results = [converter.convert(image) for image in source.images]
     refs = [parse_reference(name).with_default_tag() for name in options.names]
     existing = None
@@ -373,9 +440,11 @@ class _Converter:
         workdir: Path,
         progress: Progress,
         hooks: LayerHooks | None = None,
+        chunk_dicts: Callable[[Platform | None], ChunkDictImage] | None = None,
     ) -> None:
         self._out = out
         self._hooks = hooks
+        self._chunk_dicts = chunk_dicts
         self._options = options
         self._workdir = workdir
         self._progress = progress
@@ -387,18 +456,21 @@ class _Converter:
         platform = image.platform or _platform_from_config(image.config)
         label = str(platform) if platform else ""
         n = len(image.layers)
+        dict_image = self._chunk_dicts(platform) if self._chunk_dicts is not None else None
+        base = dict_image.chunks if dict_image is not None else None
         if self._options.chunk_dedup:
             # Each layer references the chunks its lower layers stored (§4.2): one at a time.
-            chunk_dict = ChunkDict()
+            chunk_dict = base.copy() if base is not None else ChunkDict()
             blobs = []
             for i, layer in enumerate(image.layers):
                 blob = self._pack_layer(layer, i, n, label, chunk_dict)
                 chunk_dict.add_layer(read_bootstrap(blob.bootstrap), blob.blob_info)
                 blobs.append(blob)
-        else:
+        else:  # layers in parallel, all against the same (read-only) dictionary, if any
             with ThreadPoolExecutor(max_workers=max(1, min(self._options.parallel_layers, n or 1))) as pool:
                 futures = [
-                    pool.submit(self._pack_layer, layer, i, n, label) for i, layer in enumerate(image.layers)
+                    pool.submit(self._pack_layer, layer, i, n, label, base)
+                    for i, layer in enumerate(image.layers)
                 ]
                 blobs = [f.result() for f in futures]
 
@@ -411,19 +483,38 @@ class _Converter:
             if blob.blob_meta is not None and hex_id in merged.blob_ids and hex_id not in seen:
                 seen.add(hex_id)
                 blob_metas.append((hex_id, blob.blob_meta))
+        # Dictionary-only blobs become extra blob layers after the image's own (§6.3), copied
+        # into the output so the image is complete.
+        extra_layers = []
+        for hex_id in merged.blob_ids:
+            if hex_id in seen or any(b.digest.removeprefix("sha256:") == hex_id for b in blobs):
+                continue
+            assert dict_image is not None, "a blob outside the image needs a chunk dictionary"
+            desc = dict_image.layers[hex_id]
+            if not self._out.has_blob(desc.digest):
+                with (
+                    dict_image.image.store.open_blob(desc.digest) as src,
+                    self._out.blob_writer(desc.digest) as sink,
+                ):
+                    shutil.copyfileobj(src, sink, 1 << 20)
+            extra_layers.append(Descriptor(mt.MEDIA_TYPE_NYDUS_BLOB, desc.digest, desc.size))
+            if hex_id in dict_image.blob_metas:
+                blob_metas.append((hex_id, dict_image.blob_metas[hex_id]))
         oci = self._options.oci_mediatypes
         with self._out.blob_writer() as sink:
             boot = write_bootstrap_layer(sink, merged.bootstrap, blob_metas)
         bootstrap_desc = boot.descriptor(oci=oci)
 
-        config_raw = build_nydus_config(image.config, [b.digest for b in blobs], boot.diff_id)
+        config_raw = build_nydus_config(
+            image.config, [b.digest for b in blobs] + [d.digest for d in extra_layers], boot.diff_id
+        )
         config_type = (
             mt.MEDIA_TYPE_NYDUS_CONFIG
             if self._options.merge_manifest and self._options.merge_manifest_mode == "artifact"
             else mt.config_media_type(oci=oci)
         )
         config_desc = Descriptor(config_type, self._out.write_blob(config_raw), len(config_raw))
-        blob_descs = [Descriptor(mt.MEDIA_TYPE_NYDUS_BLOB, b.digest, b.size) for b in blobs]
+        blob_descs = [Descriptor(mt.MEDIA_TYPE_NYDUS_BLOB, b.digest, b.size) for b in blobs] + extra_layers
         manifest_raw = build_nydus_manifest(
             config=config_desc,
             blob_layers=blob_descs,

@@ -127,3 +127,74 @@ def test_bad_value_is_a_config_error(tmp_path: Path, value: str, capsys: pytest.
     output = f"type=nydus,push=false,oci-layout={tmp_path / 'o'},chunk-dedup={value}"
     assert cli.main(["export", source, "--output", output, "--progress", "quiet"]) == 1
     assert "chunk-dedup='maybe' is not a boolean" in capsys.readouterr().err
+
+
+def test_chunk_dict_image_from_an_earlier_build(tmp_path: Path) -> None:
+    """``chunk-dict=IMAGE`` (nydusify's ``--chunk-dict``): chunks an earlier Nydus image stored
+    are referenced, and its blob becomes an extra blob layer of the new image (§4.2, §6.3)."""
+    base = tmp_path / "base.tar"
+    base.write_bytes(tb.tar_of(tb.file("opt/big.bin", BIG)))
+    dict_out = tmp_path / "dict"
+    assert (
+        cli.main(
+            [
+                "export",
+                f"tar:{base}",
+                "--progress",
+                "quiet",
+                "--output",
+                f"type=nydus,push=false,oci-layout={dict_out},oci-mediatypes=true,name=d:1",
+            ]
+        )
+        == 0
+    )
+    app = tmp_path / "app.tar"
+    app.write_bytes(tb.tar_of(tb.file("app/data.bin", BIG), tb.file("app/new", b"new\n")))
+    out = tmp_path / "app"
+    meta_file = tmp_path / "app.json"
+    output = (
+        f"type=nydus,push=false,oci-layout={out},oci-mediatypes=true,name=a:1,chunk-dict=oci:{dict_out}:1"
+    )
+    assert (
+        cli.main(
+            [
+                "export",
+                f"tar:{app}",
+                "--output",
+                output,
+                "--progress",
+                "quiet",
+                "--metadata-file",
+                str(meta_file),
+            ]
+        )
+        == 0
+    )
+    meta = json.loads(meta_file.read_text())
+    layers = blob_layers(out, meta["containerimage.digest"])
+    dict_layers = blob_layers(
+        dict_out, json.loads((dict_out / "index.json").read_text())["manifests"][0]["digest"]
+    )
+    assert [layer["digest"] for layer in layers[1:]] == [dict_layers[0]["digest"]]  # the extra blob layer
+    assert layers[0]["size"] < len(BIG) // 8  # the app layer stored only app/new
+    assert cli.main(["check", f"oci:{out}:1"]) == 0
+
+    require(os.geteuid() == 0 and shutil.which("umoci") is not None, "needs root and umoci")
+    require(kernel_erofs_available(), KERNEL_EROFS_REASON)
+    image = _oci_image_of([app], tmp_path / "oci")
+    bundle = tmp_path / "bundle"
+    proc = subprocess.run(["umoci", "unpack", "--image", image, str(bundle)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    expected = snapshot_dir(bundle / "rootfs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mount_image(f"oci:{out}:1", mnt, state_dir=tmp_path / "state")
+    try:
+        actual = snapshot_dir(mnt)
+    finally:
+        umount_image(mnt, state_dir=tmp_path / "state")
+    for path in (b"/", b"/app"):  # implied directories: umoci stamps the unpack time
+        expected[path] = dataclasses.replace(
+            expected[path], mtime=actual[path].mtime, mtime_nsec=actual[path].mtime_nsec
+        )
+    assert diff_snapshots(expected, actual) == []

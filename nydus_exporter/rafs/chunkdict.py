@@ -42,6 +42,21 @@ class ChunkDict:
         for chunk in chunks:
             self._chunks.setdefault(chunk.digest, DictChunk(blob, chunk))
 
+    def copy(self) -> ChunkDict:
+        other = ChunkDict()
+        other._chunks = dict(self._chunks)
+        other._blobs = dict(self._blobs)
+        return other
+
+    @classmethod
+    def from_bootstrap(cls, bootstrap: Bootstrap) -> ChunkDict:
+        """Every chunk of an image's merged bootstrap, in the blobs its table names (the
+        ``--chunk-dict bootstrap=…`` of nydus-image)."""
+        out = cls()
+        for chunk in bootstrap.chunk_table:
+            out.add_blob(bootstrap.blobs[chunk.blob_index], (chunk,))
+        return out
+
     def add_layer(self, bootstrap: Bootstrap, blob: BlobInfo | None) -> None:
         """Learn the chunks a packed layer stored itself: those of its own blob (the one its
         embedded bootstrap names with the inline placeholder id), now known as ``blob``."""
