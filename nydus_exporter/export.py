@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -39,10 +40,12 @@ from nydus_exporter.oci.nydus_image import (
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
 from nydus_exporter.pack import PackOptions, pack_entries, pack_layer
+from nydus_exporter.rafs import layout
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.rafs.chunkdict import ChunkDict
 from nydus_exporter.rafs.merge import MergeLayer, merge_layers
+from nydus_exporter.rafs.model import walk
 from nydus_exporter.sources import Source, SourceImage, SourceLayer, open_source
 
 if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports that use it
@@ -236,6 +239,43 @@ class PlatformResult:
     config: Descriptor
     bootstrap_layer: Descriptor
     blob_layers: tuple[Descriptor, ...]
+    dedup: DedupStats = field(default_factory=lambda: DedupStats())
+
+
+@dataclass
+class DedupStats:
+    """Chunk references of an image's layers and where their bytes are (§4.2)."""
+
+    chunks: int = 0  # chunk references of all files (a hardlinked file counts once)
+    stored: int = 0  # chunks the layers stored themselves
+    in_layer: int = 0  # references to a chunk stored earlier in the same layer
+    from_lower_layers: int = 0  # references to a chunk a lower layer of the image stored
+    from_chunk_dict: int = 0  # references to a chunk of the chunk dictionary image
+    bytes_not_stored: int = 0  # compressed bytes all those references did not store again
+
+    def add_layer(self, blob: BlobResult, image_blobs: set[str]) -> None:
+        boot = read_bootstrap(blob.bootstrap)
+        own_index = next(
+            (i for i, b in enumerate(boot.blobs) if b.blob_id == layout.INLINE_BLOB_ID_PLACEHOLDER), None
+        )
+        seen_inodes: set[int] = set()
+        own_refs = 0
+        for _path, node in walk(boot.root):
+            if not node.inode.chunks or id(node.inode) in seen_inodes:
+                continue
+            seen_inodes.add(id(node.inode))
+            for chunk in node.inode.chunks:
+                self.chunks += 1
+                if chunk.blob_index == own_index:
+                    own_refs += 1
+                    continue
+                self.bytes_not_stored += chunk.compressed_size
+                if boot.blobs[chunk.blob_index].blob_id in image_blobs:
+                    self.from_lower_layers += 1
+                else:
+                    self.from_chunk_dict += 1
+        self.stored += blob.chunk_count
+        self.in_layer += own_refs - blob.chunk_count
 
 
 @dataclass(frozen=True)
@@ -260,6 +300,7 @@ class ExportResult:
             ),
             "nydus.fs-version": "6",
             "nydus.compressor": self.compressor,
+            "nydus.dedup": json.dumps({r.platform: dataclasses.asdict(r.dedup) for r in self.images}),
         }
         if self.oci_manifests:
             out["nydus.oci.manifest.digests"] = json.dumps(dict(self.oci_manifests))
@@ -527,7 +568,11 @@ class _Converter:
             platform=platform,
         )  # fmt: skip
         self._progress(ProgressEvent("image-done", platform=label, layers=n, name=manifest_desc.digest))
-        return PlatformResult(label, manifest_desc, config_desc, bootstrap_desc, tuple(blob_descs))
+        dedup = DedupStats()
+        image_blobs = {b.digest.removeprefix("sha256:") for b in blobs}
+        for blob in blobs:
+            dedup.add_layer(blob, image_blobs)
+        return PlatformResult(label, manifest_desc, config_desc, bootstrap_desc, tuple(blob_descs), dedup)
 
     def _pack_layer(
         self, layer: SourceLayer, index: int, total: int, label: str, chunk_dict: ChunkDict | None = None

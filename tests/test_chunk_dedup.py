@@ -67,8 +67,16 @@ def chunk_count(out: Path, digest: str) -> int:
 
 def test_a_copied_file_costs_no_chunks_in_the_upper_layer(tmp_path: Path) -> None:
     plain_out, dedup_out = tmp_path / "plain", tmp_path / "dedup"
-    plain = blob_layers(plain_out, export(tmp_path, plain_out)["containerimage.digest"])
-    dedup = blob_layers(dedup_out, export(tmp_path, dedup_out, "chunk-dedup=true")["containerimage.digest"])
+    plain_meta = export(tmp_path, plain_out)
+    dedup_meta = export(tmp_path, dedup_out, "chunk-dedup=true")
+    plain = blob_layers(plain_out, plain_meta["containerimage.digest"])
+    dedup = blob_layers(dedup_out, dedup_meta["containerimage.digest"])
+    # 11 chunk references: big.bin (4) + readme, the copy (4) + new, conf.
+    (plain_stats,) = json.loads(plain_meta["nydus.dedup"]).values()
+    (dedup_stats,) = json.loads(dedup_meta["nydus.dedup"]).values()
+    assert (plain_stats["chunks"], plain_stats["stored"], plain_stats["from_lower_layers"]) == (11, 11, 0)
+    assert (dedup_stats["chunks"], dedup_stats["stored"], dedup_stats["from_lower_layers"]) == (11, 7, 4)
+    assert dedup_stats["bytes_not_stored"] >= len(BIG)  # incompressible: stored raw
     assert len(plain) == len(dedup) == 3
     assert plain[0]["digest"] == dedup[0]["digest"]  # the lowest layer has nothing to refer to
     # Without dedup the copy is stored again; with it, layer 2 stores only srv/new.
@@ -177,6 +185,8 @@ def test_chunk_dict_image_from_an_earlier_build(tmp_path: Path) -> None:
     )
     assert [layer["digest"] for layer in layers[1:]] == [dict_layers[0]["digest"]]  # the extra blob layer
     assert layers[0]["size"] < len(BIG) // 8  # the app layer stored only app/new
+    (stats,) = json.loads(meta["nydus.dedup"]).values()
+    assert (stats["chunks"], stats["stored"], stats["from_chunk_dict"]) == (5, 1, 4)
     assert cli.main(["check", f"oci:{out}:1"]) == 0
 
     require(os.geteuid() == 0 and shutil.which("umoci") is not None, "needs root and umoci")
