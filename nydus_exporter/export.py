@@ -212,16 +212,20 @@ def _no_progress(event: ProgressEvent) -> None:
 
 
 @dataclass
-class ChunkDictImage:
-    """A Nydus image used as chunk dictionary: its chunks, blob layers and blob.meta files."""
+class Dictionary:
+    """Chunks stored in blobs outside the image (§4.2), with what the image needs of a blob it
+    references: its layer descriptor, its blob.meta file, and where its bytes are."""
 
-    chunks: ChunkDict
-    layers: dict[str, Descriptor]  # blob id (layer digest hex) -> blob layer descriptor
-    blob_metas: dict[str, bytes]
-    image: NydusImage  # open: dictionary blobs are copied from its store
+    chunks: ChunkDict = field(default_factory=ChunkDict)
+    layers: dict[str, Descriptor] = field(default_factory=dict)  # blob id (digest hex) -> layer
+    blob_metas: dict[str, bytes] = field(default_factory=dict)
+    # blob id -> a stream of the blob, to copy it into the output; absent: the blob stays in
+    # the target repository, where it was verified to exist (the chunk store's blobs)
+    open_blob: dict[str, Callable[[], BinaryIO]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, image: NydusImage) -> ChunkDictImage:
+    def from_image(cls, image: NydusImage) -> Dictionary:
+        """``chunk-dict=IMAGE``: every chunk of a Nydus image's merged bootstrap."""
         boot = read_bootstrap(image.bootstrap())
         layers = {d.digest.removeprefix("sha256:"): d for d in image.blob_layers}
         for blob in boot.blobs:
@@ -229,7 +233,25 @@ class ChunkDictImage:
                 raise FormatError(
                     f"chunk dictionary {image.reference}: blob {blob.blob_id} is not one of its layers"
                 )
-        return cls(ChunkDict.from_bootstrap(boot), layers, image.blob_metas(), image)
+        store = image.store
+
+        def opener(digest: str) -> Callable[[], BinaryIO]:
+            return lambda: store.open_blob(digest)
+
+        opens = {hex_id: opener(desc.digest) for hex_id, desc in layers.items()}
+        return cls(ChunkDict.from_bootstrap(boot), layers, image.blob_metas(), opens)
+
+    def extended(self, other: Dictionary) -> Dictionary:
+        """This dictionary, then ``other`` for digests this one does not know."""
+        chunks = self.chunks.copy()
+        for blob in other.chunks.blobs:
+            chunks.add_blob(blob, other.chunks.chunks_of(blob.blob_id))
+        return Dictionary(
+            chunks,
+            {**other.layers, **self.layers},
+            {**other.blob_metas, **self.blob_metas},
+            {**other.open_blob, **self.open_blob},
+        )
 
 
 @dataclass(frozen=True)
@@ -359,7 +381,7 @@ def export(
 
 def _chunk_dict_loader(
     options: ExportOptions, stack: contextlib.ExitStack
-) -> Callable[[Platform | None], ChunkDictImage]:
+) -> Callable[[Platform | None], Dictionary]:
     """Opens the chunk dictionary image once per platform (its own image for that platform
     when it has one, else its only or host image); closed with ``stack``."""
     from nydus_exporter.registry_store import RegistryOptions
@@ -367,9 +389,9 @@ def _chunk_dict_loader(
     assert options.chunk_dict is not None
     spec = options.chunk_dict
     where = RegistryOptions(insecure=options.insecure, ca_file=options.ca_file)
-    loaded: dict[str, ChunkDictImage] = {}
+    loaded: dict[str, Dictionary] = {}
 
-    def load(platform: Platform | None) -> ChunkDictImage:
+    def load(platform: Platform | None) -> Dictionary:
         key = str(platform)
         if key not in loaded:
             try:
@@ -377,7 +399,7 @@ def _chunk_dict_loader(
             except ConfigError:
                 image = open_image(spec, None, registry=where)  # a single-platform dictionary
             stack.callback(image.close)
-            loaded[key] = ChunkDictImage.load(image)
+            loaded[key] = Dictionary.from_image(image)
         return loaded[key]
 
     return load
@@ -401,7 +423,7 @@ def export_source(
     progress: Progress = _no_progress,
     registry: SyncRegistry | None = None,
     hooks: LayerHooks | None = None,
-    chunk_dicts: Callable[[Platform | None], ChunkDictImage] | None = None,
+    chunk_dicts: Callable[[Platform | None], Dictionary] | None = None,
 ) -> ExportResult:
     if options.oci_layout is None and not options.push:
         raise ConfigError("no output: give oci-layout=DIR or push=true")
@@ -481,11 +503,13 @@ class _Converter:
         workdir: Path,
         progress: Progress,
         hooks: LayerHooks | None = None,
-        chunk_dicts: Callable[[Platform | None], ChunkDictImage] | None = None,
+        chunk_dicts: Callable[[Platform | None], Dictionary] | None = None,
     ) -> None:
         self._out = out
         self._hooks = hooks
         self._chunk_dicts = chunk_dicts
+        self.remote_blobs: set[str] = set()  # dictionary blobs left in the target repository
+        self.packed: list[BlobResult] = []  # every layer blob this export packed
         self._options = options
         self._workdir = workdir
         self._progress = progress
@@ -532,11 +556,11 @@ class _Converter:
                 continue
             assert dict_image is not None, "a blob outside the image needs a chunk dictionary"
             desc = dict_image.layers[hex_id]
-            if not self._out.has_blob(desc.digest):
-                with (
-                    dict_image.image.store.open_blob(desc.digest) as src,
-                    self._out.blob_writer(desc.digest) as sink,
-                ):
+            opener = dict_image.open_blob.get(hex_id)
+            if opener is None:
+                self.remote_blobs.add(desc.digest)  # verified in the target repository
+            elif not self._out.has_blob(desc.digest):
+                with opener() as src, self._out.blob_writer(desc.digest) as sink:
                     shutil.copyfileobj(src, sink, 1 << 20)
             extra_layers.append(Descriptor(mt.MEDIA_TYPE_NYDUS_BLOB, desc.digest, desc.size))
             if hex_id in dict_image.blob_metas:

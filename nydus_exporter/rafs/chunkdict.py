@@ -66,6 +66,10 @@ class ChunkDict:
         if own:
             self.add_blob(blob, (c for c in bootstrap.chunk_table if c.blob_index == own[0]))
 
+    def chunks_of(self, blob_id: str) -> list[ChunkRef]:
+        """The chunks this dictionary takes from blob ``blob_id``."""
+        return [hit.chunk for hit in self._chunks.values() if hit.blob.blob_id == blob_id]
+
     def lookup(self, digest: bytes, uncompressed_size: int) -> DictChunk | None:
         hit = self._chunks.get(digest)
         if hit is None or hit.chunk.uncompressed_size != uncompressed_size:
