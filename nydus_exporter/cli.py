@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from nydus_exporter import __version__
+from nydus_exporter.chunkstore.cli import add_chunkstore_commands, run_chunkstore_command
 from nydus_exporter.cli_tools import add_tool_commands, run_tool_command
 from nydus_exporter.errors import ConfigError, ExporterError
 from nydus_exporter.progress import MODES
@@ -68,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("layer", help="layer tar file, or - for standard input")
     pack.add_argument("-o", "--output", required=True, type=Path, help="blob file to write")
     pack.add_argument(
-        "--chunk-size", type=_chunk_size, default=layout.DEFAULT_CHUNK_SIZE,
+        "--chunk-size",
+        type=_chunk_size,
+        default=layout.DEFAULT_CHUNK_SIZE,
         help="power of two from 4KiB to 16MiB (default 1MiB)",
     )
     pack.add_argument("--compressor", choices=codecs.COMPRESSOR_NAMES, default="zstd")
@@ -91,12 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--config", type=Path, help="image config JSON for tar:/dir: sources")
     export.add_argument(
-        "--whiteouts", choices=("oci", "overlayfs"), default="oci",
+        "--whiteouts",
+        choices=("oci", "overlayfs"),
+        default="oci",
         help="how a dir: source spells whiteouts (overlayfs: an overlay upper dir)",
     )
     export.add_argument("--progress", choices=MODES, default="auto")
     export.add_argument("--metadata-file", type=Path, help="write the response keys as JSON")
     export.add_argument("--threads", type=int, default=None, help="worker threads per layer")
+    export.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where chunk-store=true keeps its database (default: $XDG_STATE_HOME/nydus-exporter)",
+    )
     add_remote_export_arguments(export)
 
     inspect = sub.add_parser("inspect", help="describe a bootstrap or data blob")
@@ -105,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--files", action="store_true", help="list every file with its chunks")
     add_tool_commands(sub)
     add_serve_command(sub)
+    add_chunkstore_commands(sub)
     return parser
 
 
@@ -112,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = run_tool_command(args)
+        if code is None:
+            code = run_chunkstore_command(args)
         if code is not None:
             return code
         if args.command == "serve":
@@ -204,7 +218,14 @@ def _export(args: argparse.Namespace) -> int:
         _warn(warning)
     printer = ProgressPrinter(args.progress)
     try:
-        result = export(args.source, options, config=args.config, whiteouts=args.whiteouts, progress=printer)
+        result = export(
+            args.source,
+            options,
+            config=args.config,
+            whiteouts=args.whiteouts,
+            progress=printer,
+            state_dir=args.state_dir,
+        )
     finally:
         printer.close()
     metadata = result.metadata()

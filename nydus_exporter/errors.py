@@ -10,6 +10,9 @@
     │   └── UnsupportedEntryError      entry or attribute the format cannot carry
     ├── FormatError                    a bootstrap or blob does not parse (corrupt or foreign input)
     ├── ConfigError                    a bad option (chunk size, compressor name, ...)
+    ├── ChunkStoreError                the persistent chunk store cannot be used (unreadable state
+    │                                  dir, lock timeout, disk full, bad record arguments); a
+    │                                  corrupt database is moved aside and rebuilt, not raised
     └── RegistryError                  an OCI registry refused or failed a request (remote)
         ├── RegistryAuthError          401/403: unauthenticated, denied, bad credentials
         ├── RegistryNotFoundError      404: no such repository, blob, manifest or upload
@@ -53,6 +56,14 @@ class FormatError(ExporterError):
 
 class ConfigError(ExporterError):
     """An option has a value we cannot use."""
+
+
+class ChunkStoreError(ExporterError):
+    """The persistent chunk store (``--state-dir``) cannot be opened, read or written.
+
+    Callers may carry on without the store (no cross-build dedup); corruption of the database
+    itself is repaired by the store (moved aside, rebuilt) and never raised as this error.
+    """
 
 
 class RegistryError(ExporterError):

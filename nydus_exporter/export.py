@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
-from nydus_exporter.errors import ConfigError, FormatError
+from nydus_exporter.errors import ConfigError, ExporterError, FormatError
 from nydus_exporter.layer.directory import iter_directory
 from nydus_exporter.nydus_image_reader import NydusImage, open_image
 from nydus_exporter.oci import mediatypes as mt
@@ -49,6 +49,7 @@ from nydus_exporter.rafs.model import walk
 from nydus_exporter.sources import Source, SourceImage, SourceLayer, open_source
 
 if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports that use it
+    from nydus_exporter.chunkstore import ChunkStore
     from nydus_exporter.registry.credentials import CredentialProvider
     from nydus_exporter.registry.sync import SyncRegistry
 
@@ -92,6 +93,7 @@ class ExportOptions:
     ca_file: Path | None = None
     chunk_dedup: bool = False  # layers reference chunks their lower layers stored (§4.2)
     chunk_dict: str | None = None  # a Nydus image whose chunks layers reference (§4.2)
+    chunk_store: bool = False  # reference chunks the state dir's chunk store knows in the target
     platforms: tuple[Platform, ...] = ()
     pack: PackOptions = field(default_factory=PackOptions)
     parallel_layers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -134,6 +136,8 @@ class ExportOptions:
                 kw["insecure"] = parse_bool(key, value)
             elif key == "chunk-dedup":
                 kw["chunk_dedup"] = parse_bool(key, value)
+            elif key == "chunk-store":
+                kw["chunk_store"] = parse_bool(key, value)
             elif key in ("chunk-dict", "nydus-chunk-dict-image"):
                 kw["chunk_dict"] = chunk_dict_image_spec(value)
             elif key == "registry.ca-file":
@@ -344,8 +348,12 @@ def export(
     progress: Progress = _no_progress,
     workdir: Path | None = None,
     credential_provider: CredentialProvider | None = None,
+    state_dir: Path | None = None,
 ) -> ExportResult:
-    """Run the whole pipeline: resolve the source, convert, write the OCI layout and/or push."""
+    """Run the whole pipeline: resolve the source, convert, write the OCI layout and/or push.
+
+    ``state_dir`` holds the chunk store (``chunk-store=true``; default: the XDG state dir).
+    """
     base = workdir or Path(tempfile.gettempdir())
     tmp = Path(tempfile.mkdtemp(prefix="nydus-export-", dir=base))
     try:
@@ -371,38 +379,142 @@ def export(
                     registry=registry,
                 )
             )
-            loader = _chunk_dict_loader(options, stack) if options.chunk_dict else None
-            return export_source(
-                source, options, workdir=tmp, progress=progress, registry=registry, chunk_dicts=loader
+            store = (
+                _StoreSession.open(options, registry, state_dir, stack, progress)
+                if options.chunk_store
+                else None
             )
+            loader = _chunk_dict_loader(options, stack, store) if options.chunk_dict or store else None
+            result = export_source(
+                source,
+                options,
+                workdir=tmp,
+                progress=progress,
+                registry=registry,
+                chunk_dicts=loader,
+                on_pushed=store.record if store is not None else None,
+            )
+            return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _chunk_dict_loader(
-    options: ExportOptions, stack: contextlib.ExitStack
+    options: ExportOptions, stack: contextlib.ExitStack, store: _StoreSession | None
 ) -> Callable[[Platform | None], Dictionary]:
-    """Opens the chunk dictionary image once per platform (its own image for that platform
-    when it has one, else its only or host image); closed with ``stack``."""
+    """The outside chunks each image may reference: the chunk store's (one dictionary for
+    every platform) and the ``chunk-dict`` image's (opened once per platform: its own image
+    for that platform when it has one, else its only or host image; closed with ``stack``)."""
     from nydus_exporter.registry_store import RegistryOptions
 
-    assert options.chunk_dict is not None
-    spec = options.chunk_dict
     where = RegistryOptions(insecure=options.insecure, ca_file=options.ca_file)
     loaded: dict[str, Dictionary] = {}
 
     def load(platform: Platform | None) -> Dictionary:
         key = str(platform)
         if key not in loaded:
-            try:
-                image = open_image(spec, platform, registry=where)
-            except ConfigError:
-                image = open_image(spec, None, registry=where)  # a single-platform dictionary
-            stack.callback(image.close)
-            loaded[key] = Dictionary.from_image(image)
+            found = store.dictionary() if store is not None else Dictionary()
+            if options.chunk_dict is not None:
+                try:
+                    image = open_image(options.chunk_dict, platform, registry=where)
+                except ConfigError:
+                    image = open_image(options.chunk_dict, None, registry=where)  # one platform only
+                stack.callback(image.close)
+                found = Dictionary.from_image(image).extended(found)
+            loaded[key] = found
         return loaded[key]
 
     return load
+
+
+class _StoreSession:
+    """The chunk store as one export uses it: the dictionary of the target repository (blobs
+    verified there first), and recording what was pushed."""
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        location: str,
+        options: ExportOptions,
+        verify: Callable[[str, int], bool],
+        progress: Progress,
+    ) -> None:
+        self._progress = progress
+        self._store = store
+        self._location = location
+        self._options = options
+        self._verify = verify
+        self._dictionary: Dictionary | None = None
+
+    @classmethod
+    def open(
+        cls,
+        options: ExportOptions,
+        registry: SyncRegistry | None,
+        state_dir: Path | None,
+        stack: contextlib.ExitStack,
+        progress: Progress,
+    ) -> _StoreSession:
+        from nydus_exporter.chunkstore import ChunkStore, default_state_dir
+
+        if not options.push or registry is None:
+            raise ConfigError("chunk-store=true needs push=true: it remembers what a repository holds")
+        ref = parse_reference(options.names[0])
+        store = stack.enter_context(ChunkStore.open(state_dir or default_state_dir()))
+
+        def verify(digest: str, size: int) -> bool:
+            return registry.blob_exists(ref, digest) == size
+
+        return cls(store, f"{ref.api_host}/{ref.repository}", options, verify, progress)
+
+    def dictionary(self) -> Dictionary:
+        if self._dictionary is None:
+            pack = self._options.pack
+            try:
+                found = self._store.chunk_dict(
+                    self._location,
+                    chunk_size=pack.chunk_size,
+                    digester=pack.digester,
+                    compressor=pack.compressor,
+                    verify=self._verify,
+                )
+            except ExporterError as exc:  # a registry or store problem: convert without the store
+                self._progress(ProgressEvent("message", message=f"chunk store not used: {exc}"))
+                self._dictionary = Dictionary()
+                return self._dictionary
+            layers = {
+                blob.digest.removeprefix("sha256:"): Descriptor(
+                    mt.MEDIA_TYPE_NYDUS_BLOB, blob.digest, blob.size
+                )
+                for blob in found.blobs.values()
+            }
+            metas = {
+                blob.digest.removeprefix("sha256:"): blob.blob_meta
+                for blob in found.blobs.values()
+                if blob.blob_meta is not None
+            }
+            self._dictionary = Dictionary(found.chunks, layers, metas)  # the blobs stay remote
+        return self._dictionary
+
+    def record(self, packed: Sequence[BlobResult]) -> None:
+        """Remember the chunks of the blobs just pushed (their own chunks only)."""
+        pack = self._options.pack
+        for blob in packed:
+            if blob.blob_info is None:
+                continue
+            boot = read_bootstrap(blob.bootstrap)
+            own = next(i for i, b in enumerate(boot.blobs) if b.blob_id == layout.INLINE_BLOB_ID_PLACEHOLDER)
+            self._store.record_blob(
+                self._location,
+                blob.digest,
+                blob.size,
+                blob.blob_info,
+                [c for c in boot.chunk_table if c.blob_index == own],
+                blob.blob_meta,
+                chunk_size=pack.chunk_size,
+                digester=pack.digester,
+                compressor=pack.compressor,
+            )
 
 
 def _insecure_hosts(source_spec: str, options: ExportOptions) -> list[str]:
@@ -424,6 +536,7 @@ def export_source(
     registry: SyncRegistry | None = None,
     hooks: LayerHooks | None = None,
     chunk_dicts: Callable[[Platform | None], Dictionary] | None = None,
+    on_pushed: Callable[[Sequence[BlobResult]], None] | None = None,
 ) -> ExportResult:
     if options.oci_layout is None and not options.push:
         raise ConfigError("no output: give oci-layout=DIR or push=true")
@@ -457,7 +570,10 @@ def export_source(
             on_blob=lambda digest, outcome: progress(
                 ProgressEvent("message", message=f"{digest}: {outcome}")
             ),
+            remote=converter.remote_blobs,
         )
+        if on_pushed is not None:
+            on_pushed(converter.packed)
         progress(
             ProgressEvent(
                 "message",
@@ -655,6 +771,8 @@ class _Converter:
             with self._lock:
                 self._packed[key] = result
         self._progress(ProgressEvent("layer-done", label, index, total, layer.name, counted[0], result.size))
+        with self._lock:
+            self.packed.append(result)
         return result
 
 

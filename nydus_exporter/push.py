@@ -7,10 +7,11 @@ registry is mounted from there), then each manifest and index by digest, then th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from nydus_exporter.errors import ConfigError
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest
 from nydus_exporter.oci.layout import OciLayout
@@ -62,8 +63,14 @@ def push_image(
     refs: Sequence[Reference],
     *,
     on_blob: Callable[[str, str], None] | None = None,
+    remote: Collection[str] = (),
 ) -> PushStats:
-    """Push everything ``root`` reaches in ``layout`` to each of ``refs``, then tag them."""
+    """Push everything ``root`` reaches in ``layout`` to each of ``refs``, then tag them.
+
+    ``remote``: digests of blobs that are not in ``layout`` but verified to exist in the
+    first reference's repository (the chunk store's blobs); other repositories of the same
+    registry mount them from there.
+    """
     blobs, manifests = collect(layout, root)
     stats = PushStats()
     pushed_to: list[Reference] = []
@@ -73,6 +80,15 @@ def push_image(
         ]
 
         def push_one(desc: Descriptor, ref: Reference = ref, mount_from: list[str] = mount_from) -> None:
+            if desc.digest in remote:
+                if ref is refs[0]:
+                    return  # it is there (verified before the conversion used it)
+                if not any(registry.mount_blob(ref, desc.digest, repo) for repo in mount_from):
+                    raise ConfigError(
+                        f"blob {desc.digest} exists only in {refs[0]}; it cannot be mounted into {ref}"
+                    )
+                stats.mounted += 1
+                return
             result = registry.push_blob(
                 ref, desc.digest, desc.size, layout.blob_path(desc.digest), mount_from=mount_from
             )

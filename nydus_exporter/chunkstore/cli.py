@@ -1,0 +1,68 @@
+"""The ``gc`` subcommand: trim the chunk store of a state directory.
+
+Wired into the main parser like the other tool commands::
+
+    add_chunkstore_commands(sub)            # in build_parser()
+    code = run_chunkstore_command(args)     # in main(): None when args.command is not ours
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from nydus_exporter.chunkstore.store import DEFAULT_MAX_BLOBS, ChunkStore, default_state_dir
+from nydus_exporter.errors import ConfigError
+
+STATE_DIR_HELP = (
+    "state directory holding the chunk store (default: $XDG_STATE_HOME/nydus-exporter, "
+    "else ~/.local/state/nydus-exporter)"
+)
+
+
+def add_chunkstore_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    gc = sub.add_parser(
+        "gc",
+        help="trim the persistent chunk store",
+        description="Evict the least recently used blobs of the chunk store beyond --max-blobs "
+        "(chunks of blobs pushed by earlier builds, used for cross-build dedup) and return "
+        "the freed space to the file system. Safe while daemons use the same state directory.",
+    )
+    gc.add_argument("--state-dir", type=Path, default=None, help=STATE_DIR_HELP)
+    gc.add_argument(
+        "--max-blobs", type=int, default=DEFAULT_MAX_BLOBS,
+        help=f"blobs to keep (default {DEFAULT_MAX_BLOBS}; 0 empties the store)",
+    )  # fmt: skip
+    gc.add_argument(
+        "--verify", action="store_true", help="also check every record's checksum (reads the whole store)"
+    )
+    gc.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run_chunkstore_command(args: argparse.Namespace) -> int | None:
+    """Run ``args.command`` if it is ``gc``; ``None`` otherwise."""
+    if args.command != "gc":
+        return None
+    if args.max_blobs < 0:
+        raise ConfigError("--max-blobs must not be negative")
+    state_dir = args.state_dir if args.state_dir is not None else default_state_dir()
+    with ChunkStore.open(state_dir, max_blobs=max(1, args.max_blobs)) as store:
+        report = store.gc(max_blobs=args.max_blobs, verify=args.verify)
+        stats = store.stats()
+        moved = [str(p) for p in store.moved_aside]
+    if args.json:
+        out = {**asdict(report), "db_bytes": stats["db_bytes"], "moved_aside": moved}
+        json.dump(out, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+        return 0
+    for path in moved:
+        print(f"nydus-exporter: warning: corrupt chunk store moved aside to {path}", file=sys.stderr)
+    print(
+        f"evicted {report.evicted_blobs} blobs ({report.evicted_chunks} chunks), dropped "
+        f"{report.dropped_blobs} bad records; {report.blobs} blobs ({report.chunks} chunks) left, "
+        f"{stats['db_bytes']} bytes"
+    )
+    return 0

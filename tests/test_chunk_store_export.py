@@ -1,0 +1,105 @@
+"""``chunk-store=true``: exports to one repository remember their chunks in the state dir's
+chunk store, so a later export uploads only chunks the repository does not hold yet; a store
+mapping that points at a blob the repository lost is detected and the chunks are stored again.
+Real registry (docker-registry), bytes counted by the fault proxy, images read by skopeo and
+verified with `nydus-exporter check`."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nydus_exporter import cli
+from nydus_exporter.errors import ConfigError
+from nydus_exporter.export import ExportOptions, export
+from tests.conftest import require
+from tests.helpers import tarbuild as tb
+from tests.registry_fixtures import FaultProxy
+
+BIG = random.Random(11).randbytes((4 << 20) + 99)
+
+
+def layer(tmp_path: Path, name: str, *members: tb.Member) -> str:
+    path = tmp_path / f"{name}.tar"
+    path.write_bytes(tb.tar_of(*members))
+    return f"tar:{path}"
+
+
+def push(source: str, name: str, state: Path) -> dict[str, Any]:
+    options, _ = ExportOptions.from_attrs({"name": name, "oci-mediatypes": "true", "chunk-store": "true"})
+    return export(source, options, state_dir=state).metadata()
+
+
+def skopeo_manifest(name: str) -> Any:
+    require(shutil.which("skopeo") is not None, "needs skopeo")
+    out = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{name}"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return json.loads(out)
+
+
+def test_second_export_uploads_only_new_chunks(
+    fault_proxy: FaultProxy, repo_name: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    host = fault_proxy.host
+    first = layer(tmp_path, "base", tb.file("opt/big.bin", BIG), tb.file("opt/a", b"a\n"))
+    push(first, f"{host}/{repo_name}:v1", state)
+    assert fault_proxy.upload_bytes > len(BIG)
+
+    fault_proxy.upload_bytes = 0
+    second = layer(tmp_path, "app", tb.file("app/copy.bin", BIG), tb.file("app/new", b"new\n" * 50))
+    meta = push(second, f"{host}/{repo_name}:v2", state)
+    assert fault_proxy.upload_bytes < len(BIG) // 8  # the new layer's own chunks, metadata
+    (stats,) = json.loads(meta["nydus.dedup"]).values()
+    assert stats["from_chunk_dict"] == 5 and stats["stored"] == 1
+
+    # The image is complete in the registry: v1's blob is an extra blob layer of v2.
+    v1 = skopeo_manifest(f"{fault_proxy.upstream.host}/{repo_name}:v1")
+    v2 = skopeo_manifest(f"{fault_proxy.upstream.host}/{repo_name}:v2")
+    assert v1["layers"][0]["digest"] in [x["digest"] for x in v2["layers"][:-1]]
+    subprocess.run(
+        ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{fault_proxy.upstream.host}/{repo_name}:v2",
+         f"oci:{tmp_path / 'copy'}:v2"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert cli.main(["check", f"oci:{tmp_path / 'copy'}:v2"]) == 0
+
+
+def test_a_blob_the_repository_lost_is_stored_again(
+    fault_proxy: FaultProxy, repo_name: str, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    host = fault_proxy.host
+    push(layer(tmp_path, "base", tb.file("big.bin", BIG)), f"{host}/{repo_name}:v1", state)
+    v1 = skopeo_manifest(f"{fault_proxy.upstream.host}/{repo_name}:v1")
+    # The repository forgets the blob (its link in distribution's storage goes away).
+    link = (
+        fault_proxy.upstream.root
+        / "docker/registry/v2/repositories"
+        / repo_name
+        / "_layers/sha256"
+        / v1["layers"][0]["digest"].removeprefix("sha256:")
+    )
+    shutil.rmtree(link)
+    fault_proxy.upload_bytes = 0
+    meta = push(layer(tmp_path, "again", tb.file("copy.bin", BIG)), f"{host}/{repo_name}:v2", state)
+    (stats,) = json.loads(meta["nydus.dedup"]).values()
+    assert stats["from_chunk_dict"] == 0  # the stale mapping was dropped, not used
+    assert fault_proxy.upload_bytes > len(BIG)
+
+
+def test_chunk_store_needs_push(tmp_path: Path) -> None:
+    options, _ = ExportOptions.from_attrs(
+        {"push": "false", "oci-layout": str(tmp_path / "o"), "chunk-store": "true"}
+    )
+    with pytest.raises(ConfigError, match="chunk-store=true needs push=true"):
+        export(layer(tmp_path, "x", tb.file("f", b"1")), options, state_dir=tmp_path / "state")
