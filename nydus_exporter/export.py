@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
+from nydus_exporter import __version__
 from nydus_exporter.errors import ConfigError, ExporterError, FormatError
 from nydus_exporter.layer.directory import iter_directory
 from nydus_exporter.nydus_image_reader import NydusImage, open_image
@@ -42,6 +43,7 @@ from nydus_exporter.oci.reference import parse_reference
 from nydus_exporter.pack import PackOptions, pack_entries, pack_layer
 from nydus_exporter.rafs import layout
 from nydus_exporter.rafs.blob import BlobResult
+from nydus_exporter.rafs.blob_reader import BlobReader, blob_result
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.rafs.chunkdict import ChunkDict
 from nydus_exporter.rafs.merge import MergeLayer, merge_layers
@@ -202,8 +204,9 @@ class LayerHooks(Protocol):
     """Lets a caller supply converted layers and keep the ones it converts (the daemon's
     layer cache). Both are called from the pipeline's worker threads."""
 
-    def converted(self, layer: SourceLayer) -> tuple[Path, BlobResult] | None:
-        """A blob file already converted from ``layer`` (moved into the output) and its result."""
+    def converted(self, layer: SourceLayer) -> tuple[Path | None, BlobResult] | None:
+        """A blob already converted from ``layer`` and its result: a file (moved into the
+        output), or ``None`` for a blob that exists in the target repository."""
         ...
 
     def packed(self, layer: SourceLayer, blob: Path, result: BlobResult) -> None:
@@ -392,6 +395,7 @@ def export(
                 progress=progress,
                 registry=registry,
                 chunk_dicts=loader,
+                hooks=store,
                 on_pushed=store.record if store is not None else None,
             )
             return result
@@ -438,8 +442,11 @@ class _StoreSession:
         options: ExportOptions,
         verify: Callable[[str, int], bool],
         progress: Progress,
+        read_at: Callable[[str, int, int], bytes] | None = None,
     ) -> None:
         self._progress = progress
+        self._read_at = read_at
+        self._layers: list[tuple[str, str]] = []
         self._store = store
         self._location = location
         self._options = options
@@ -465,7 +472,10 @@ class _StoreSession:
         def verify(digest: str, size: int) -> bool:
             return registry.blob_exists(ref, digest) == size
 
-        return cls(store, f"{ref.api_host}/{ref.repository}", options, verify, progress)
+        def read_at(digest: str, offset: int, length: int) -> bytes:
+            return registry.read_blob_range(ref, digest, offset, length)
+
+        return cls(store, f"{ref.api_host}/{ref.repository}", options, verify, progress, read_at)
 
     def dictionary(self) -> Dictionary:
         if self._dictionary is None:
@@ -496,9 +506,42 @@ class _StoreSession:
             self._dictionary = Dictionary(found.chunks, layers, metas)  # the blobs stay remote
         return self._dictionary
 
-    def record(self, packed: Sequence[BlobResult]) -> None:
-        """Remember the chunks of the blobs just pushed (their own chunks only)."""
+    # -- LayerHooks: the layer conversion cache ------------------------------------------------
+
+    def _fingerprint(self) -> str:
         pack = self._options.pack
+        return f"{__version__}/{pack.chunk_size}/{pack.compressor}/{pack.digester}"
+
+    def converted(self, layer: SourceLayer) -> tuple[Path | None, BlobResult] | None:
+        """A conversion of this source layer the target repository already holds."""
+        if not layer.name.startswith("sha256:"):
+            return None
+        found = self._store.find_layer(self._location, layer.name, self._fingerprint())
+        if found is None:
+            return None
+        digest, size = found
+        try:
+            if not self._verify(digest, size):
+                self._store.forget_blob(self._location, digest)
+                return None
+            assert self._read_at is not None
+            read_at = self._read_at
+            reader = BlobReader(lambda offset, length: read_at(digest, offset, length), size)
+            return None, blob_result(reader, digest)
+        except ExporterError as exc:
+            self._progress(ProgressEvent("message", message=f"layer cache not used for {layer.name}: {exc}"))
+            return None
+
+    def packed(self, layer: SourceLayer, blob: Path, result: BlobResult) -> None:
+        if layer.name.startswith("sha256:") and len(read_bootstrap(result.bootstrap).blobs) <= 1:
+            self._layers.append((layer.name, result.digest))  # recorded once pushed
+
+    def record(self, packed: Sequence[BlobResult]) -> None:
+        """Remember the chunks of the blobs just pushed (their own chunks only), and which
+        source layers they are conversions of."""
+        pack = self._options.pack
+        for source, digest in self._layers:
+            self._store.record_layer(self._location, source, self._fingerprint(), digest)
         for blob in packed:
             if blob.blob_info is None:
                 continue
@@ -720,7 +763,8 @@ class _Converter:
         # A layer packed against a chunk dictionary depends on its lower layers: it is neither
         # shared between images nor taken from (or given to) the caller's layer cache.
         key = layer.name if layer.name.startswith("sha256:") and chunk_dict is None else None
-        hooks = self._hooks if chunk_dict is None else None
+        independent = not self._options.chunk_dedup and self._options.chunk_dict is None
+        hooks = self._hooks if independent else None
         if key is not None:
             with self._lock:
                 cached = self._packed.get(key)
@@ -731,7 +775,10 @@ class _Converter:
             hit = hooks.converted(layer)
             if hit is not None:
                 blob, result = hit
-                self._out.import_blob_file(blob, result.digest)
+                if blob is None:
+                    self.remote_blobs.add(result.digest)
+                else:
+                    self._out.import_blob_file(blob, result.digest)
                 self._progress(
                     ProgressEvent(
                         "layer-done", label, index, total, layer.name, 0, result.size, message="cached"

@@ -103,3 +103,33 @@ def test_chunk_store_needs_push(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="chunk-store=true needs push=true"):
         export(layer(tmp_path, "x", tb.file("f", b"1")), options, state_dir=tmp_path / "state")
+
+
+def test_unchanged_layers_are_not_converted_again(
+    fault_proxy: FaultProxy, repo_name: str, tmp_path: Path
+) -> None:
+    """The layer conversion cache: a rebuild whose lower layers are unchanged converts and
+    uploads only the new top layer (the cached conversion is verified in the registry first)."""
+    from nydus_exporter.export import ProgressEvent
+    from tests.helpers import ocibuild
+
+    base = tb.tar_of(tb.file("opt/big.bin", BIG), tb.file("opt/x", b"x\n"))
+    state = tmp_path / "state"
+    options = {"oci-mediatypes": "true", "chunk-store": "true"}
+    images = {}
+    for version, top in (("v1", b"one\n"), ("v2", b"two\n")):
+        src = tmp_path / f"src-{version}"
+        ocibuild.write_image(src, {"linux/amd64": [base, tb.tar_of(tb.file("app", top))]}, tag="t")
+        images[version] = src
+    attrs, _ = ExportOptions.from_attrs({"name": f"{fault_proxy.host}/{repo_name}:v1", **options})
+    first = export(f"oci:{images['v1']}:t", attrs, state_dir=state)
+    fault_proxy.upload_bytes = 0
+    events: list[ProgressEvent] = []
+    attrs, _ = ExportOptions.from_attrs({"name": f"{fault_proxy.host}/{repo_name}:v2", **options})
+    second = export(f"oci:{images['v2']}:t", attrs, state_dir=state, progress=events.append)
+    converted = [e for e in events if e.kind == "layer-start"]
+    assert [e.layer for e in converted] == [1]  # only the new top layer
+    assert [e.layer for e in events if e.kind == "layer-done" and e.message == "cached"] == [0]
+    assert fault_proxy.upload_bytes < len(BIG) // 8
+    assert first.images[0].blob_layers[0].digest == second.images[0].blob_layers[0].digest
+    assert cli.main(["check", f"docker://{fault_proxy.upstream.host}/{repo_name}:v2"]) == 0

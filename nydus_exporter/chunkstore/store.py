@@ -52,7 +52,7 @@ from nydus_exporter.rafs.model import BlobInfo, ChunkRef
 DB_NAME = "chunkstore.db"
 LOCK_NAME = "chunkstore.lock"
 CORRUPT_INFIX = ".corrupt-"
-SCHEMA_VERSION = 1  # PRAGMA user_version; anything else is moved aside
+SCHEMA_VERSION = 2  # PRAGMA user_version; anything else is moved aside (2: + layers)
 APPLICATION_ID = 0x4E594443  # PRAGMA application_id, "NYDC": tells our file from foreign SQLite files
 BUSY_TIMEOUT = 30.0  # seconds a transaction waits for another process's write
 LOCK_TIMEOUT = 120.0  # seconds open() waits for another process checking/rebuilding the file
@@ -99,6 +99,15 @@ _SCHEMA = (
         crc32 INTEGER NOT NULL,
         file_offset INTEGER NOT NULL,
         PRIMARY KEY (blob, seq)
+    ) WITHOUT ROWID""",
+    # The layer conversion cache: a source layer converted with given options is this blob
+    # (at this location). Only used while the blob itself is recorded (and verified) there.
+    """CREATE TABLE layers (
+        location TEXT NOT NULL,
+        source TEXT NOT NULL,            -- the source layer's digest (compressed, as pushed)
+        options TEXT NOT NULL,           -- fingerprint of the conversion options
+        blob TEXT NOT NULL,              -- sha256:<hex> of the Nydus blob layer
+        PRIMARY KEY (location, source, options)
     ) WITHOUT ROWID""",
 )
 _BLOB_HEAD = "location, digest, size, chunk_size, digester, compressor"
@@ -250,6 +259,36 @@ class ChunkStore:
             _evict(conn, self.max_blobs)
 
         self._call(f"record blob {blob_digest}", write, write=True)
+
+    def record_layer(self, location: str, source_digest: str, options: str, blob_digest: str) -> None:
+        """Remember that source layer ``source_digest`` converted with ``options`` is the blob
+        ``blob_digest`` at ``location`` (record the blob itself with :meth:`record_blob`)."""
+        _check_location(location)
+        _check_digest(source_digest)
+        _check_digest(blob_digest)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO layers (location, source, options, blob) VALUES (?, ?, ?, ?)",
+                (location, source_digest, options, blob_digest),
+            )
+
+        self._call(f"record layer {source_digest}", write, write=True)
+
+    def find_layer(self, location: str, source_digest: str, options: str) -> tuple[str, int] | None:
+        """``(blob digest, size)`` of the conversion of ``source_digest`` with ``options`` at
+        ``location``, if that blob is still recorded there (verify it exists before use)."""
+
+        def read(conn: sqlite3.Connection) -> tuple[str, int] | None:
+            row = conn.execute(
+                "SELECT l.blob, b.size FROM layers l"
+                " JOIN blobs b ON b.location = l.location AND b.digest = l.blob"
+                " WHERE l.location = ? AND l.source = ? AND l.options = ?",
+                (location, source_digest, options),
+            ).fetchone()
+            return (str(row[0]), int(row[1])) if row is not None else None
+
+        return self._call(f"find layer {source_digest}", read, write=False)
 
     def chunk_dict(
         self,
