@@ -20,7 +20,7 @@ from nydus_exporter.errors import ConfigError
 from nydus_exporter.export import ExportOptions, export
 from tests.conftest import require
 from tests.helpers import tarbuild as tb
-from tests.registry_fixtures import FaultProxy
+from tests.registry_fixtures import FaultProxy, RegistryServer
 
 BIG = random.Random(11).randbytes((4 << 20) + 99)
 
@@ -133,3 +133,29 @@ def test_unchanged_layers_are_not_converted_again(
     assert fault_proxy.upload_bytes < len(BIG) // 8
     assert first.images[0].blob_layers[0].digest == second.images[0].blob_layers[0].digest
     assert cli.main(["check", f"docker://{fault_proxy.upstream.host}/{repo_name}:v2"]) == 0
+
+
+def test_chunkdict_push_serves_other_repositories(
+    registry: RegistryServer, repo_name: str, tmp_path: Path
+) -> None:
+    """``chunkdict push`` publishes what the store knows of a repository as a Nydus image that
+    ``chunk-dict=`` can use from another repository (another replica, another team)."""
+    state = tmp_path / "state"
+    host = registry.host
+    push(layer(tmp_path, "base", tb.file("opt/big.bin", BIG)), f"{host}/{repo_name}:v1", state)
+    assert cli.main(["chunkdict", "push", f"{host}/{repo_name}:dict", "--state-dir", str(state)]) == 0
+    assert cli.main(["check", f"docker://{host}/{repo_name}:dict"]) == 0
+
+    options, _ = ExportOptions.from_attrs(
+        {
+            "name": f"{host}/{repo_name}-b:v1",
+            "oci-mediatypes": "true",
+            "chunk-dict": f"{host}/{repo_name}:dict",
+        }
+    )
+    meta = export(
+        layer(tmp_path, "app", tb.file("app/big.bin", BIG), tb.file("app/new", b"n\n")), options
+    ).metadata()
+    (stats,) = json.loads(meta["nydus.dedup"]).values()
+    assert (stats["from_chunk_dict"], stats["stored"]) == (5, 1)
+    assert cli.main(["check", f"docker://{host}/{repo_name}-b:v1"]) == 0

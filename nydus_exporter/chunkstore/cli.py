@@ -41,9 +41,26 @@ def add_chunkstore_commands(sub: argparse._SubParsersAction) -> None:  # type: i
     )
     gc.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    chunkdict = sub.add_parser(
+        "chunkdict",
+        help="publish the chunk store's view of a repository as a chunk-dict image",
+        description="chunkdict push REF: push a Nydus image made of the blobs the chunk store "
+        "knows in REF's repository (verified there, not uploaded again), for chunk-dict=REF "
+        "(or nydusify --chunk-dict bootstrap:registry:REF) on other replicas.",
+    )
+    chunkdict.add_argument("action", choices=("push",))
+    chunkdict.add_argument("reference", help="HOST/REPOSITORY:TAG of the dictionary image")
+    chunkdict.add_argument("--state-dir", type=Path, default=None, help=STATE_DIR_HELP)
+    chunkdict.add_argument("--insecure", action="store_true", help="plain HTTP / unverified TLS")
+    chunkdict.add_argument("--chunk-size", type=lambda v: int(v, 0), default=0x100000)
+    chunkdict.add_argument("--compressor", default="zstd")
+    chunkdict.add_argument("--digester", default="blake3")
+
 
 def run_chunkstore_command(args: argparse.Namespace) -> int | None:
-    """Run ``args.command`` if it is ``gc``; ``None`` otherwise."""
+    """Run ``args.command`` if it is ``gc`` or ``chunkdict``; ``None`` otherwise."""
+    if args.command == "chunkdict":
+        return _chunkdict_push(args)
     if args.command != "gc":
         return None
     if args.max_blobs < 0:
@@ -65,4 +82,32 @@ def run_chunkstore_command(args: argparse.Namespace) -> int | None:
         f"{report.dropped_blobs} bad records; {report.blobs} blobs ({report.chunks} chunks) left, "
         f"{stats['db_bytes']} bytes"
     )
+    return 0
+
+
+def _chunkdict_push(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from nydus_exporter.chunkdict_image import push_chunk_dict
+    from nydus_exporter.oci.reference import parse_reference
+    from nydus_exporter.registry.sync import SyncRegistry
+
+    ref = parse_reference(args.reference).with_default_tag()
+    state_dir = args.state_dir if args.state_dir is not None else default_state_dir()
+    insecure = [ref.api_host] if args.insecure else []
+    with (
+        ChunkStore.open(state_dir) as store,
+        SyncRegistry(insecure_hosts=insecure) as registry,
+        tempfile.TemporaryDirectory(prefix="nydus-chunkdict-") as work,
+    ):
+        pushed = push_chunk_dict(
+            registry,
+            store,
+            ref,
+            Path(work),
+            chunk_size=args.chunk_size,
+            digester=args.digester,
+            compressor=args.compressor,
+        )
+    print(f"{ref}: {pushed.manifest.digest} ({pushed.blobs} blobs, {pushed.chunks} chunks)")
     return 0
