@@ -159,3 +159,35 @@ def test_chunkdict_push_serves_other_repositories(
     (stats,) = json.loads(meta["nydus.dedup"]).values()
     assert (stats["from_chunk_dict"], stats["stored"]) == (5, 1)
     assert cli.main(["check", f"docker://{host}/{repo_name}-b:v1"]) == 0
+
+
+def test_killed_export_leaves_a_consistent_store(
+    registry: RegistryServer, repo_name: str, tmp_path: Path
+) -> None:
+    """SIGKILL an export (converting or pushing) and export again: the image is right and the
+    store opens cleanly and is used."""
+    import signal
+    import sys
+    import time
+
+    from nydus_exporter.chunkstore import ChunkStore
+
+    state = tmp_path / "state"
+    name = f"{registry.host}/{repo_name}:v1"
+    big = random.Random(3).randbytes(24 << 20)
+    source = layer(tmp_path, "big", tb.file("a.bin", big), tb.file("b.bin", big[::-1]))
+    argv = [
+        str(Path(sys.executable).parent / "nydus-exporter"), "export", source, "--progress", "quiet",
+        "--state-dir", str(state), "--output", f"type=nydus,name={name},oci-mediatypes=true,chunk-store=true",
+    ]  # fmt: skip
+    for delay in (0.3, 0.8, 1.5):
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert cli.main(["check", f"docker://{name}"]) == 0
+    with ChunkStore.open(state) as store:
+        assert store.moved_aside == []
+        assert store.stats()["blobs"] >= 1
