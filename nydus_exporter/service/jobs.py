@@ -72,7 +72,7 @@ from nydus_exporter.service.events import (
     ProgressRow,
     WarningEvent,
 )
-from nydus_exporter.service.metrics import Metrics
+from nydus_exporter.service.metrics import Metrics, count_dedup
 from nydus_exporter.service.worker import WorkerImage, WorkerSpec
 
 log = structlog.get_logger("nydus_exporter.service")
@@ -576,6 +576,7 @@ class JobRegistry:
             return job.final
 
     def converted(self, job: Job, conversion: Conversion) -> None:
+        count_dedup(self.metrics, conversion.metadata.get("nydus.dedup"))
         job.conversion = conversion
         job.state = JobState.CONVERTED
 

@@ -6,6 +6,8 @@ one process (tests) do not share counters.
 
 from __future__ import annotations
 
+import json
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -27,6 +29,18 @@ class Metrics:
         self.bytes_out = Counter("nydus_exporter_bytes_out", "Nydus blob bytes written", registry=r)
         self.cache_hits = Counter("nydus_exporter_layer_cache_hits", "Layers found converted", registry=r)
         self.cache_misses = Counter("nydus_exporter_layer_cache_misses", "Layers to convert", registry=r)
+        self.chunks = Counter(
+            "nydus_exporter_chunks",
+            "Chunk references converted, by where their bytes are: stored, in_layer, "
+            "from_lower_layers, from_chunk_dict (the nydus.dedup response key)",
+            ["kind"],
+            registry=r,
+        )
+        self.bytes_not_stored = Counter(
+            "nydus_exporter_dedup_bytes_not_stored",
+            "Compressed bytes deduplicated chunks did not store",
+            registry=r,
+        )
         self.duration = Histogram(
             "nydus_exporter_export_duration_seconds",
             "Export duration from header to result",
@@ -36,3 +50,20 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+DEDUP_KINDS = ("stored", "in_layer", "from_lower_layers", "from_chunk_dict")
+
+
+def count_dedup(metrics: Metrics, dedup_json: str | None) -> None:
+    """Add an export's ``nydus.dedup`` statistics (platform -> counts) to the counters."""
+    if not dedup_json:
+        return
+    try:
+        per_platform = json.loads(dedup_json)
+        for stats in per_platform.values():
+            for kind in DEDUP_KINDS:
+                metrics.chunks.labels(kind).inc(int(stats.get(kind, 0)))
+            metrics.bytes_not_stored.inc(int(stats.get("bytes_not_stored", 0)))
+    except (ValueError, TypeError, AttributeError):
+        return  # statistics are best effort; a malformed key never fails an export

@@ -15,6 +15,7 @@ from nydus_exporter import cli
 from nydus_exporter.registry.credentials import DockerConfigCredentials
 from nydus_exporter.service.client import ExporterClient, RemoteExportError, open_channel
 from nydus_exporter.service.jobs import SLOT_ROW
+from nydus_exporter.service.metrics import DEDUP_KINDS
 from nydus_exporter.service.server import RunningServer, serve
 from nydus_exporter.sources import open_source
 from tests.registry_fixtures import RegistryServer
@@ -48,7 +49,7 @@ async def remote(
 
 
 async def test_same_image_as_the_in_process_export(
-    client: ExporterClient, image: Path, short_tmp: Path
+    client: ExporterClient, daemon: RunningServer, image: Path, short_tmp: Path
 ) -> None:
     local = in_process(f"oci:{image}:t", short_tmp / "local", "name=example.com/app:1", "oci-mediatypes=true")
     response, sent = await remote(
@@ -68,6 +69,14 @@ async def test_same_image_as_the_in_process_export(
     assert response["nydus.oci-layout.path"] == str(short_tmp / "remote")
     # The whole layout, byte for byte: blobs, index.json (with the tag), oci-layout.
     assert files_of(short_tmp / "remote") == files_of(short_tmp / "local")
+    # The dedup statistics reach the metrics: every chunk reference is counted once.
+    assert response["nydus.dedup"] == local["nydus.dedup"]
+    counted = sum(daemon.metrics.chunks.labels(kind)._value.get() for kind in DEDUP_KINDS)
+    assert (
+        counted
+        == sum(stats[kind] for stats in json.loads(local["nydus.dedup"]).values() for kind in DEDUP_KINDS)
+        > 0
+    )
 
 
 async def test_tar_source_single_platform_has_the_config_digest(
