@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
+import hashlib
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -639,3 +642,128 @@ def bench_parser(
     parser.add_argument("--mirror", help="Debian mirror for debootstrap (default: from the apt sources)")
     parser.add_argument("--exporter", type=Path, help="nydus-exporter executable (default: the venv's)")
     return parser
+
+
+# --------------------------------------------------------------------------------------------
+# OCI image layouts written with the standard library (image-spec image-layout.md)
+
+MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_REF_NAME = "org.opencontainers.image.ref.name"
+FIXED_CREATED = "2024-06-01T00:00:00Z"  # fixed, so an image is the same on every machine
+LAYOUT_GZIP_LEVEL = 6  # what `gzip` and BuildKit use by default
+
+
+@dataclass(frozen=True)
+class ImageLayer:
+    """One layer of an image to write: its uncompressed tar and its history line."""
+
+    tar: Path
+    created_by: str
+
+
+def oci_arch() -> str:
+    """This machine's architecture as OCI spells it."""
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
+
+
+def _layout_json(obj: object) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n"
+
+
+class _HashingSink:
+    """A write-only file object that hashes and counts what it passes on to ``raw``."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self._raw.write(data)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+
+def _gzip_blob(tar: Path, blobs: Path) -> tuple[dict[str, Any], str]:
+    """Compress ``tar`` into ``blobs`` in chunks (never whole in memory); return the layer
+    descriptor and the diff_id. mtime=0 and no file name: the same tar gives the same blob."""
+    tmp = blobs / f".tmp-{uuid.uuid4().hex}"
+    diff = hashlib.sha256()
+    try:
+        with open(tar, "rb") as src, open(tmp, "wb") as raw:
+            sink = _HashingSink(raw)
+            with gzip.GzipFile(filename="", mode="wb", compresslevel=LAYOUT_GZIP_LEVEL,
+                               fileobj=sink, mtime=0) as gz:  # fmt: skip
+                while chunk := src.read(MiB):
+                    diff.update(chunk)
+                    gz.write(chunk)
+        digest = sink.sha256.hexdigest()
+        tmp.rename(blobs / digest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    desc = {"mediaType": MEDIA_OCI_LAYER_GZIP, "digest": f"sha256:{digest}", "size": sink.size}
+    return desc, f"sha256:{diff.hexdigest()}"
+
+
+def write_oci_layout(
+    root: Path,
+    images: dict[str, list[ImageLayer]],
+    *,
+    env: Iterable[str] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",),
+    cmd: Iterable[str] = ("bash",),
+) -> None:
+    """One OCI image layout at ``root`` holding several single-platform images, tag -> layers
+    (lowest first), with gzip layers in OCI media types. A tar used by several images is
+    compressed once (the images share the blob). Built beside ``root``, then renamed into
+    place, so a half-written layout is never left under that name."""
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        blobs = tmp / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        (tmp / "oci-layout").write_bytes(_layout_json({"imageLayoutVersion": "1.0.0"}))
+
+        def add_json(media_type: str, obj: object) -> dict[str, Any]:
+            data = _layout_json(obj)
+            digest = hashlib.sha256(data).hexdigest()
+            (blobs / digest).write_bytes(data)
+            return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+        compressed: dict[Path, tuple[dict[str, Any], str]] = {}
+        arch = oci_arch()
+        entries = []
+        for tag, layers in images.items():
+            for layer in layers:
+                if layer.tar not in compressed:
+                    print(f"compressing {layer.tar}", file=sys.stderr)
+                    compressed[layer.tar] = _gzip_blob(layer.tar, blobs)
+            config = {
+                "created": FIXED_CREATED,
+                "architecture": arch,
+                "os": "linux",
+                "config": {"Env": list(env), "Cmd": list(cmd), "WorkingDir": "/"},
+                "rootfs": {"type": "layers", "diff_ids": [compressed[la.tar][1] for la in layers]},
+                "history": [{"created": FIXED_CREATED, "created_by": la.created_by} for la in layers],
+            }
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": MEDIA_OCI_MANIFEST,
+                "config": add_json(MEDIA_OCI_CONFIG, config),
+                "layers": [compressed[la.tar][0] for la in layers],
+            }
+            desc = add_json(MEDIA_OCI_MANIFEST, manifest)
+            desc["platform"] = {"architecture": arch, "os": "linux"}
+            desc["annotations"] = {OCI_REF_NAME: tag}
+            entries.append(desc)
+        index = {"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX, "manifests": entries}
+        (tmp / "index.json").write_bytes(_layout_json(index))
+        tmp.rename(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
