@@ -18,8 +18,11 @@ import pytest
 from nydus_exporter import cli
 from nydus_exporter.errors import ConfigError
 from nydus_exporter.export import ExportOptions, export
+from nydus_exporter.mount import mount_image, umount_image
 from tests.conftest import require
 from tests.helpers import tarbuild as tb
+from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available
+from tests.helpers.treesnap import diff_snapshots, snapshot_dir, snapshot_tar
 from tests.registry_fixtures import FaultProxy, RegistryServer
 
 BIG = random.Random(11).randbytes((4 << 20) + 99)
@@ -72,6 +75,17 @@ def test_second_export_uploads_only_new_chunks(
         check=True, capture_output=True,
     )  # fmt: skip
     assert cli.main(["check", f"oci:{tmp_path / 'copy'}:v2"]) == 0
+
+    # Through the kernel, v2 (one layer, partly in v1's blob) is exactly its layer tar.
+    require(kernel_erofs_available(), KERNEL_EROFS_REASON)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mount_image(f"oci:{tmp_path / 'copy'}:v2", mnt, state_dir=tmp_path / "mount-state")
+    try:
+        actual = snapshot_dir(mnt)
+    finally:
+        umount_image(mnt, state_dir=tmp_path / "mount-state")
+    assert diff_snapshots(snapshot_tar(Path(second.removeprefix("tar:"))), actual) == []
 
 
 def test_a_blob_the_repository_lost_is_stored_again(
