@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux kmod \
 	ca-certificates
 
-.PHONY: all venv system-deps test lint run sample bench bench-export bench-push bench-daemon clean distclean
+.PHONY: all venv system-deps test lint run sample bench bench-export bench-push bench-daemon bench-dedup clean distclean
 
 all: test
 
@@ -85,6 +85,10 @@ bench-push: system-deps venv
 # shadow the grpc package on sys.path.
 bench-daemon: system-deps venv
 	$(BIN)/python bench/daemon.py $(BENCH_ARGS)
+
+# Bytes uploaded for three image versions with/without the chunk store (needs network for apt).
+bench-dedup: system-deps venv
+	$(BIN)/python bench/dedup.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .state build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
