@@ -184,20 +184,11 @@ def open_store(spec: str, registry: RegistryOptions | None = None) -> tuple[Imag
     return OciLayoutStore.open(directory), tag
 
 
-class SpooledStore:
-    """An :class:`ImageStore` wrapper that downloads a blob whole, once, the first time it
-    is read at random (:meth:`read_at` / :meth:`blob_size`), into a private temporary
-    directory removed by :meth:`close`. For tools that read every byte of every blob
-    (``check``: whole-blob digest, ToC sections, every chunk) from a remote store, where one
-    streaming GET per blob beats thousands of range requests. Streams and documents are
-    passed through. The spooled bytes are what the store served, unverified (the caller
-    checks them, as it would on a local layout)."""
+class StoreWrapper:
+    """An :class:`ImageStore` that passes everything to ``inner``; wrappers override parts."""
 
-    def __init__(self, inner: ImageStore, directory: Path | None = None) -> None:
+    def __init__(self, inner: ImageStore) -> None:
         self._inner = inner
-        self._dir = Path(tempfile.mkdtemp(prefix="nydus-spool-", dir=directory))
-        self._fds: dict[str, int] = {}
-        self._lock = threading.Lock()
 
     @property
     def inner(self) -> ImageStore:
@@ -215,6 +206,31 @@ class SpooledStore:
 
     def open_blob(self, digest: str) -> BinaryIO:
         return self._inner.open_blob(digest)
+
+    def read_at(self, digest: str, offset: int, length: int) -> bytes:
+        return self._inner.read_at(digest, offset, length)
+
+    def blob_size(self, digest: str) -> int:
+        return self._inner.blob_size(digest)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class SpooledStore(StoreWrapper):
+    """An :class:`ImageStore` wrapper that downloads a blob whole, once, the first time it
+    is read at random (:meth:`read_at` / :meth:`blob_size`), into a private temporary
+    directory removed by :meth:`close`. For tools that read every byte of every blob
+    (``check``: whole-blob digest, ToC sections, every chunk) from a remote store, where one
+    streaming GET per blob beats thousands of range requests. Streams and documents are
+    passed through. The spooled bytes are what the store served, unverified (the caller
+    checks them, as it would on a local layout)."""
+
+    def __init__(self, inner: ImageStore, directory: Path | None = None) -> None:
+        super().__init__(inner)
+        self._dir = Path(tempfile.mkdtemp(prefix="nydus-spool-", dir=directory))
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def _fd(self, digest: str) -> int:
         with self._lock:  # one download at a time is plenty for a checker
@@ -288,24 +304,13 @@ class _CountingReader(io.RawIOBase):
             super().close()
 
 
-class CountingStore:
+class CountingStore(StoreWrapper):
     """An :class:`ImageStore` wrapper counting what is read through it (:attr:`stats`)."""
 
     def __init__(self, inner: ImageStore) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.stats = StoreStats()
         self._lock = threading.Lock()
-
-    @property
-    def inner(self) -> ImageStore:
-        return self._inner
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    def resolve(self, tag: str | None) -> Descriptor:
-        return self._inner.resolve(tag)
 
     def read_blob(self, digest: str) -> bytes:
         data = self._inner.read_blob(digest)
@@ -326,12 +331,6 @@ class CountingStore:
             self.stats.range_reads += 1
             self.stats.range_bytes += len(data)
         return data
-
-    def blob_size(self, digest: str) -> int:
-        return self._inner.blob_size(digest)
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 def host_platform_of() -> Platform:
