@@ -590,18 +590,6 @@ def _open(store: ImageStore, spec: str, tag: str | None, platform: Platform | No
     )
 
 
-def describe(image: NydusImage) -> dict[str, object]:
-    """A JSON-able summary (for messages and ``--json`` outputs)."""
-    return {
-        "image": image.reference,
-        "platform": str(image.platform) if image.platform else None,
-        "manifest": image.manifest_descriptor.digest,
-        "config": image.manifest.config.digest,
-        "blobs": [layer.digest for layer in image.blob_layers],
-        "bootstrap_layer": image.bootstrap_layer.digest,
-    }
-
-
 class FileContent:
     """Reads regular files of a merged bootstrap chunk by chunk from the image's blobs.
 

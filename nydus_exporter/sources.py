@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import platform as host_platform
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -319,8 +318,3 @@ def _from_docker_archive(path: Path, workdir: Path, platforms: Sequence[Platform
     _check_platforms(images, platforms)
     tags = [t for image in archive.images for t in image.repo_tags]
     return Source(images, tags=tags)
-
-
-def ensure_dir(path: Path) -> Path:
-    os.makedirs(path, exist_ok=True)
-    return path
