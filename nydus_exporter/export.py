@@ -51,7 +51,7 @@ from nydus_exporter.rafs.model import walk
 from nydus_exporter.sources import Source, SourceImage, SourceLayer, open_source
 
 if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports that use it
-    from nydus_exporter.chunkstore import ChunkStore
+    from nydus_exporter.chunkstore import ChunkStore, StoreDict
     from nydus_exporter.registry.credentials import CredentialProvider
     from nydus_exporter.registry.sync import SyncRegistry
 
@@ -316,6 +316,8 @@ class ExportResult:
     warnings: tuple[str, ...] = ()
     compressor: str = "zstd"
     oci_manifests: Mapping[str, str] = field(default_factory=dict)  # merge-manifest: platform -> digest
+    remote_blobs: tuple[str, ...] = ()  # blob layers left in the target repository (chunk store)
+    packed: tuple[str, ...] = ()  # digests of the layer blobs this export converted
 
     def metadata(self) -> dict[str, str]:
         """Response keys as BuildKit's image exporter (and our nydus.* extensions) set them."""
@@ -492,18 +494,7 @@ class _StoreSession:
                 self._progress(ProgressEvent("message", message=f"chunk store not used: {exc}"))
                 self._dictionary = Dictionary()
                 return self._dictionary
-            layers = {
-                blob.digest.removeprefix("sha256:"): Descriptor(
-                    mt.MEDIA_TYPE_NYDUS_BLOB, blob.digest, blob.size
-                )
-                for blob in found.blobs.values()
-            }
-            metas = {
-                blob.digest.removeprefix("sha256:"): blob.blob_meta
-                for blob in found.blobs.values()
-                if blob.blob_meta is not None
-            }
-            self._dictionary = Dictionary(found.chunks, layers, metas)  # the blobs stay remote
+            self._dictionary = store_dictionary(found)
         return self._dictionary
 
     # -- LayerHooks: the layer conversion cache ------------------------------------------------
@@ -542,22 +533,39 @@ class _StoreSession:
         pack = self._options.pack
         for source, digest in self._layers:
             self._store.record_layer(self._location, source, self._fingerprint(), digest)
-        for blob in packed:
-            if blob.blob_info is None:
-                continue
-            boot = read_bootstrap(blob.bootstrap)
-            own = next(i for i, b in enumerate(boot.blobs) if b.blob_id == layout.INLINE_BLOB_ID_PLACEHOLDER)
-            self._store.record_blob(
-                self._location,
-                blob.digest,
-                blob.size,
-                blob.blob_info,
-                [c for c in boot.chunk_table if c.blob_index == own],
-                blob.blob_meta,
-                chunk_size=pack.chunk_size,
-                digester=pack.digester,
-                compressor=pack.compressor,
-            )
+        record_packed(self._store, self._location, pack, packed)
+
+
+def store_dictionary(found: StoreDict) -> Dictionary:
+    """The chunk store's verified blobs of a repository as a :class:`Dictionary` (the blobs
+    stay in the repository: nothing to copy)."""
+    blobs = found.blobs.values()
+    layers = {
+        b.digest.removeprefix("sha256:"): Descriptor(mt.MEDIA_TYPE_NYDUS_BLOB, b.digest, b.size)
+        for b in blobs
+    }
+    metas = {b.digest.removeprefix("sha256:"): b.blob_meta for b in blobs if b.blob_meta is not None}
+    return Dictionary(found.chunks, layers, metas)
+
+
+def record_packed(store: ChunkStore, location: str, pack: PackOptions, packed: Sequence[BlobResult]) -> None:
+    """Record in ``store`` the chunks each pushed blob stored itself, at ``location``."""
+    for blob in packed:
+        if blob.blob_info is None:
+            continue
+        boot = read_bootstrap(blob.bootstrap)
+        own = next(i for i, b in enumerate(boot.blobs) if b.blob_id == layout.INLINE_BLOB_ID_PLACEHOLDER)
+        store.record_blob(
+            location,
+            blob.digest,
+            blob.size,
+            blob.blob_info,
+            [c for c in boot.chunk_table if c.blob_index == own],
+            blob.blob_meta,
+            chunk_size=pack.chunk_size,
+            digester=pack.digester,
+            compressor=pack.compressor,
+        )
 
 
 def _insecure_hosts(source_spec: str, options: ExportOptions) -> list[str]:
@@ -631,6 +639,8 @@ def export_source(
         options.oci_layout,
         compressor=options.pack.compressor,
         oci_manifests=_oci_manifests(out, root) if options.merge_manifest else {},
+        remote_blobs=tuple(sorted(converter.remote_blobs)),
+        packed=tuple(blob.digest for blob in converter.packed),
     )
 
 
