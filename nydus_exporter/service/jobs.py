@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,7 +42,8 @@ from typing import Any, Protocol
 import structlog
 
 from nydus_exporter import errors as core_errors
-from nydus_exporter.export import ExportOptions, ProgressEvent, merged_index, nydus_manifests
+from nydus_exporter.chunkstore import ChunkStore
+from nydus_exporter.export import ExportOptions, ProgressEvent, merged_index, nydus_manifests, record_packed
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.descriptor import Descriptor
 from nydus_exporter.oci.layout import OciLayout
@@ -53,7 +54,7 @@ from nydus_exporter.registry.credentials import Credentials, StaticCredentials
 from nydus_exporter.registry.sync import SyncRegistry
 from nydus_exporter.service import errors as service_errors
 from nydus_exporter.service.attrs import ResolvedAttrs, filter_response, resolve_attrs
-from nydus_exporter.service.cache import LayerCache
+from nydus_exporter.service.cache import LayerCache, load_result
 from nydus_exporter.service.config import ServiceConfig
 from nydus_exporter.service.errors import (
     IdempotencyConflictError,
@@ -113,6 +114,8 @@ class Conversion:
     metadata: dict[str, str]
     descriptor: dict[str, Any]
     warnings: tuple[str, ...]
+    remote_blobs: tuple[str, ...] = ()  # layers left in the target repository (chunk store)
+    packed: tuple[str, ...] = ()  # the layer blobs the worker converted (in the staging layout)
 
 
 @dataclass(eq=False)
@@ -177,8 +180,12 @@ class Pusher(Protocol):
         root: Descriptor,
         options: ExportOptions,
         credential_provider: Callable[[str, Challenge | None], Awaitable[Credentials | None]],
+        remote: Collection[str] = (),
+        packed: Sequence[str] = (),
     ) -> Descriptor:
-        """Push; returns the root that was pushed (a merged index with merge-manifest)."""
+        """Push; returns the root that was pushed (a merged index with merge-manifest).
+        ``remote``: blob layers already in the target repository (chunk store); ``packed``:
+        the blobs converted for this export, recorded in the chunk store once pushed."""
         ...
 
 
@@ -215,37 +222,81 @@ class RegistryPusher:
         root: Descriptor,
         options: ExportOptions,
         credential_provider: Callable[[str, Challenge | None], Awaitable[Credentials | None]],
+        remote: Collection[str] = (),
+        packed: Sequence[str] = (),
     ) -> Descriptor:
-        loop = asyncio.get_running_loop()
-
-        async def ask(host: str, challenge: Challenge | None) -> Credentials | None:
-            return await credential_provider(host, challenge)
-
-        async def bridge(host: str, challenge: Challenge | None) -> Credentials | None:
-            # Called on the registry client's private loop; the broker lives on ours.
-            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(ask(host, challenge), loop))
-
+        registry = sync_registry(self._config, options, credential_provider, asyncio.get_running_loop())
         refs = [parse_reference(name).with_default_tag() for name in options.names]
-        insecure = [ref.api_host for ref in refs] if options.insecure else []
-        store = None if self._config.use_docker_config else StaticCredentials({})
 
         def push() -> Descriptor:
-            with SyncRegistry(
-                credentials=store,
-                credential_provider=bridge,
-                insecure_hosts=insecure,
-                ca_file=options.ca_file,
-            ) as registry:
+            with registry:
                 staging = OciLayout.open(layout)
                 pushed = root
                 if merges_live_tag(options):
                     current = registry.get_manifest(refs[0])  # the image under the tag now
                     existing = current.raw if current is not None else None
                     pushed = merged_index(staging, existing, nydus_manifests(staging, root), options)
-                push_image(registry, staging, pushed, refs)
-                return pushed
+                push_image(registry, staging, pushed, refs, remote=remote)
+            if options.chunk_store:
+                with ChunkStore.open(self._config.state_dir) as store:
+                    results = [load_result(staging.blob_path(d), d) for d in packed]
+                    record_packed(store, store_location(options), options.pack, results)
+            return pushed
 
         return await asyncio.to_thread(push)
+
+    async def verified_store_blobs(
+        self,
+        options: ExportOptions,
+        credential_provider: Callable[[str, Challenge | None], Awaitable[Credentials | None]],
+    ) -> tuple[str, ...]:
+        """chunk-store=true: the store's blobs of the target repository that exist there (the
+        others are forgotten), for the worker to reference."""
+        registry = sync_registry(self._config, options, credential_provider, asyncio.get_running_loop())
+        ref = parse_reference(options.names[0])
+
+        def verify() -> tuple[str, ...]:
+            with registry, ChunkStore.open(self._config.state_dir) as store:
+                found = store.chunk_dict(
+                    store_location(options),
+                    chunk_size=options.pack.chunk_size,
+                    digester=options.pack.digester,
+                    compressor=options.pack.compressor,
+                    verify=lambda digest, size: registry.blob_exists(ref, digest) == size,
+                )
+            return tuple(blob.digest for blob in found.blobs.values())
+
+        return await asyncio.to_thread(verify)
+
+
+def store_location(options: ExportOptions) -> str:
+    ref = parse_reference(options.names[0])
+    return f"{ref.api_host}/{ref.repository}"
+
+
+def sync_registry(
+    config: ServiceConfig,
+    options: ExportOptions,
+    credential_provider: Callable[[str, Challenge | None], Awaitable[Credentials | None]],
+    loop: asyncio.AbstractEventLoop,
+) -> SyncRegistry:
+    """A registry client whose credentials come from the export's client (bridged from the
+    client's private loop to ``loop``, where the broker lives); the daemon's own docker config
+    only with ``use_docker_config``."""
+
+    async def ask(host: str, challenge: Challenge | None) -> Credentials | None:
+        return await credential_provider(host, challenge)
+
+    async def bridge(host: str, challenge: Challenge | None) -> Credentials | None:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(ask(host, challenge), loop))
+
+    refs = [parse_reference(name) for name in options.names]
+    return SyncRegistry(
+        credentials=None if config.use_docker_config else StaticCredentials({}),
+        credential_provider=bridge,
+        insecure_hosts=[ref.api_host for ref in refs] if options.insecure else [],
+        ca_file=options.ca_file,
+    )
 
 
 class AuthBroker:
@@ -377,7 +428,13 @@ class WorkerRunner:
                 await asyncio.shield(proc.wait())
         if outcome is not None and "result" in outcome:
             r = outcome["result"]
-            return Conversion(dict(r["metadata"]), dict(r["descriptor"]), tuple(r.get("warnings", ())))
+            return Conversion(
+                dict(r["metadata"]),
+                dict(r["descriptor"]),
+                tuple(r.get("warnings", ())),
+                tuple(r.get("remote_blobs", ())),
+                tuple(r.get("packed", ())),
+            )
         if outcome is not None and "error" in outcome:
             raise _rebuild_error(outcome["error"])
         tail = stderr_tail.decode(errors="replace").strip().splitlines()[-5:]
@@ -493,7 +550,9 @@ class JobRegistry:
             self._by_key[key] = job
         return job, False
 
-    async def convert(self, job: Job, images: Sequence[WorkerImage], emit: Emit) -> Conversion:
+    async def convert(
+        self, job: Job, images: Sequence[WorkerImage], emit: Emit, broker: AuthBroker | None = None
+    ) -> Conversion:
         """Wait for a build slot, then run the worker; progress goes to ``emit``."""
         rows = _ProgressRows(emit, self.metrics)
         waited = self._slots.locked()
@@ -513,12 +572,17 @@ class JobRegistry:
                 if merges_live_tag(job.instance.attrs.options):
                     # The worker has no registry access: the pusher merges into the live tag.
                     attrs["merge-manifest"] = "false"
+                store: dict[str, Any] = {}
+                options = job.instance.attrs.options
+                if options.chunk_store and options.push and broker is not None:
+                    store = await self._store_for_worker(options, broker)
                 spec = WorkerSpec(
                     pipeline_attrs=attrs,
                     staging=str(job.staging),
                     workdir=str(job.workdir),
                     cache_dir=str(self.cache.root),
                     images=tuple(images),
+                    **store,
                 )
                 began = self._clock()
                 conversion = await self.runner.convert(spec, rows.on_progress)
@@ -527,6 +591,22 @@ class JobRegistry:
         finally:
             if waited:
                 self.metrics.waiting.dec()
+
+    async def _store_for_worker(self, options: ExportOptions, broker: AuthBroker) -> dict[str, Any]:
+        """The WorkerSpec fields of chunk-store=true: the store and the blobs verified in the
+        target repository. A registry or store problem means converting without the store."""
+        if not isinstance(self.pusher, RegistryPusher):
+            return {}
+        try:
+            verified = await self.pusher.verified_store_blobs(options, broker.credential_provider)
+        except core_errors.ExporterError as exc:
+            log.warning("chunk store not used", error=str(exc))
+            return {}
+        return {
+            "store_dir": str(self.config.state_dir),
+            "store_location": store_location(options),
+            "store_verified": verified,
+        }
 
     def export_result(self, job: Job, conversion: Conversion) -> JobResult:
         """The Export result: final keys unless publishing is deferred to Finalize."""
@@ -563,6 +643,8 @@ class JobRegistry:
                     root=root,
                     options=options,
                     credential_provider=broker.credential_provider,
+                    remote=job.conversion.remote_blobs,
+                    packed=job.conversion.packed,
                 )
                 if pushed.digest != root.digest:
                     job.conversion = _with_root(job.conversion, pushed)

@@ -488,7 +488,7 @@ class ExporterServicer(pb_grpc.ExporterServicer):
             # After commit the client only sends auth replies (or half-closes).
             replies = tg.create_task(self._read_replies(context, broker))
             try:
-                conversion = await self._jobs.convert(job, images, emit)
+                conversion = await self._jobs.convert(job, images, emit, broker)
                 self._jobs.converted(job, conversion)
                 if job.defer_push:
                     result = self._jobs.export_result(job, conversion)

@@ -32,10 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from nydus_exporter.chunkstore import ChunkStore
 from nydus_exporter.errors import ExporterError
-from nydus_exporter.export import ExportOptions, ProgressEvent, export_source
+from nydus_exporter.export import Dictionary, ExportOptions, ProgressEvent, export_source, store_dictionary
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs.blob import BlobResult
+from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.service.cache import LayerCache, load_result
 from nydus_exporter.sources import Source, SourceImage, SourceLayer
 
@@ -66,6 +68,11 @@ class WorkerSpec:
     workdir: str
     cache_dir: str
     images: tuple[WorkerImage, ...] = field(default_factory=tuple)
+    # chunk-store=true: the daemon's chunk store, the target location, and the blobs there the
+    # daemon verified (the worker has no registry access)
+    store_dir: str = ""
+    store_location: str = ""
+    store_verified: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -81,6 +88,7 @@ class WorkerSpec:
             )
             for img in raw.pop("images")
         )
+        raw["store_verified"] = tuple(raw.get("store_verified", ()))
         return cls(images=images, **raw)
 
 
@@ -135,6 +143,10 @@ class _CacheHooks:
         return None
 
     def packed(self, layer: SourceLayer, blob: Path, result: BlobResult) -> None:
+        # A conversion that references outside blobs (the chunk store's) is only right for
+        # that repository: it never goes into the cache shared by every export.
+        if len(read_bootstrap(result.bootstrap).blobs) > 1:
+            return
         if self._cache is not None and isinstance(layer, _CacheableLayer) and layer.cache_key:
             self._cache.store(layer.cache_key, blob, result)
 
@@ -211,8 +223,14 @@ def run(spec: WorkerSpec, out: _Output) -> None:
     def progress(event: ProgressEvent) -> None:
         out.send({"progress": dataclasses.asdict(event)})
 
+    dictionary = _store_dictionary(spec, options) if spec.store_dir else None
     result = export_source(
-        source, options, workdir=Path(spec.workdir), progress=progress, hooks=_CacheHooks(cache)
+        source,
+        options,
+        workdir=Path(spec.workdir),
+        progress=progress,
+        hooks=_CacheHooks(cache),
+        chunk_dicts=(lambda _platform: dictionary) if dictionary is not None else None,
     )
     out.send(
         {
@@ -220,9 +238,25 @@ def run(spec: WorkerSpec, out: _Output) -> None:
                 "metadata": result.metadata(),
                 "descriptor": result.descriptor.to_json(),
                 "warnings": list(result.warnings),
+                "remote_blobs": list(result.remote_blobs),
+                "packed": list(result.packed),
             }
         }
     )
+
+
+def _store_dictionary(spec: WorkerSpec, options: ExportOptions) -> Dictionary:
+    """The chunks of the blobs the daemon verified in the target repository."""
+    verified = set(spec.store_verified)
+    with ChunkStore.open(Path(spec.store_dir)) as store:
+        found = store.chunk_dict(
+            spec.store_location,
+            chunk_size=options.pack.chunk_size,
+            digester=options.pack.digester,
+            compressor=options.pack.compressor,
+            verify=lambda digest, _size: digest in verified,
+        )
+    return store_dictionary(found)
 
 
 def main() -> int:

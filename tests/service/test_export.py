@@ -18,7 +18,7 @@ from nydus_exporter.service.jobs import SLOT_ROW
 from nydus_exporter.service.metrics import DEDUP_KINDS
 from nydus_exporter.service.server import RunningServer, serve
 from nydus_exporter.sources import open_source
-from tests.registry_fixtures import RegistryServer
+from tests.registry_fixtures import FaultProxy, RegistryServer
 from tests.service.conftest import config_for
 from tests.test_export import layer_base, layer_top
 
@@ -272,3 +272,34 @@ async def test_merge_manifest_into_the_live_tag_over_grpc(
             outcome.result.response["containerimage.digest"]
             == "sha256:" + hashlib.sha256(after_raw).hexdigest()
         )
+
+
+async def test_chunk_store_over_grpc(
+    client: ExporterClient, short_tmp: Path, fault_proxy: FaultProxy, repo_name: str
+) -> None:
+    """chunk-store=true through the daemon: the second export to a repository references the
+    chunks the first one pushed (the daemon verifies them in the registry for its worker)."""
+    import random
+
+    from tests.helpers import tarbuild as tb
+
+    big = random.Random(5).randbytes((2 << 20) + 3)
+    first, second = short_tmp / "first.tar", short_tmp / "second.tar"
+    first.write_bytes(tb.tar_of(tb.file("big.bin", big)))
+    second.write_bytes(tb.tar_of(tb.file("copy.bin", big), tb.file("new", b"new\n")))
+    responses = []
+    for version, tar in (("v1", first), ("v2", second)):
+        fault_proxy.upload_bytes = 0
+        attrs = {
+            "name": f"{fault_proxy.host}/{repo_name}:{version}",
+            "oci-mediatypes": "true",
+            "chunk-store": "true",
+        }
+        resolved = await client.resolve(attrs)
+        with open_source(f"tar:{tar}", workdir=short_tmp) as src:
+            outcome = await client.export(src, resolved.instance_id)
+        responses.append(outcome.result.response)
+    (stats,) = json.loads(responses[1]["nydus.dedup"]).values()
+    assert (stats["from_chunk_dict"], stats["stored"]) == (3, 1)
+    assert fault_proxy.upload_bytes < len(big) // 4  # only the new chunk, metadata and manifests
+    assert cli.main(["check", f"docker://{fault_proxy.upstream.host}/{repo_name}:v2"]) == 0
