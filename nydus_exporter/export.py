@@ -39,7 +39,7 @@ from nydus_exporter.oci.nydus_image import (
     is_nydus_entry,
 )
 from nydus_exporter.oci.platform import Platform
-from nydus_exporter.oci.reference import parse_reference
+from nydus_exporter.oci.reference import Reference, parse_reference
 from nydus_exporter.pack import PackOptions, pack_entries, pack_layer
 from nydus_exporter.rafs import layout
 from nydus_exporter.rafs.blob import BlobResult
@@ -229,6 +229,9 @@ class Dictionary:
     # blob id -> a stream of the blob, to copy it into the output; absent: the blob stays in
     # the target repository, where it was verified to exist (the chunk store's blobs)
     open_blob: dict[str, Callable[[], BinaryIO]] = field(default_factory=dict)
+    # blob id -> the registry repository holding it (a chunk-dict image in a registry): a push
+    # to the same registry mounts it instead of copying it through this machine
+    mount_from: dict[str, Reference] = field(default_factory=dict)
 
     @classmethod
     def from_image(cls, image: NydusImage) -> Dictionary:
@@ -246,7 +249,9 @@ class Dictionary:
             return lambda: store.open_blob(digest)
 
         opens = {hex_id: opener(desc.digest) for hex_id, desc in layers.items()}
-        return cls(ChunkDict.from_bootstrap(boot), layers, image.blob_metas(), opens)
+        source: Reference | None = getattr(store, "reference", None)  # a RegistryStore's image
+        mounts = {hex_id: source for hex_id in layers} if source is not None else {}
+        return cls(ChunkDict.from_bootstrap(boot), layers, image.blob_metas(), opens, mounts)
 
     def extended(self, other: Dictionary) -> Dictionary:
         """This dictionary, then ``other`` for digests this one does not know."""
@@ -258,6 +263,7 @@ class Dictionary:
             {**other.layers, **self.layers},
             {**other.blob_metas, **self.blob_metas},
             {**other.open_blob, **self.open_blob},
+            {**other.mount_from, **self.mount_from},
         )
 
 
@@ -622,6 +628,7 @@ def export_source(
                 ProgressEvent("message", message=f"{digest}: {outcome}")
             ),
             remote=converter.remote_blobs,
+            mountable=converter.mountable,
         )
         if on_pushed is not None:
             on_pushed(converter.packed)
@@ -678,6 +685,9 @@ class _Converter:
         self._hooks = hooks
         self._chunk_dicts = chunk_dicts
         self.remote_blobs: set[str] = set()  # dictionary blobs left in the target repository
+        # dictionary blobs to mount from another repository of the target registry when
+        # pushing: digest -> (repository, copy it into the output instead)
+        self.mountable: dict[str, tuple[str, Callable[[], None]]] = {}
         self.packed: list[BlobResult] = []  # every layer blob this export packed
         self._options = options
         self._workdir = workdir
@@ -726,11 +736,13 @@ class _Converter:
             assert dict_image is not None, "a blob outside the image needs a chunk dictionary"
             desc = dict_image.layers[hex_id]
             opener = dict_image.open_blob.get(hex_id)
+            source = dict_image.mount_from.get(hex_id)
             if opener is None:
                 self.remote_blobs.add(desc.digest)  # verified in the target repository
+            elif source is not None and self._pushes_to(source):
+                self.mountable[desc.digest] = (source.repository, self._fetcher(desc.digest, opener))
             elif not self._out.has_blob(desc.digest):
-                with opener() as src, self._out.blob_writer(desc.digest) as sink:
-                    shutil.copyfileobj(src, sink, 1 << 20)
+                self._fetcher(desc.digest, opener)()
             extra_layers.append(Descriptor(mt.MEDIA_TYPE_NYDUS_BLOB, desc.digest, desc.size))
             if hex_id in dict_image.blob_metas:
                 blob_metas.append((hex_id, dict_image.blob_metas[hex_id]))
@@ -766,6 +778,20 @@ class _Converter:
         for blob in blobs:
             dedup.add_layer(blob, image_blobs)
         return PlatformResult(label, manifest_desc, config_desc, bootstrap_desc, tuple(blob_descs), dedup)
+
+    def _pushes_to(self, source: Reference) -> bool:
+        """Whether this export pushes to the registry ``source`` is in (so it can mount)."""
+        return self._options.push and any(
+            parse_reference(name).api_host == source.api_host for name in self._options.names
+        )
+
+    def _fetcher(self, digest: str, opener: Callable[[], BinaryIO]) -> Callable[[], None]:
+        def fetch() -> None:
+            if not self._out.has_blob(digest):
+                with opener() as src, self._out.blob_writer(digest) as sink:
+                    shutil.copyfileobj(src, sink, 1 << 20)
+
+        return fetch
 
     def _pack_layer(
         self, layer: SourceLayer, index: int, total: int, label: str, chunk_dict: ChunkDict | None = None

@@ -7,7 +7,7 @@ registry is mounted from there), then each manifest and index by digest, then th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -64,12 +64,14 @@ def push_image(
     *,
     on_blob: Callable[[str, str], None] | None = None,
     remote: Collection[str] = (),
+    mountable: Mapping[str, tuple[str, Callable[[], None]]] | None = None,
 ) -> PushStats:
     """Push everything ``root`` reaches in ``layout`` to each of ``refs``, then tag them.
 
     ``remote``: digests of blobs that are not in ``layout`` but verified to exist in the
     first reference's repository (the chunk store's blobs); other repositories of the same
-    registry mount them from there.
+    registry mount them from there. ``mountable``: digest -> (repository of the same registry
+    to mount it from, a function that puts it into ``layout`` when the mount is refused).
     """
     blobs, manifests = collect(layout, root)
     stats = PushStats()
@@ -89,6 +91,17 @@ def push_image(
                     )
                 stats.mounted += 1
                 return
+            if mountable and desc.digest in mountable and not layout.has_blob(desc.digest):
+                source_repo, fetch = mountable[desc.digest]
+                if registry.blob_exists(ref, desc.digest) == desc.size:
+                    stats.blobs += 1
+                    stats.existing += 1
+                    return
+                if registry.mount_blob(ref, desc.digest, source_repo):
+                    stats.blobs += 1
+                    stats.mounted += 1
+                    return
+                fetch()  # no mount (e.g. no pull access there): copy it through this machine
             result = registry.push_blob(
                 ref, desc.digest, desc.size, layout.blob_path(desc.digest), mount_from=mount_from
             )

@@ -150,16 +150,18 @@ def test_unchanged_layers_are_not_converted_again(
 
 
 def test_chunkdict_push_serves_other_repositories(
-    registry: RegistryServer, repo_name: str, tmp_path: Path
+    fault_proxy: FaultProxy, repo_name: str, tmp_path: Path
 ) -> None:
     """``chunkdict push`` publishes what the store knows of a repository as a Nydus image that
-    ``chunk-dict=`` can use from another repository (another replica, another team)."""
+    ``chunk-dict=`` can use from another repository (another replica, another team); on the
+    same registry the dictionary's blobs are mounted, not copied through the exporter."""
     state = tmp_path / "state"
-    host = registry.host
+    host = fault_proxy.host
     push(layer(tmp_path, "base", tb.file("opt/big.bin", BIG)), f"{host}/{repo_name}:v1", state)
     assert cli.main(["chunkdict", "push", f"{host}/{repo_name}:dict", "--state-dir", str(state)]) == 0
     assert cli.main(["check", f"docker://{host}/{repo_name}:dict"]) == 0
 
+    fault_proxy.upload_bytes = 0
     options, _ = ExportOptions.from_attrs(
         {
             "name": f"{host}/{repo_name}-b:v1",
@@ -172,6 +174,7 @@ def test_chunkdict_push_serves_other_repositories(
     ).metadata()
     (stats,) = json.loads(meta["nydus.dedup"]).values()
     assert (stats["from_chunk_dict"], stats["stored"]) == (5, 1)
+    assert fault_proxy.upload_bytes < len(BIG) // 8  # the dictionary blob was mounted
     assert cli.main(["check", f"docker://{host}/{repo_name}-b:v1"]) == 0
 
 
