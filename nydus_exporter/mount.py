@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nydus_exporter.chunkstore.store import default_state_dir
 from nydus_exporter.errors import ConfigError, FormatError
 from nydus_exporter.nydus_image_reader import NydusImage, open_image
 from nydus_exporter.oci.platform import Platform
@@ -57,12 +58,6 @@ class MountResult:
     blob_images: list[Path] = field(default_factory=list)
     built: list[str] = field(default_factory=list)  # blob hexes materialised by this mount
     reused: list[str] = field(default_factory=list)  # blob hexes taken from the cache
-
-
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME")
-    root = Path(base) if base else Path.home() / ".local" / "state"
-    return root / "nydus-exporter"
 
 
 def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import platform as host_platform
 import shutil
 import tempfile
 import threading
@@ -334,9 +333,7 @@ class CountingStore(StoreWrapper):
 
 
 def host_platform_of() -> Platform:
-    machine = host_platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
-    return Platform(os="linux", architecture=arch)
+    return Platform.host()
 
 
 @dataclass

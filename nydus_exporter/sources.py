@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import io
 import json
-import platform as host_platform
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -214,12 +213,6 @@ def _size_of(path: Path) -> int | None:
         return None
 
 
-def _host_platform() -> Platform:
-    machine = host_platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
-    return Platform(os="linux", architecture=arch)
-
-
 def _config_for(config: Path | None, nlayers: int) -> bytes:
     """The image config of a ``tar:``/``dir:`` source: the given file, else a minimal one."""
     if config is not None:
@@ -227,7 +220,7 @@ def _config_for(config: Path | None, nlayers: int) -> bytes:
             return config.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read config {config}: {exc.strerror}") from None
-    plat = _host_platform()
+    plat = Platform.host()
     # diff_ids are rewritten by the exporter (they become the Nydus blob digests).
     minimal = {
         "architecture": plat.architecture,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from platform import machine as _host_machine
 
 from nydus_exporter.errors import ConfigError, FormatError
 
@@ -47,6 +48,13 @@ class Platform:
         if not 2 <= len(parts) <= 3 or not all(_COMPONENT.match(p) for p in parts):
             raise ConfigError(f"invalid platform {text!r}: expected os/architecture[/variant]")
         return cls(os=parts[0], architecture=parts[1], variant=parts[2] if len(parts) == 3 else None)
+
+    @classmethod
+    def host(cls) -> Platform:
+        """The platform of this machine, in OCI spelling (``linux/amd64``...)."""
+        machine = _host_machine().lower()
+        arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)
+        return cls(os="linux", architecture=arch)
 
     def format(self) -> str:
         """``os/architecture[/variant]`` (the inverse of :meth:`parse`, not normalised)."""
