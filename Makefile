@@ -14,8 +14,9 @@ PYTEST_ARGS ?=
 #   docker-registry  a local OCI registry for the push tests
 #   skopeo, umoci    independent OCI clients (copy, inspect, unpack images)
 #   debootstrap      builds the realistic rootfs layer of bench/pack.py
-#   tar, gzip, zstd, xz-utils  reference archivers; util-linux (losetup, mount); kmod (modprobe erofs)
-DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux kmod \
+#   tar, gzip, zstd, xz-utils  reference archivers; util-linux, mount (losetup, mount, dmesg);
+#   procps (pgrep: no conversion worker outlives its job); kmod (modprobe erofs)
+DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux mount procps kmod \
 	ca-certificates
 
 .PHONY: all venv system-deps test lint run sample bench bench-export bench-push bench-daemon bench-dedup clean distclean
