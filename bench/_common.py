@@ -360,11 +360,7 @@ class LocalRegistry:
         return self.directory / "registry.log"
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_file.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return file_tail(self.log_file, lines)
 
     def stored_blobs(self) -> dict[str, int]:
         """digest -> size of every blob the registry has committed (manifests included: the
@@ -504,11 +500,7 @@ class LocalDaemon:
         return self.directory / "daemon.log"
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_file.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return file_tail(self.log_file, lines)
 
     def clear_layer_cache(self) -> int:
         """Delete every entry of the daemon's layer cache (``<state>/layer-cache``), so the next
@@ -627,6 +619,15 @@ def percentile(values: Iterable[float], pct: float) -> float | None:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def file_tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log file ("" when it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def bench_parser(
