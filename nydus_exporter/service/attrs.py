@@ -82,13 +82,6 @@ class ResolvedAttrs:
         return True
 
 
-def _strict_bool(key: str, value: str) -> bool:
-    try:
-        return parse_bool(key, value)
-    except ConfigError:
-        raise ConfigError(f"{key}={value!r} is not a boolean") from None
-
-
 def _int(key: str, value: str) -> int:
     try:
         return int(value.strip(), 0)
@@ -137,10 +130,10 @@ def resolve_attrs(
             "push-by-digest",
             "standard-response-keys",
         ):
-            put(key, str(_strict_bool(key, value)).lower(), raw_key)
+            put(key, str(parse_bool(key, value)).lower(), raw_key)
         elif key == "registry.insecure":
             # The fork and the image exporter: "" means true, otherwise ParseBool.
-            put(key, str(_strict_bool(key, value)).lower(), raw_key)
+            put(key, str(parse_bool(key, value)).lower(), raw_key)
         elif key == "merge-manifest":
             try:
                 flag = parse_bool(key, value)
