@@ -220,8 +220,12 @@ def _config_for(config: Path | None, nlayers: int) -> bytes:
             return config.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read config {config}: {exc.strerror}") from None
-    plat = Platform.host()
-    # diff_ids are rewritten by the exporter (they become the Nydus blob digests).
+    return minimal_config(Platform.host(), nlayers)
+
+
+def minimal_config(plat: Platform, nlayers: int) -> bytes:
+    """A config for layers that come without one (the exporter rewrites its diff_ids: they
+    become the Nydus blob digests)."""
     minimal = {
         "architecture": plat.architecture,
         "os": plat.os,

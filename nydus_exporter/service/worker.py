@@ -39,7 +39,7 @@ from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.service.cache import LayerCache, load_result
-from nydus_exporter.sources import Source, SourceImage, SourceLayer
+from nydus_exporter.sources import Source, SourceImage, SourceLayer, minimal_config
 
 LayerKind = Literal["file", "cached", "dir"]
 
@@ -157,18 +157,6 @@ def _open_file(path: Path) -> Iterator[BinaryIO]:
         yield f
 
 
-def _minimal_config(platform: Platform | None, nlayers: int) -> bytes:
-    plat = platform or Platform(os="linux", architecture="amd64")
-    config = {
-        "architecture": plat.architecture,
-        "os": plat.os,
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": []},
-        "history": [{"created_by": "nydus-exporter: layer"} for _ in range(nlayers)],
-    }
-    return json.dumps(config, separators=(",", ":")).encode()
-
-
 def build_source(spec: WorkerSpec) -> Source:
     images = []
     for image in spec.images:
@@ -189,7 +177,9 @@ def build_source(spec: WorkerSpec) -> Source:
                     )
                 )
         config = Path(image.config_path).read_bytes() if image.config_path else None
-        images.append(SourceImage(platform, config or _minimal_config(platform, len(layers)), layers))
+        if config is None:
+            config = minimal_config(platform or Platform.host(), len(layers))
+        images.append(SourceImage(platform, config, layers))
     return Source(images)
 
 
