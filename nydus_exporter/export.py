@@ -697,7 +697,7 @@ class _Converter:
         self._counter = 0
 
     def convert(self, image: SourceImage) -> PlatformResult:
-        platform = image.platform or _platform_from_config(image.config)
+        platform = image.platform or Platform.of_config(image.config)
         label = str(platform) if platform else ""
         n = len(image.layers)
         dict_image = self._chunk_dicts(platform) if self._chunk_dicts is not None else None
@@ -885,14 +885,6 @@ class _Counting:
             if self._pending:
                 self._report(self._pending)
             self._pending = 0
-
-
-def _platform_from_config(config: bytes) -> Platform | None:
-    try:
-        obj = json.loads(config)
-        return Platform(os=str(obj["os"]), architecture=str(obj["architecture"]), variant=obj.get("variant"))
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def nydus_manifests(out: OciLayout, root: Descriptor) -> list[Descriptor]:

@@ -245,21 +245,13 @@ def _image_from_manifest(store: ImageStore, desc: Descriptor, platform: Platform
     manifest = ImageManifest.parse(raw)
     config = store.read_blob(manifest.config.digest)
     if platform is None:
-        platform = _platform_of_config(config)
+        platform = Platform.of_config(config)
     layers = []
     for layer in manifest.layers:
         if not mediatypes.is_tar_layer(layer.media_type):
             raise FormatError(f"layer {layer.digest} has media type {layer.media_type}, not a tar layer")
         layers.append(SourceLayer(layer.digest, open=_store_blob_opener(store, layer), size=layer.size))
     return SourceImage(platform, config, layers, manifest=raw, manifest_descriptor=desc)
-
-
-def _platform_of_config(config: bytes) -> Platform | None:
-    try:
-        obj = json.loads(config)
-        return Platform(os=obj["os"], architecture=obj["architecture"], variant=obj.get("variant"))
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def _from_store(store: ImageStore, tag: str | None, platforms: Sequence[Platform] | None) -> Source:
@@ -311,7 +303,7 @@ def _from_docker_archive(path: Path, workdir: Path, platforms: Sequence[Platform
             SourceLayer(str(layer), open=_file_opener(Path(layer)), size=_size_of(Path(layer)))
             for layer in image.layers
         ]
-        images.append(SourceImage(_platform_of_config(image.config), image.config, layers))
+        images.append(SourceImage(Platform.of_config(image.config), image.config, layers))
     _check_platforms(images, platforms)
     tags = [t for image in archive.images for t in image.repo_tags]
     return Source(images, tags=tags)

@@ -10,6 +10,7 @@ are not part of a platform's identity (legacy Nydus index entries add one, §6.1
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,16 @@ class Platform:
         if not 2 <= len(parts) <= 3 or not all(_COMPONENT.match(p) for p in parts):
             raise ConfigError(f"invalid platform {text!r}: expected os/architecture[/variant]")
         return cls(os=parts[0], architecture=parts[1], variant=parts[2] if len(parts) == 3 else None)
+
+    @classmethod
+    def of_config(cls, config: bytes) -> Platform | None:
+        """The platform an image config declares (``os``/``architecture``/``variant``), if any."""
+        try:
+            obj = json.loads(config)
+            variant = obj.get("variant")
+            return cls(str(obj["os"]), str(obj["architecture"]), str(variant) if variant else None)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
 
     @classmethod
     def host(cls) -> Platform:
