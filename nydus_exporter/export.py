@@ -41,7 +41,6 @@ from nydus_exporter.oci.nydus_image import (
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import Reference, parse_reference
 from nydus_exporter.pack import PackOptions, pack_entries, pack_layer
-from nydus_exporter.rafs import layout
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.blob_reader import BlobReader, blob_result
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
@@ -290,9 +289,7 @@ class DedupStats:
 
     def add_layer(self, blob: BlobResult, image_blobs: set[str]) -> None:
         boot = read_bootstrap(blob.bootstrap)
-        own_index = next(
-            (i for i, b in enumerate(boot.blobs) if b.blob_id == layout.INLINE_BLOB_ID_PLACEHOLDER), None
-        )
+        own_index = boot.own_blob_index
         seen_inodes: set[int] = set()
         own_refs = 0
         for _path, node in walk(boot.root):
@@ -559,14 +556,12 @@ def record_packed(store: ChunkStore, location: str, pack: PackOptions, packed: S
     for blob in packed:
         if blob.blob_info is None:
             continue
-        boot = read_bootstrap(blob.bootstrap)
-        own = next(i for i, b in enumerate(boot.blobs) if b.blob_id == layout.INLINE_BLOB_ID_PLACEHOLDER)
         store.record_blob(
             location,
             blob.digest,
             blob.size,
             blob.blob_info,
-            [c for c in boot.chunk_table if c.blob_index == own],
+            read_bootstrap(blob.bootstrap).own_chunks(),
             blob.blob_meta,
             chunk_size=pack.chunk_size,
             digester=pack.digester,

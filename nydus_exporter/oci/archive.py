@@ -17,7 +17,6 @@ Bad archives raise :class:`~nydus_exporter.errors.FormatError`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import re
@@ -31,7 +30,7 @@ from typing import Any, BinaryIO
 
 from nydus_exporter.errors import ConfigError, CorruptLayerError, FormatError
 from nydus_exporter.layer.compression import open_layer_stream
-from nydus_exporter.oci.descriptor import parse_json_object, validate_digest
+from nydus_exporter.oci.descriptor import parse_json_object, sha256_digest, validate_digest
 from nydus_exporter.oci.layout import INDEX_FILE, OCI_LAYOUT_FILE, OciLayout, atomic_write_file
 
 DOCKER_MANIFEST_FILE = "manifest.json"
@@ -182,7 +181,7 @@ def _docker_image(entry: object, resolve: Callable[[object, str], Path]) -> Dock
     if len(config) > _MAX_JSON_SIZE:
         raise FormatError(f"docker archive config {config_name} is too large")
     parse_json_object(config, f"docker archive config {config_name}")
-    digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    digest = sha256_digest(config)
     # Both layouts name the config after its digest (<hex>.json, blobs/sha256/<hex>): check it.
     named = _HEX_NAME.match(posixpath.basename(str(config_name)))
     if named and named.group(1) != digest.partition(":")[2]:

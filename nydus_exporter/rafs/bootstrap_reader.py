@@ -72,6 +72,20 @@ class Bootstrap:
     records: dict[int, InodeRecord]
     node_nids: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def own_blob_index(self) -> int | None:
+        """In a layer blob's embedded bootstrap: the index of the layer's own blob (named by the
+        inline placeholder id, §3.9); the other entries are chunk-dictionary blobs."""
+        for i, blob in enumerate(self.blobs):
+            if blob.blob_id == layout.INLINE_BLOB_ID_PLACEHOLDER:
+                return i
+        return None
+
+    def own_chunks(self) -> list[ChunkRef]:
+        """The chunk-table entries of the layer's own blob (none if it stored no chunk)."""
+        own = self.own_blob_index
+        return [c for c in self.chunk_table if c.blob_index == own] if own is not None else []
+
     def nid_of(self, node: Node) -> int:
         """The nid a node of :attr:`root` was read from."""
         return self.node_nids[id(node)]

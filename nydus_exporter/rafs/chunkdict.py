@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nydus_exporter.rafs.bootstrap_reader import Bootstrap
-from nydus_exporter.rafs.layout import INLINE_BLOB_ID_PLACEHOLDER
 from nydus_exporter.rafs.model import BlobInfo, ChunkRef
 
 
@@ -60,11 +59,8 @@ class ChunkDict:
     def add_layer(self, bootstrap: Bootstrap, blob: BlobInfo | None) -> None:
         """Learn the chunks a packed layer stored itself: those of its own blob (the one its
         embedded bootstrap names with the inline placeholder id), now known as ``blob``."""
-        if blob is None:
-            return
-        own = [i for i, b in enumerate(bootstrap.blobs) if b.blob_id == INLINE_BLOB_ID_PLACEHOLDER]
-        if own:
-            self.add_blob(blob, (c for c in bootstrap.chunk_table if c.blob_index == own[0]))
+        if blob is not None:
+            self.add_blob(blob, bootstrap.own_chunks())
 
     def chunks_of(self, blob_id: str) -> list[ChunkRef]:
         """The chunks this dictionary takes from blob ``blob_id``."""
