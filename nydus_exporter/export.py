@@ -43,7 +43,7 @@ from nydus_exporter.oci.reference import Reference, parse_reference
 from nydus_exporter.pack import PackOptions, pack_entries, pack_layer
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.blob_reader import BlobReader, blob_result
-from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
+from nydus_exporter.rafs.bootstrap_reader import Bootstrap, read_bootstrap
 from nydus_exporter.rafs.chunkdict import ChunkDict
 from nydus_exporter.rafs.merge import MergeLayer, merge_layers
 from nydus_exporter.rafs.model import walk
@@ -287,8 +287,8 @@ class DedupStats:
     from_chunk_dict: int = 0  # references to a chunk of the chunk dictionary image
     bytes_not_stored: int = 0  # compressed bytes all those references did not store again
 
-    def add_layer(self, blob: BlobResult, image_blobs: set[str]) -> None:
-        boot = read_bootstrap(blob.bootstrap)
+    def add_layer(self, blob: BlobResult, boot: Bootstrap, image_blobs: set[str]) -> None:
+        """Count ``blob``'s references; ``boot`` is its parsed (not yet merged) bootstrap."""
         own_index = boot.own_blob_index
         seen_inodes: set[int] = set()
         own_refs = 0
@@ -713,8 +713,19 @@ class _Converter:
                 ]
                 blobs = [f.result() for f in futures]
 
+        # Each per-layer bootstrap is parsed once: counted here, then handed to the merge.
+        layer_boots = [read_bootstrap(b.bootstrap) for b in blobs]
+        dedup = DedupStats()
+        image_blobs = {b.digest.removeprefix("sha256:") for b in blobs}
+        for blob, layer_boot in zip(blobs, layer_boots, strict=True):
+            dedup.add_layer(blob, layer_boot, image_blobs)
         # Directory sources already turned overlayfs whiteouts into OCI ones (layer/directory.py).
-        merged = merge_layers([MergeLayer(b.bootstrap, b.digest.removeprefix("sha256:")) for b in blobs])
+        merged = merge_layers(
+            [
+                MergeLayer(b.bootstrap, b.digest.removeprefix("sha256:"), parsed=layer_boot)
+                for b, layer_boot in zip(blobs, layer_boots, strict=True)
+            ]
+        )
         blob_metas = []
         seen = set()
         for blob in blobs:
@@ -768,10 +779,6 @@ class _Converter:
             platform=platform,
         )  # fmt: skip
         self._progress(ProgressEvent("image-done", platform=label, layers=n, name=manifest_desc.digest))
-        dedup = DedupStats()
-        image_blobs = {b.digest.removeprefix("sha256:") for b in blobs}
-        for blob in blobs:
-            dedup.add_layer(blob, image_blobs)
         return PlatformResult(label, manifest_desc, config_desc, bootstrap_desc, tuple(blob_descs), dedup)
 
     def _pushes_to(self, source: Reference) -> bool:

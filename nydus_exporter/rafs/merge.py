@@ -85,6 +85,8 @@ class MergeLayer:
     bootstrap: bytes  # the per-layer bootstrap as embedded in the blob (BlobResult.bootstrap)
     blob_id: str  # the layer's Nydus blob digest hex: the blob id in the merged bootstrap (§5.3)
     whiteout_spec: str = "oci"  # "oci" | "overlayfs" | "none"
+    # ``bootstrap`` already parsed, if the caller has it (the merge then takes over its tree)
+    parsed: Bootstrap | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +180,7 @@ def merge_layers(layers: Sequence[MergeLayer]) -> MergeResult:
 def _load(index: int, source: MergeLayer) -> _Layer:
     rules = WhiteoutRules(source.whiteout_spec)
     try:
-        boot = read_bootstrap(source.bootstrap)
+        boot = source.parsed if source.parsed is not None else read_bootstrap(source.bootstrap)
     except FormatError as exc:
         raise FormatError(f"layer {index}: {exc}") from exc
     # The layer's own blob carries the inline placeholder id; other entries are chunk
