@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from nydus_exporter import cli
+from nydus_exporter.cli import main as cli
 from nydus_exporter.errors import ConfigError
-from nydus_exporter.export import ExportOptions, export
-from nydus_exporter.mount import mount_image, umount_image
+from nydus_exporter.pipeline.export import ExportOptions, export
+from nydus_exporter.tools.mount import mount_image, umount_image
 from tests.conftest import require
 from tests.helpers import tarbuild as tb
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available
@@ -124,7 +124,7 @@ def test_unchanged_layers_are_not_converted_again(
 ) -> None:
     """The layer conversion cache: a rebuild whose lower layers are unchanged converts and
     uploads only the new top layer (the cached conversion is verified in the registry first)."""
-    from nydus_exporter.export import ProgressEvent
+    from nydus_exporter.pipeline.export import ProgressEvent
     from tests.helpers import ocibuild
 
     base = tb.tar_of(tb.file("opt/big.bin", BIG), tb.file("opt/x", b"x\n"))

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from nydus_exporter.errors import FormatError
-from nydus_exporter.export import ExportOptions, export
-from nydus_exporter.mount import mount_image, umount_image
+from nydus_exporter.pipeline.export import ExportOptions, export
+from nydus_exporter.tools.mount import mount_image, umount_image
 from tests.conftest import require
 from tests.helpers import ocibuild
 from tests.helpers import tarbuild as tb

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from nydus_exporter import cli
+from nydus_exporter.cli import main as cli
 from nydus_exporter.errors import ConfigError, ExporterError
-from nydus_exporter.export import ExportOptions, export
+from nydus_exporter.pipeline.export import ExportOptions, export
 from tests.conftest import require
 from tests.helpers import ocibuild
 from tests.helpers import tarbuild as tb

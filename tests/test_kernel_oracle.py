@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from nydus_exporter.pack import PackOptions, pack_layer_to_file
+from nydus_exporter.pipeline.pack import PackOptions, pack_layer_to_file
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from tests.conftest import NYDUS_FIXTURES, require

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter.pack import PackOptions, pack_layer_to_file
+from nydus_exporter.pipeline.pack import PackOptions, pack_layer_to_file
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.merge import MergeLayer, MergeResult, merge_layers
 from tests.conftest import require

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from nydus_exporter.errors import RegistryAuthError
-from nydus_exporter.export import ExportOptions, export
+from nydus_exporter.pipeline.export import ExportOptions, export
 from tests.conftest import require
 from tests.helpers import ocibuild
 from tests.helpers import tarbuild as tb

@@ -1,6 +1,6 @@
 """``check``, ``unpack`` and ``cat`` on ``docker://`` images in a real registry.
 
-Images are exported locally (``nydus_exporter.cli.main(["export", ...])``) into an OCI
+Images are exported locally (``nydus_exporter.cli.main.main(["export", ...])``) into an OCI
 layout and pushed with skopeo (an independent client) to Debian's ``docker-registry``
 (tests/registry_fixtures.py). What went over the wire is measured by a plain TCP relay in
 front of the registry that counts the bytes the registry sent back — not by the client's
@@ -30,15 +30,15 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter import cli
-from nydus_exporter.cat import cat_file
-from nydus_exporter.check import check_image
+from nydus_exporter.cli import main as cli
 from nydus_exporter.errors import ConfigError, FormatError, RegistryError
-from nydus_exporter.nydus_image_reader import open_image, parse_image_spec
+from nydus_exporter.image.reader import open_image, parse_image_spec
+from nydus_exporter.image.registry import RegistryOptions, RegistryStore
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.registry import RetryPolicy
-from nydus_exporter.registry_store import RegistryOptions, RegistryStore
-from nydus_exporter.unpack import unpack_image
+from nydus_exporter.tools.cat import cat_file
+from nydus_exporter.tools.check import check_image
+from nydus_exporter.tools.unpack import unpack_image
 from tests.conftest import PROJECT_ROOT, require
 from tests.helpers import tarbuild as tb
 from tests.registry_fixtures import FaultProxy, LoopThread, RegistryServer
@@ -296,7 +296,7 @@ def test_cat_cli_prints_exact_bytes_and_reports_the_transfer(
         [
             sys.executable,
             "-m",
-            "nydus_exporter.cli",
+            "nydus_exporter.cli.main",
             "cat",
             big_image.docker(registry.host),
             "/etc/motd-abs",

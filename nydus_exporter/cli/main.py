@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from nydus_exporter import __version__
-from nydus_exporter.chunkstore.cli import add_chunkstore_commands, run_chunkstore_command
-from nydus_exporter.cli_tools import add_tool_commands, run_tool_command
-from nydus_exporter.errors import ConfigError, ExporterError
-from nydus_exporter.progress import MODES
-from nydus_exporter.rafs import codecs, layout
-from nydus_exporter.service_cli import (
+from nydus_exporter.cli.chunkstore import add_chunkstore_commands, run_chunkstore_command
+from nydus_exporter.cli.daemon import (
     add_remote_export_arguments,
     add_serve_command,
     run_remote_export,
     run_serve,
 )
+from nydus_exporter.cli.progress import MODES
+from nydus_exporter.cli.tools import add_tool_commands, run_tool_command
+from nydus_exporter.errors import ConfigError, ExporterError
+from nydus_exporter.rafs import codecs, layout
 
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "ki": 1 << 10, "m": 1 << 20, "mi": 1 << 20}
 
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from nydus_exporter.pack import PackOptions, pack_layer_to_file
+    from nydus_exporter.pipeline.pack import PackOptions, pack_layer_to_file
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads must be at least 1")
@@ -199,8 +199,8 @@ def parse_attrs(text: str) -> dict[str, str]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from nydus_exporter.export import ExportOptions, export
-    from nydus_exporter.progress import ProgressPrinter
+    from nydus_exporter.cli.progress import ProgressPrinter
+    from nydus_exporter.pipeline.export import ExportOptions, export
 
     attrs = parse_attrs(args.output)
     attrs.setdefault("type", "nydus")
@@ -240,7 +240,7 @@ def _warn(message: str) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from nydus_exporter.describe import describe_file, render_text
+    from nydus_exporter.tools.inspect import describe_file, render_text
 
     description = describe_file(args.file, files=args.files or args.json)
     if args.json:

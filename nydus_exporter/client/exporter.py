@@ -4,7 +4,7 @@
 then an Export stream (header, per platform ``platform_begin`` with the whole layer chain,
 the layers the server wants as 1 MiB ``layer_data`` chunks with ``layer_end`` digests,
 ``platform_end``, ``commit``), then Finalize when the export was deferred. Layers are read
-from a :class:`~nydus_exporter.sources.Source` as they are stored (compressed bytes as in the
+from a :class:`~nydus_exporter.pipeline.sources.Source` as they are stored (compressed bytes as in the
 source) and streamed, never held in memory. Directory layers are sent by reference (the
 daemon must share the filesystem and allow the path); tar files can be too.
 
@@ -27,9 +27,9 @@ from nydus_exporter.api import exporter_pb2 as pb
 from nydus_exporter.api import exporter_pb2_grpc as pb_grpc
 from nydus_exporter.errors import ConfigError
 from nydus_exporter.oci.platform import Platform
+from nydus_exporter.pipeline.sources import Source, SourceLayer
 from nydus_exporter.registry.auth import parse_challenges
 from nydus_exporter.registry.credentials import CredentialStore
-from nydus_exporter.sources import Source, SourceLayer
 
 CHUNK = 1 << 20  # contract §5.6: 1 MiB layer_data
 MAX_MESSAGE = 16 << 20

@@ -1,7 +1,7 @@
 """Open a Nydus image for reading: the verification tools' view of what an export produced.
 
 ``IMAGE`` is ``oci:DIR[:TAG]`` (an OCI image layout) or ``docker://HOST/REPO[:TAG|@DIGEST]``
-(a registry, :mod:`nydus_exporter.registry_store`). The content lives behind the small
+(a registry, :mod:`nydus_exporter.image.registry`). The content lives behind the small
 :class:`ImageStore` protocol, so ``check`` / ``unpack`` / ``mount`` / ``cat`` do not care
 where it is: it resolves a tag, reads small documents whole (verified against their digest),
 streams blobs and reads byte ranges of them. Two wrappers: :class:`SpooledStore` downloads a
@@ -55,7 +55,7 @@ from nydus_exporter.rafs.chunkinfo import ChunkInfo
 from nydus_exporter.rafs.model import Inode
 
 if TYPE_CHECKING:
-    from nydus_exporter.registry_store import RegistryOptions
+    from nydus_exporter.image.registry import RegistryOptions
 
 _READ_SIZE = 1 << 20
 _MAX_DOCUMENT = 64 << 20  # manifests, configs and indexes are small
@@ -174,7 +174,7 @@ def open_store(spec: str, registry: RegistryOptions | None = None) -> tuple[Imag
     ``docker://`` image; ignored for ``oci:``)."""
     scheme, path, tag = parse_image_spec(spec)
     if scheme == "docker":
-        from nydus_exporter.registry_store import RegistryStore  # aiohttp only when needed
+        from nydus_exporter.image.registry import RegistryStore  # aiohttp only when needed
 
         return RegistryStore.open(path, registry), None
     directory = Path(path)

@@ -1,4 +1,4 @@
-"""An :class:`~nydus_exporter.nydus_image_reader.ImageStore` over an OCI distribution registry.
+"""An :class:`~nydus_exporter.image.reader.ImageStore` over an OCI distribution registry.
 
 ``docker://HOST/REPO[:TAG|@DIGEST]`` images are read through one
 :class:`~nydus_exporter.registry.SyncRegistry` (the async client on its private loop thread),
@@ -74,7 +74,7 @@ def parse_docker_spec(spec: str) -> Reference:
 
 
 class RegistryStore:
-    """:class:`~nydus_exporter.nydus_image_reader.ImageStore` of one registry image.
+    """:class:`~nydus_exporter.image.reader.ImageStore` of one registry image.
 
     ``RegistryStore(registry, ref)`` reads through a shared :class:`SyncRegistry`, which
     :meth:`close` leaves open; ``RegistryStore(None, ref, options)`` makes (and owns) one

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from nydus_exporter import __version__
 from nydus_exporter.errors import ConfigError, ExporterError, FormatError
+from nydus_exporter.image.reader import NydusImage, open_image
 from nydus_exporter.layer.directory import iter_directory
-from nydus_exporter.nydus_image_reader import NydusImage, open_image
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.bootstrap_layer import write_bootstrap_layer
 from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest, canonical_json, sha256_digest
@@ -40,14 +40,14 @@ from nydus_exporter.oci.nydus_image import (
 )
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import Reference, parse_reference
-from nydus_exporter.pack import PackOptions, pack_entries, pack_layer
+from nydus_exporter.pipeline.pack import PackOptions, pack_entries, pack_layer
+from nydus_exporter.pipeline.sources import Source, SourceImage, SourceLayer, open_source
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.blob_reader import BlobReader, blob_result
 from nydus_exporter.rafs.bootstrap_reader import Bootstrap, read_bootstrap
 from nydus_exporter.rafs.chunkdict import ChunkDict
 from nydus_exporter.rafs.merge import MergeLayer, merge_layers
 from nydus_exporter.rafs.model import walk
-from nydus_exporter.sources import Source, SourceImage, SourceLayer, open_source
 
 if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports that use it
     from nydus_exporter.chunkstore import ChunkStore, StoreDict
@@ -414,7 +414,7 @@ def _chunk_dict_loader(
     """The outside chunks each image may reference: the chunk store's (one dictionary for
     every platform) and the ``chunk-dict`` image's (opened once per platform: its own image
     for that platform when it has one, else its only or host image; closed with ``stack``)."""
-    from nydus_exporter.registry_store import RegistryOptions
+    from nydus_exporter.image.registry import RegistryOptions
 
     where = RegistryOptions(insecure=options.insecure, ca_file=options.ca_file)
     loaded: dict[str, Dictionary] = {}
@@ -612,7 +612,7 @@ def export_source(
             out.add_manifest(root, tag=tag)
     if options.push:
         assert registry is not None
-        from nydus_exporter.push import push_image
+        from nydus_exporter.pipeline.push import push_image
 
         stats = push_image(
             registry,

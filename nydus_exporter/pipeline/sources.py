@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from nydus_exporter.errors import ConfigError, FormatError
-from nydus_exporter.nydus_image_reader import ImageStore, OciLayoutStore
+from nydus_exporter.image.reader import ImageStore, OciLayoutStore
 from nydus_exporter.oci import mediatypes
 from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest
 from nydus_exporter.oci.layout import OciLayout
@@ -149,7 +149,7 @@ def open_source(
     elif scheme == "docker":
         if registry is None:
             raise ConfigError("docker:// sources need a registry client")
-        from nydus_exporter.registry_store import RegistryStore
+        from nydus_exporter.image.registry import RegistryStore
 
         ref = parse_reference(rest.removeprefix("//"))
         store = RegistryStore(registry, ref)

@@ -4,5 +4,5 @@ Modules: ``config`` (TOML + environment + flags), ``attrs`` (Resolve's validatio
 (the receiving half of an Export stream), ``cache`` (converted layers), ``worker`` (the
 conversion process), ``jobs`` (instances, jobs, slots, publishing, TTL), ``servicer`` (gRPC
 translation and the one error -> status mapping), ``server`` (lifespan, health, reflection,
-metrics, signals), ``client`` (the streaming client), ``printer`` (client-side progress).
+metrics, signals). The client side lives in ``nydus_exporter.client`` and ``nydus_exporter.cli``.
 """

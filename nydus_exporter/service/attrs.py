@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nydus_exporter.errors import ConfigError
-from nydus_exporter.export import ExportOptions, parse_bool
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
+from nydus_exporter.pipeline.export import ExportOptions, parse_bool
 from nydus_exporter.rafs import codecs, layout
 from nydus_exporter.service.errors import PathNotAllowedError, PreconditionError
 

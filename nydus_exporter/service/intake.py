@@ -32,7 +32,7 @@ from typing import BinaryIO, Literal
 
 from nydus_exporter.errors import ConfigError
 from nydus_exporter.oci.platform import Platform
-from nydus_exporter.pack import PackOptions
+from nydus_exporter.pipeline.pack import PackOptions
 from nydus_exporter.service.attrs import selected
 from nydus_exporter.service.cache import LayerCache, cache_key
 from nydus_exporter.service.errors import PathNotAllowedError, ProtocolError

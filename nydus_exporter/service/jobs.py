@@ -43,12 +43,18 @@ import structlog
 
 from nydus_exporter import errors as core_errors
 from nydus_exporter.chunkstore import ChunkStore
-from nydus_exporter.export import ExportOptions, ProgressEvent, merged_index, nydus_manifests, record_packed
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.descriptor import Descriptor
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.oci.reference import parse_reference
-from nydus_exporter.push import push_image
+from nydus_exporter.pipeline.export import (
+    ExportOptions,
+    ProgressEvent,
+    merged_index,
+    nydus_manifests,
+    record_packed,
+)
+from nydus_exporter.pipeline.push import push_image
 from nydus_exporter.registry.auth import Challenge
 from nydus_exporter.registry.credentials import Credentials, StaticCredentials
 from nydus_exporter.registry.sync import SyncRegistry

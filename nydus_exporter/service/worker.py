@@ -34,12 +34,18 @@ from typing import Any, BinaryIO, Literal
 
 from nydus_exporter.chunkstore import ChunkStore
 from nydus_exporter.errors import ExporterError
-from nydus_exporter.export import Dictionary, ExportOptions, ProgressEvent, export_source, store_dictionary
 from nydus_exporter.oci.platform import Platform
+from nydus_exporter.pipeline.export import (
+    Dictionary,
+    ExportOptions,
+    ProgressEvent,
+    export_source,
+    store_dictionary,
+)
+from nydus_exporter.pipeline.sources import Source, SourceImage, SourceLayer, minimal_config
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.service.cache import LayerCache, load_result
-from nydus_exporter.sources import Source, SourceImage, SourceLayer, minimal_config
 
 LayerKind = Literal["file", "cached", "dir"]
 

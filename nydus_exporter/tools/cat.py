@@ -6,7 +6,7 @@ the chunks of the file are fetched. For each chunk of the file the merged bootst
 table (§2.14) gives the blob index, whose blob table entry (§2.5) names the blob (its id is
 the hex of the blob layer's digest, §5.3) with its compressor and digester, and the chunk's
 ``compressed_offset`` / ``compressed_size``: exactly that byte range is read
-(:meth:`~nydus_exporter.nydus_image_reader.ImageStore.read_at`: an HTTP ``Range`` GET on a
+(:meth:`~nydus_exporter.image.reader.ImageStore.read_at`: an HTTP ``Range`` GET on a
 registry, ``pread`` on an OCI layout), decompressed and checked against the chunk digest
 before any of it is written. Chunks stored back to back in one blob are read with one
 request (up to :data:`MAX_RANGE` bytes), never reading a byte the file does not need.
@@ -25,15 +25,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 from nydus_exporter.errors import ConfigError, FormatError
-from nydus_exporter.nydus_image_reader import CountingStore, NydusImage, StoreStats, open_image_in, open_store
+from nydus_exporter.image.reader import CountingStore, NydusImage, StoreStats, open_image_in, open_store
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs import codecs, layout
 from nydus_exporter.rafs.bootstrap_reader import Bootstrap, read_bootstrap
 from nydus_exporter.rafs.model import ChunkRef, Inode, Node
 
 if TYPE_CHECKING:
+    from nydus_exporter.image.registry import RegistryOptions
     from nydus_exporter.registry import RegistryStats
-    from nydus_exporter.registry_store import RegistryOptions
 
 __all__ = ["MAX_RANGE", "MAX_SYMLINKS", "CatResult", "cat_file", "file_chunks", "lookup"]
 

@@ -58,21 +58,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from nydus_exporter.errors import ExporterError, FormatError
+from nydus_exporter.image.reader import FileContent, NydusImage, open_image
 from nydus_exporter.layer.compression import open_layer_stream
-from nydus_exporter.nydus_image_reader import FileContent, NydusImage, open_image
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.descriptor import Descriptor
 from nydus_exporter.oci.nydus_image import BOOTSTRAP_HISTORY_ENTRY
 from nydus_exporter.oci.platform import Platform
+from nydus_exporter.pipeline.sources import SourceImage, SourceLayer, open_source
 from nydus_exporter.rafs import codecs, layout
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import Bootstrap, read_bootstrap
 from nydus_exporter.rafs.chunkinfo import BlobMetaHeader, ChunkInfo
 from nydus_exporter.rafs.model import BlobInfo, Inode, walk
-from nydus_exporter.sources import SourceImage, SourceLayer, open_source
 
 if TYPE_CHECKING:
-    from nydus_exporter.registry_store import RegistryOptions
+    from nydus_exporter.image.registry import RegistryOptions
 
 _HASH_STEP = 1 << 20
 _MAX_PER_BLOB = 20  # chunk problems listed per blob before summarising

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from nydus_exporter.chunkstore import ChunkStore, StoredBlob, StoreDict, codec, default_state_dir
-from nydus_exporter.chunkstore.cli import add_chunkstore_commands, run_chunkstore_command
 from nydus_exporter.chunkstore.store import DB_NAME
+from nydus_exporter.cli.chunkstore import add_chunkstore_commands, run_chunkstore_command
 from nydus_exporter.errors import ChunkStoreError
-from nydus_exporter.pack import PackOptions, pack_layer
+from nydus_exporter.pipeline.pack import PackOptions, pack_layer
 from nydus_exporter.rafs import layout
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap

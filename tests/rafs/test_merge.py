@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pytest
 
 from nydus_exporter.errors import ConfigError, FormatError, UnsafePathError
-from nydus_exporter.pack import PackOptions, pack_layer
+from nydus_exporter.pipeline.pack import PackOptions, pack_layer
 from nydus_exporter.rafs import layout
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap import write_bootstrap

@@ -11,13 +11,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from nydus_exporter import cli
+from nydus_exporter.cli import main as cli
+from nydus_exporter.client.exporter import ExporterClient, RemoteExportError, open_channel
+from nydus_exporter.pipeline.sources import open_source
 from nydus_exporter.registry.credentials import DockerConfigCredentials
-from nydus_exporter.service.client import ExporterClient, RemoteExportError, open_channel
 from nydus_exporter.service.jobs import SLOT_ROW
 from nydus_exporter.service.metrics import DEDUP_KINDS
 from nydus_exporter.service.server import RunningServer, serve
-from nydus_exporter.sources import open_source
 from tests.registry_fixtures import FaultProxy, RegistryServer
 from tests.service.conftest import config_for
 from tests.test_export import layer_base, layer_top

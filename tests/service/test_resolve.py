@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from nydus_exporter.service.client import ExporterClient, RemoteExportError
+from nydus_exporter.client.exporter import ExporterClient, RemoteExportError
 from nydus_exporter.service.server import RunningServer
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

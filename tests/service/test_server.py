@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from nydus_exporter.api import SERVICE_NAME
-from nydus_exporter.service.client import ClientTLS, ExporterClient, RemoteExportError, open_channel
+from nydus_exporter.client.exporter import ClientTLS, ExporterClient, RemoteExportError, open_channel
 from nydus_exporter.service.server import RunningServer, serve
 from tests.service.conftest import config_for
 
