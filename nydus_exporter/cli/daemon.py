@@ -119,7 +119,6 @@ def run_remote_export(args: argparse.Namespace) -> int:
 
 
 async def _remote_export(args: argparse.Namespace) -> int:
-    from nydus_exporter.cli.main import parse_attrs
     from nydus_exporter.cli.remote_progress import RemoteProgressPrinter
     from nydus_exporter.client.exporter import (
         ClientTLS,
@@ -128,10 +127,11 @@ async def _remote_export(args: argparse.Namespace) -> int:
         open_channel,
     )
     from nydus_exporter.oci.platform import Platform
+    from nydus_exporter.pipeline.options import parse_output_text
     from nydus_exporter.pipeline.sources import open_source
     from nydus_exporter.registry.credentials import DockerConfigCredentials
 
-    attrs = parse_attrs(args.output)
+    attrs = parse_output_text(args.output)
     attrs.setdefault("type", "nydus")
     if getattr(args, "threads", None) is not None:
         _warn("--threads applies to in-process exports only; the daemon chooses its own")

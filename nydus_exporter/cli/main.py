@@ -9,8 +9,6 @@ Exit codes: 0 success, 1 an :class:`ExporterError` (message on stderr), 2 bad us
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
 import json
 import os
 import re
@@ -184,38 +182,18 @@ def _pack(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_attrs(text: str) -> dict[str, str]:
-    """``k=v,k2="a,b"`` -> dict (CSV fields, as buildctl parses --output)."""
-    attrs: dict[str, str] = {}
-    for row in csv.reader([text]):
-        for field in row:
-            if not field.strip():
-                continue
-            key, sep, value = field.partition("=")
-            if not sep:
-                raise ConfigError(f"--output field {field!r} is not key=value")
-            attrs[key.strip()] = value
-    return attrs
-
-
 def _export(args: argparse.Namespace) -> int:
     from nydus_exporter.cli.progress import ProgressPrinter
-    from nydus_exporter.pipeline.export import ExportOptions, export
+    from nydus_exporter.pipeline.export import export, filter_response
+    from nydus_exporter.pipeline.options import parse_output, parse_output_text
 
-    attrs = parse_attrs(args.output)
-    attrs.setdefault("type", "nydus")
+    attrs = parse_output_text(args.output)
     if args.threads is not None:
         attrs.setdefault("threads", str(args.threads))
-    threads = attrs.pop("threads", None)
-    options, warnings = ExportOptions.from_attrs(attrs)
-    if threads is not None:
-        try:
-            pack = dataclasses.replace(options.pack, threads=max(1, int(threads)))
-        except ValueError:
-            raise ConfigError(f"threads={threads!r} is not a number") from None
-        options = dataclasses.replace(options, pack=pack)
-    for warning in warnings:
+    parsed = parse_output(attrs)
+    for warning in parsed.warnings:
         _warn(warning)
+    options = parsed.options
     printer = ProgressPrinter(args.progress)
     try:
         result = export(
@@ -228,7 +206,7 @@ def _export(args: argparse.Namespace) -> int:
         )
     finally:
         printer.close()
-    metadata = result.metadata()
+    metadata = filter_response(result.metadata(), standard_keys=options.standard_response_keys)
     if args.metadata_file is not None:
         args.metadata_file.write_text(json.dumps(metadata, indent=2) + "\n")
     print(result.descriptor.digest)

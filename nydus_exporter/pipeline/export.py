@@ -14,7 +14,6 @@ import base64
 import contextlib
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from nydus_exporter.oci.nydus_image import (
 )
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import Reference, parse_reference
+from nydus_exporter.pipeline.options import ExportOptions
 from nydus_exporter.pipeline.pack import PackOptions, pack_entries, pack_layer
 from nydus_exporter.pipeline.sources import Source, SourceImage, SourceLayer, open_source
 from nydus_exporter.rafs.blob import BlobResult
@@ -53,133 +53,6 @@ if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports t
     from nydus_exporter.chunkstore import ChunkStore, StoreDict
     from nydus_exporter.registry.credentials import CredentialProvider
     from nydus_exporter.registry.sync import SyncRegistry
-
-_TRUE = ("", "1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def chunk_dict_image_spec(value: str) -> str:
-    """``chunk-dict=`` as nydusify spells it (``bootstrap:registry:REF``), as a reference, or
-    as an image spec (``docker://REF``, ``oci:DIR[:TAG]``) -> an image spec."""
-    text = value.strip().removeprefix("bootstrap:registry:")
-    if not text:
-        raise ConfigError("chunk-dict needs an image reference")
-    if text.startswith(("docker://", "oci:")):
-        return text
-    parse_reference(text)  # validates
-    return f"docker://{text}"
-
-
-def parse_bool(key: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigError(f"{key}={value!r} is not a boolean")
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """What ``--output type=nydus,...`` says (buildkit-exporter-contract §5.4)."""
-
-    names: tuple[str, ...] = ()
-    push: bool = True
-    oci_layout: Path | None = None
-    oci_mediatypes: bool = False
-    merge_manifest: bool = False
-    merge_manifest_mode: str = "artifact"  # "artifact" (alias "nydus-config") | "legacy"
-    merge_manifest_source: str = "registry"  # "registry" (the tag's current image) | "build" (the source)
-    insecure: bool = False  # registry.insecure: plain HTTP or unverified TLS for the named registries
-    ca_file: Path | None = None
-    chunk_dedup: bool = False  # layers reference chunks their lower layers stored (§4.2)
-    chunk_dict: str | None = None  # a Nydus image whose chunks layers reference (§4.2)
-    chunk_store: bool = False  # reference chunks the state dir's chunk store knows in the target
-    platforms: tuple[Platform, ...] = ()
-    pack: PackOptions = field(default_factory=PackOptions)
-    parallel_layers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    annotations: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_attrs(cls, attrs: Mapping[str, str]) -> tuple[ExportOptions, list[str]]:
-        """Validate exporter attrs; returns the options and warnings (unknown keys)."""
-        warnings: list[str] = []
-        kw: dict[str, object] = {}
-        pack: dict[str, object] = {}
-        annotations: dict[str, str] = {}
-        for key, value in attrs.items():
-            if key == "type":
-                if value != "nydus":
-                    raise ConfigError(f"type={value!r}: this exporter writes type=nydus")
-            elif key == "name":
-                names = tuple(n.strip() for n in value.split(",") if n.strip())
-                for name in names:
-                    parse_reference(name)
-                kw["names"] = names
-            elif key == "push":
-                kw["push"] = parse_bool(key, value)
-            elif key == "oci-layout":
-                kw["oci_layout"] = Path(value)
-            elif key == "oci-mediatypes":
-                kw["oci_mediatypes"] = parse_bool(key, value)
-            elif key == "merge-manifest":
-                kw["merge_manifest"] = parse_bool(key, value)
-            elif key == "merge-manifest-mode":
-                mode = {"nydus-config": "artifact"}.get(value, value)
-                if mode not in ("artifact", "legacy"):
-                    raise ConfigError(f"merge-manifest-mode={value!r}: expected artifact or legacy")
-                kw["merge_manifest_mode"] = mode
-            elif key == "merge-manifest-source":
-                if value not in ("registry", "build"):
-                    raise ConfigError(f"merge-manifest-source={value!r}: expected registry or build")
-                kw["merge_manifest_source"] = value
-            elif key == "registry.insecure":
-                kw["insecure"] = parse_bool(key, value)
-            elif key == "chunk-dedup":
-                kw["chunk_dedup"] = parse_bool(key, value)
-            elif key == "chunk-store":
-                kw["chunk_store"] = parse_bool(key, value)
-            elif key in ("chunk-dict", "nydus-chunk-dict-image"):
-                kw["chunk_dict"] = chunk_dict_image_spec(value)
-            elif key == "registry.ca-file":
-                kw["ca_file"] = Path(value)
-            elif key == "platform":
-                kw["platforms"] = tuple(Platform.parse(p) for p in value.split(",") if p.strip())
-            elif key in ("compressor", "nydus-compressor", "compression"):
-                if value == "nydus":
-                    continue  # accepted for image-exporter symmetry
-                if "compressor" in pack and pack["compressor"] != value:
-                    raise ConfigError(f"{key}={value!r} conflicts with compressor={pack['compressor']!r}")
-                pack["compressor"] = value
-            elif key in ("fs-version", "nydus-fs-version"):
-                if value != "6":
-                    raise ConfigError(f"{key}={value!r}: only RAFS v6 is supported")
-            elif key == "chunk-size":
-                try:
-                    pack["chunk_size"] = int(value, 0)
-                except ValueError:
-                    raise ConfigError(f"chunk-size={value!r} is not a number") from None
-            elif key == "digester":
-                pack["digester"] = value
-            elif key == "parallel-layers":
-                try:
-                    kw["parallel_layers"] = max(1, int(value))
-                except ValueError:
-                    raise ConfigError(f"parallel-layers={value!r} is not a number") from None
-            elif key.startswith("annotation."):
-                annotations[key.removeprefix("annotation.")] = value
-            elif key in ("source-date-epoch", "standard-response-keys"):
-                pass  # meaningful for registry pushes and the daemon; accepted here
-            else:
-                warnings.append(f"unknown exporter key {key!r} ignored")
-        if annotations:
-            kw["annotations"] = annotations
-        options = cls(pack=PackOptions(**pack).validated(), **kw)  # type: ignore[arg-type]
-        if not options.push and options.oci_layout is None:
-            raise ConfigError("push=false needs oci-layout=DIR (where to write the image)")
-        if options.push and not options.names:
-            raise ConfigError("push=true needs name=REF (where to push the image)")
-        return options, warnings
 
 
 @dataclass(frozen=True)
@@ -345,6 +218,13 @@ class ExportResult:
         if self.oci_layout is not None:
             out["nydus.oci-layout.path"] = str(self.oci_layout)
         return out
+
+
+def filter_response(response: Mapping[str, str], *, standard_keys: bool) -> dict[str, str]:
+    """``standard-response-keys=false`` keeps only the ``nydus.*`` keys (§5.4)."""
+    if standard_keys:
+        return dict(response)
+    return {k: v for k, v in response.items() if k.startswith("nydus.")}
 
 
 def export(
@@ -758,7 +638,10 @@ class _Converter:
         bootstrap_desc = boot.descriptor(oci=oci)
 
         config_raw = build_nydus_config(
-            image.config, [b.digest for b in blobs] + [d.digest for d in extra_layers], boot.diff_id
+            image.config,
+            [b.digest for b in blobs] + [d.digest for d in extra_layers],
+            boot.diff_id,
+            source_date_epoch=self._options.source_date_epoch,
         )
         config_type = (
             mt.MEDIA_TYPE_NYDUS_CONFIG
@@ -908,7 +791,7 @@ def merged_index(
             existing=existing,
             nydus_manifest=replace(manifest, platform=None),
             platform=manifest.platform,
-            mode=options.merge_manifest_mode,  # type: ignore[arg-type]
+            mode=options.merge_manifest_mode,
             oci=options.oci_mediatypes,
         )
     assert existing is not None

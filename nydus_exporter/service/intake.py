@@ -36,7 +36,7 @@ from nydus_exporter.pipeline.pack import PackOptions
 from nydus_exporter.service.attrs import selected
 from nydus_exporter.service.cache import LayerCache, cache_key
 from nydus_exporter.service.errors import PathNotAllowedError, ProtocolError
-from nydus_exporter.service.worker import WorkerImage, WorkerLayer, platform_to_json
+from nydus_exporter.service.worker import WorkerImage, WorkerLayer
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 MAX_METADATA_BYTES = 16 << 20  # one metadata value (an image config is a few KiB)
@@ -327,7 +327,7 @@ class ExportIntake:
             for layer in state.layers:
                 layers.append(self._source_of(pid, layer))
             config_path = self._config_file(pid, state)
-            images.append(WorkerImage(platform_to_json(state.platform), config_path, tuple(layers)))
+            images.append(WorkerImage(state.platform, config_path, tuple(layers)))
         return tuple(images)
 
     def _source_of(self, platform_id: str, layer: LayerSpec) -> WorkerLayer:

@@ -48,18 +48,19 @@ from nydus_exporter.oci.descriptor import Descriptor
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.oci.reference import parse_reference
 from nydus_exporter.pipeline.export import (
-    ExportOptions,
     ProgressEvent,
+    filter_response,
     merged_index,
     nydus_manifests,
     record_packed,
 )
+from nydus_exporter.pipeline.options import ExportOptions, options_for_worker
 from nydus_exporter.pipeline.push import push_image
 from nydus_exporter.registry.auth import Challenge
 from nydus_exporter.registry.credentials import Credentials, StaticCredentials
 from nydus_exporter.registry.sync import SyncRegistry
 from nydus_exporter.service import errors as service_errors
-from nydus_exporter.service.attrs import ResolvedAttrs, filter_response, resolve_attrs
+from nydus_exporter.service.attrs import ResolvedAttrs, resolve_attrs
 from nydus_exporter.service.cache import LayerCache, load_result
 from nydus_exporter.service.config import ServiceConfig
 from nydus_exporter.service.errors import (
@@ -417,7 +418,7 @@ class WorkerRunner:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(read_stderr())
-                proc.stdin.write(spec.to_json().encode() + b"\n")
+                proc.stdin.write(spec.to_bytes())
                 await proc.stdin.drain()
                 while line := await proc.stdout.readline():
                     message = json.loads(line)
@@ -573,17 +574,14 @@ class JobRegistry:
                     waited = False
                     await emit(ProgressRow(SLOT_ROW, "waiting for a build slot", completed=time.time()))
                 job.state = JobState.CONVERTING
-                attrs = dict(job.instance.attrs.pipeline_attrs)
-                attrs.update({"push": "false", "oci-layout": str(job.staging)})
-                if merges_live_tag(job.instance.attrs.options):
-                    # The worker has no registry access: the pusher merges into the live tag.
-                    attrs["merge-manifest"] = "false"
-                store: dict[str, Any] = {}
                 options = job.instance.attrs.options
+                store: dict[str, Any] = {}
                 if options.chunk_store and options.push and broker is not None:
                     store = await self._store_for_worker(options, broker)
                 spec = WorkerSpec(
-                    pipeline_attrs=attrs,
+                    # The worker has no registry access: with merge-manifest against the live
+                    # tag, the pusher merges.
+                    options=options_for_worker(options, job.staging, merge_at_push=merges_live_tag(options)),
                     staging=str(job.staging),
                     workdir=str(job.workdir),
                     cache_dir=str(self.cache.root),

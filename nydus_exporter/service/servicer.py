@@ -35,6 +35,7 @@ from nydus_exporter.errors import (
     RegistryError,
     RegistryNotFoundError,
     RegistryUnavailableError,
+    UnsupportedError,
 )
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs import codecs
@@ -83,7 +84,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ProtocolError | PathNotAllowedError | ConfigError | InvalidLayerError | FormatError):
         # The client's input: attrs, metadata, the stream, the layers (a digest mismatch too).
         code = grpc.StatusCode.INVALID_ARGUMENT
-    elif isinstance(exc, PreconditionError):
+    elif isinstance(exc, PreconditionError | UnsupportedError):
         code = grpc.StatusCode.FAILED_PRECONDITION
     elif isinstance(exc, IdempotencyConflictError):
         code = grpc.StatusCode.ABORTED

@@ -6,8 +6,9 @@ shutdown past the grace period) must stop within a second and leave no files beh
 daemon runs the pipeline in ``python -m nydus_exporter.service.worker`` in its own process
 group, kills the group (SIGKILL) on cancellation and then deletes the job directory.
 
-Protocol (JSON lines): the daemon writes one :class:`WorkerSpec` line on stdin and keeps stdin
-open; the worker writes ``{"progress": {...ProgressEvent}}`` lines and ends with
+Protocol: the daemon writes one pickled :class:`WorkerSpec` on stdin (its typed
+:class:`ExportOptions` as they were resolved: never parsed again) and keeps stdin open; the
+worker writes JSON lines:  ``{"progress": {...ProgressEvent}}`` lines and ends with
 ``{"result": {...}}`` or ``{"error": {"type": ..., "message": ...}}`` on stdout. The worker
 exits when stdin reaches end-of-file (the daemon went away), so it never outlives it.
 
@@ -24,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import pickle
 import sys
 import threading
 import traceback
@@ -37,11 +39,11 @@ from nydus_exporter.errors import ExporterError
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.pipeline.export import (
     Dictionary,
-    ExportOptions,
     ProgressEvent,
     export_source,
     store_dictionary,
 )
+from nydus_exporter.pipeline.options import ExportOptions
 from nydus_exporter.pipeline.sources import Source, SourceImage, SourceLayer, minimal_config
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
@@ -62,14 +64,14 @@ class WorkerLayer:
 
 @dataclass(frozen=True)
 class WorkerImage:
-    platform: dict[str, Any] | None
+    platform: Platform | None
     config_path: str
     layers: tuple[WorkerLayer, ...]
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    pipeline_attrs: dict[str, str]  # ExportOptions.from_attrs input; oci-layout = staging
+    options: ExportOptions  # as resolved, for the staging layout (options_for_worker)
     staging: str
     workdir: str
     cache_dir: str
@@ -80,47 +82,17 @@ class WorkerSpec:
     store_location: str = ""
     store_verified: tuple[str, ...] = ()
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+    def to_bytes(self) -> bytes:
+        """The spec as the worker reads it: one pickle (the daemon is the worker's parent and
+        the only writer of its stdin)."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
 
     @classmethod
-    def from_json(cls, text: str) -> WorkerSpec:
-        raw = json.loads(text)
-        images = tuple(
-            WorkerImage(
-                platform=img["platform"],
-                config_path=img["config_path"],
-                layers=tuple(WorkerLayer(**layer) for layer in img["layers"]),
-            )
-            for img in raw.pop("images")
-        )
-        raw["store_verified"] = tuple(raw.get("store_verified", ()))
-        return cls(images=images, **raw)
-
-
-def platform_to_json(platform: Platform | None) -> dict[str, Any] | None:
-    if platform is None:
-        return None
-    return {
-        "os": platform.os,
-        "architecture": platform.architecture,
-        "variant": platform.variant,
-        "os_version": platform.os_version,
-        "os_features": list(platform.os_features) if platform.os_features is not None else None,
-    }
-
-
-def platform_from_json(raw: dict[str, Any] | None) -> Platform | None:
-    if raw is None:
-        return None
-    features = raw.get("os_features")
-    return Platform(
-        os=raw["os"],
-        architecture=raw["architecture"],
-        variant=raw.get("variant"),
-        os_version=raw.get("os_version"),
-        os_features=tuple(features) if features is not None else None,
-    )
+    def read_from(cls, stream: BinaryIO) -> WorkerSpec:
+        spec = pickle.load(stream)
+        if not isinstance(spec, cls):
+            raise TypeError(f"expected a WorkerSpec, got {type(spec).__name__}")
+        return spec
 
 
 @dataclass
@@ -166,7 +138,7 @@ def _open_file(path: Path) -> Iterator[BinaryIO]:
 def build_source(spec: WorkerSpec) -> Source:
     images = []
     for image in spec.images:
-        platform = platform_from_json(image.platform)
+        platform = image.platform
         layers: list[SourceLayer] = []
         for layer in image.layers:
             path = Path(layer.path)
@@ -211,9 +183,7 @@ def _exit_when_stdin_closes() -> None:
 
 def run(spec: WorkerSpec, out: _Output) -> None:
     cache = LayerCache(Path(spec.cache_dir)) if spec.cache_dir else None
-    options, warnings = ExportOptions.from_attrs(spec.pipeline_attrs)
-    for warning in warnings:
-        out.send({"progress": dataclasses.asdict(ProgressEvent("message", message=warning))})
+    options = spec.options
     source = build_source(spec)
 
     def progress(event: ProgressEvent) -> None:
@@ -257,12 +227,13 @@ def _store_dictionary(spec: WorkerSpec, options: ExportOptions) -> Dictionary:
 
 def main() -> int:
     out = _Output()
-    line = sys.stdin.readline()
-    if not line:
+    try:
+        spec = WorkerSpec.read_from(sys.stdin.buffer)
+    except (EOFError, pickle.UnpicklingError, TypeError):
         return 2
     threading.Thread(target=_exit_when_stdin_closes, name="stdin-watch", daemon=True).start()
     try:
-        run(WorkerSpec.from_json(line), out)
+        run(spec, out)
     except ExporterError as exc:
         out.send({"error": {"type": type(exc).__name__, "message": str(exc)}})
         return 1

@@ -85,10 +85,10 @@ BAD: list[tuple[str, dict[str, str], grpc.StatusCode, str]] = [
     ("fs-version 5", {"fs-version": "5"}, PRECONDITION, "fs-version=5"),
     ("fs-version 7", {"fs-version": "7"}, INVALID, "fs-version='7'"),
     ("chunk-size not a number", {"chunk-size": "big"}, INVALID, "chunk-size='big' is not a number"),
-    ("chunk-size not a power of two", {"chunk-size": "0x3000"}, INVALID, "chunk-size=0x3000"),
-    ("chunk-size too small", {"chunk-size": "512"}, INVALID, "chunk-size=0x200"),
+    ("chunk-size not a power of two", {"chunk-size": "0x3000"}, INVALID, "chunk-size='0x3000' must be"),
+    ("chunk-size too small", {"chunk-size": "512"}, INVALID, "chunk-size='512' must be a power of two"),
     ("batch-size unsupported", {"batch-size": "0x10000"}, PRECONDITION, "batch-size"),
-    ("batch-size bad", {"batch-size": "0x10001"}, INVALID, "batch-size=0x10001"),
+    ("batch-size bad", {"batch-size": "0x10001"}, INVALID, "batch-size='0x10001' must be a power of two"),
     ("chunk-dict", {"chunk-dict": "a.io/dict:1"}, PRECONDITION, "chunk-dict"),
     (
         "prefetch-patterns relative",
