@@ -125,7 +125,7 @@ def test_unchanged_layers_are_not_converted_again(
 ) -> None:
     """The layer conversion cache: a rebuild whose lower layers are unchanged converts and
     uploads only the new top layer (the cached conversion is verified in the registry first)."""
-    from nydus_exporter.pipeline.export import ProgressEvent
+    from nydus_exporter.pipeline.progress import ProgressEvent
     from tests.helpers import ocibuild
 
     base = tb.tar_of(tb.file("opt/big.bin", BIG), tb.file("opt/x", b"x\n"))

@@ -137,7 +137,7 @@ class StoredBlob:
 
 
 @dataclass
-class StoreDict:
+class StoredChunks:
     """What :meth:`ChunkStore.chunk_dict` found: the chunks, and the blobs they are in keyed by
     blob id (= digest hex, the key of :attr:`ChunkDict.blobs`)."""
 
@@ -298,7 +298,7 @@ class ChunkStore:
         digester: str,
         compressor: str,
         verify: Callable[[str, int], bool],
-    ) -> StoreDict:
+    ) -> StoredChunks:
         """Every chunk of the blobs recorded at ``location`` with these parameters, in the order
         they were recorded (the first blob to hold a digest provides it).
 
@@ -338,7 +338,7 @@ class ChunkStore:
 
         if drop or keep:
             self._call(f"update blobs of {location}", update, write=True)
-        out = StoreDict(ChunkDict(), {})
+        out = StoredChunks(ChunkDict(), {})
         for cand in keep:
             assert cand.blob is not None
             out.chunks.add_blob(cand.blob.info, cand.chunks)

@@ -184,8 +184,9 @@ def _pack(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from nydus_exporter.cli.progress import ProgressPrinter
-    from nydus_exporter.pipeline.export import export, filter_response
+    from nydus_exporter.pipeline.export import export
     from nydus_exporter.pipeline.options import parse_output, parse_output_text
+    from nydus_exporter.pipeline.result import filter_response
 
     attrs = parse_output_text(args.output)
     if args.threads is not None:

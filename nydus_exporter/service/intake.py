@@ -36,7 +36,7 @@ from nydus_exporter.pipeline.pack import PackOptions
 from nydus_exporter.service.attrs import selected
 from nydus_exporter.service.cache import LayerCache, cache_key
 from nydus_exporter.service.errors import PathNotAllowedError, ProtocolError
-from nydus_exporter.service.worker import WorkerImage, WorkerLayer
+from nydus_exporter.service.worker_spec import WorkerImage, WorkerLayer
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 MAX_METADATA_BYTES = 16 << 20  # one metadata value (an image config is a few KiB)

@@ -47,15 +47,12 @@ from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.descriptor import Descriptor
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.oci.reference import parse_reference
-from nydus_exporter.pipeline.export import (
-    ProgressEvent,
-    filter_response,
-    merged_index,
-    nydus_manifests,
-    record_packed,
-)
+from nydus_exporter.pipeline.chunk_store_session import record_packed
+from nydus_exporter.pipeline.index import merged_index, nydus_manifests
 from nydus_exporter.pipeline.options import ExportOptions, options_for_worker
+from nydus_exporter.pipeline.progress import ProgressEvent
 from nydus_exporter.pipeline.push import push_image
+from nydus_exporter.pipeline.result import filter_response
 from nydus_exporter.registry.auth import Challenge
 from nydus_exporter.registry.credentials import Credentials, StaticCredentials
 from nydus_exporter.registry.sync import SyncRegistry
@@ -81,7 +78,7 @@ from nydus_exporter.service.events import (
     WarningEvent,
 )
 from nydus_exporter.service.metrics import Metrics, count_dedup
-from nydus_exporter.service.worker import WorkerImage, WorkerSpec
+from nydus_exporter.service.worker_spec import WorkerImage, WorkerSpec
 
 log = structlog.get_logger("nydus_exporter.service")
 

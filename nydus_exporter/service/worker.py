@@ -30,69 +30,22 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 from nydus_exporter.chunkstore import ChunkStore
 from nydus_exporter.errors import ExporterError
 from nydus_exporter.oci.platform import Platform
-from nydus_exporter.pipeline.export import (
-    Dictionary,
-    ProgressEvent,
-    export_source,
-    store_dictionary,
-)
+from nydus_exporter.pipeline.export import export_source
+from nydus_exporter.pipeline.external import ExternalBlobs, external_blobs_of_store
 from nydus_exporter.pipeline.options import ExportOptions
+from nydus_exporter.pipeline.progress import ProgressEvent
 from nydus_exporter.pipeline.sources import Source, SourceImage, SourceLayer, minimal_config
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.service.cache import LayerCache, load_result
-
-LayerKind = Literal["file", "cached", "dir"]
-
-
-@dataclass(frozen=True)
-class WorkerLayer:
-    kind: LayerKind
-    path: str  # tar file (spooled or by reference), cached blob link, or directory
-    name: str  # digest or path: progress and messages
-    cache_key: str = ""  # file layers: store the conversion under this key
-    blob_digest: str = ""  # cached layers: the (verified) digest of the converted blob
-    whiteouts: Literal["oci", "overlayfs"] = "oci"
-
-
-@dataclass(frozen=True)
-class WorkerImage:
-    platform: Platform | None
-    config_path: str
-    layers: tuple[WorkerLayer, ...]
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    options: ExportOptions  # as resolved, for the staging layout (options_for_worker)
-    staging: str
-    workdir: str
-    cache_dir: str
-    images: tuple[WorkerImage, ...] = field(default_factory=tuple)
-    # chunk-store=true: the daemon's chunk store, the target location, and the blobs there the
-    # daemon verified (the worker has no registry access)
-    store_dir: str = ""
-    store_location: str = ""
-    store_verified: tuple[str, ...] = ()
-
-    def to_bytes(self) -> bytes:
-        """The spec as the worker reads it: one pickle (the daemon is the worker's parent and
-        the only writer of its stdin)."""
-        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
-
-    @classmethod
-    def read_from(cls, stream: BinaryIO) -> WorkerSpec:
-        spec = pickle.load(stream)
-        if not isinstance(spec, cls):
-            raise TypeError(f"expected a WorkerSpec, got {type(spec).__name__}")
-        return spec
+from nydus_exporter.service.worker_spec import WorkerSpec
 
 
 @dataclass
@@ -211,7 +164,7 @@ def run(spec: WorkerSpec, out: _Output) -> None:
     )
 
 
-def _store_dictionary(spec: WorkerSpec, options: ExportOptions) -> Dictionary:
+def _store_dictionary(spec: WorkerSpec, options: ExportOptions) -> ExternalBlobs:
     """The chunks of the blobs the daemon verified in the target repository."""
     verified = set(spec.store_verified)
     with ChunkStore.open(Path(spec.store_dir)) as store:
@@ -222,7 +175,7 @@ def _store_dictionary(spec: WorkerSpec, options: ExportOptions) -> Dictionary:
             compressor=options.pack.compressor,
             verify=lambda digest, _size: digest in verified,
         )
-    return store_dictionary(found)
+    return external_blobs_of_store(found)
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter.chunkstore import ChunkStore, StoredBlob, StoreDict, codec, default_state_dir
+from nydus_exporter.chunkstore import ChunkStore, StoredBlob, StoredChunks, codec, default_state_dir
 from nydus_exporter.chunkstore.store import DB_NAME
 from nydus_exporter.cli.chunkstore import add_chunkstore_commands, run_chunkstore_command
 from nydus_exporter.errors import ChunkStoreError
@@ -50,7 +50,7 @@ def lookup(
     digester: str = DIGESTER,
     compressor: str = COMPRESSOR,
     verify: Callable[[str, int], bool] = always,
-) -> StoreDict:
+) -> StoredChunks:
     return store.chunk_dict(
         location, chunk_size=chunk_size, digester=digester, compressor=compressor, verify=verify
     )
