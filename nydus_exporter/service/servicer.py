@@ -39,6 +39,7 @@ from nydus_exporter.errors import (
 )
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs import codecs
+from nydus_exporter.service.auth_broker import AuthBroker
 from nydus_exporter.service.errors import (
     IdempotencyConflictError,
     JobCancelledError,
@@ -60,7 +61,8 @@ from nydus_exporter.service.events import (
     WarningEvent,
 )
 from nydus_exporter.service.intake import ExportIntake, LayerReference, LayerSpec
-from nydus_exporter.service.jobs import AuthBroker, Job, JobRegistry, WorkerCrashedError
+from nydus_exporter.service.jobs import Job, JobRegistry
+from nydus_exporter.service.runner import WorkerCrashedError
 
 log = structlog.get_logger("nydus_exporter.service")
 
