@@ -74,9 +74,10 @@ def describe_file(path: Path, *, files: bool = False) -> dict[str, Any]:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(layout.EROFS_SUPER_OFFSET + 4)
-            if len(head) == layout.EROFS_SUPER_OFFSET + 4 and int.from_bytes(
-                head[layout.EROFS_SUPER_OFFSET :], "little"
-            ) == layout.EROFS_SUPER_MAGIC_V1:
+            if (
+                len(head) == layout.EROFS_SUPER_OFFSET + 4
+                and int.from_bytes(head[layout.EROFS_SUPER_OFFSET :], "little") == layout.EROFS_SUPER_MAGIC_V1
+            ):
                 f.seek(0)
                 return {"type": "bootstrap", "size": size, **describe_bootstrap(f.read(), files=files)}
             return describe_blob(f.fileno(), size, files=files)
@@ -199,9 +200,7 @@ def render_text(description: dict[str, Any], indent: str = "") -> str:
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             lines.append(f"{indent}{key}: ({len(value)})")
             for item in value:
-                summary = ", ".join(
-                    f"{k}={v}" for k, v in item.items() if not isinstance(v, list | dict)
-                )
+                summary = ", ".join(f"{k}={v}" for k, v in item.items() if not isinstance(v, list | dict))
                 lines.append(f"{indent}  - {summary}")
         else:
             lines.append(f"{indent}{key}: {value}")
