@@ -184,7 +184,7 @@ def _cat(args: argparse.Namespace) -> int:
         args.image, args.path, sys.stdout.buffer, platform=args.platform, registry=_registry_options(args)
     )
     if args.stats:
-        read = result.store
+        read = result.reads
         print(
             f"nydus-exporter: cat {result.path}: {result.size} bytes in {result.chunks} chunk(s); read "
             f"{read.total_bytes} bytes: {read.document_bytes} in {read.documents} document(s) "

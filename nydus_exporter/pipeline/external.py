@@ -43,13 +43,13 @@ class ExternalBlobs:
                 raise FormatError(
                     f"chunk dictionary {image.reference}: blob {blob.blob_id} is not one of its layers"
                 )
-        store = image.store
+        repo = image.repository
 
         def opener(digest: str) -> Callable[[], BinaryIO]:
-            return lambda: store.open_blob(digest)
+            return lambda: repo.open_blob(digest)
 
         opens = {hex_id: opener(desc.digest) for hex_id, desc in layers.items()}
-        source: Reference | None = getattr(store, "reference", None)  # a RegistryStore's image
+        source: Reference | None = getattr(repo, "reference", None)  # a RegistryRepository's image
         mounts = {hex_id: source for hex_id in layers} if source is not None else {}
         return cls(ChunkDict.from_bootstrap(boot), layers, image.blob_metas(), opens, mounts)
 

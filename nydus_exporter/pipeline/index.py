@@ -92,7 +92,7 @@ def root_descriptor(
 def source_top(out: OciLayout, source: Source, *, push: bool) -> bytes | None:
     """The source image (index or manifest) a merged index keeps, with its content copied into
     ``out`` so the result is complete (merge-manifest-source=build, or a local layout)."""
-    if source.store is None:
+    if source.repository is None:
         return None
     for image in source.images:
         if image.manifest is None or image.manifest_descriptor is None:
@@ -100,7 +100,7 @@ def source_top(out: OciLayout, source: Source, *, push: bool) -> bytes | None:
         manifest = ImageManifest.parse(image.manifest)
         for desc in (manifest.config, *manifest.layers):
             if not out.has_blob(desc.digest):
-                with source.store.open_blob(desc.digest) as f, out.blob_writer(desc.digest) as sink:
+                with source.repository.open_blob(desc.digest) as f, out.blob_writer(desc.digest) as sink:
                     shutil.copyfileobj(f, sink, 1 << 20)
         if not out.has_blob(image.manifest_descriptor.digest):
             out.write_blob(image.manifest)

@@ -323,7 +323,7 @@ class _Checker:
         end = offset + length
         while offset < end:
             step = min(_HASH_STEP, end - offset)
-            data = self.image.store.read_at(layer.digest, offset, step)
+            data = self.image.repository.read_at(layer.digest, offset, step)
             if len(data) != step:
                 raise FormatError(f"short read at {offset}: the blob ends early")
             h.update(data)
