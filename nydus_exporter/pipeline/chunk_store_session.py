@@ -44,7 +44,7 @@ class ChunkStoreSession:
         self._location = location
         self._options = options
         self._verify = verify
-        self._dictionary: ExternalBlobs | None = None
+        self._external: ExternalBlobs | None = None
 
     @classmethod
     def open(
@@ -70,8 +70,8 @@ class ChunkStoreSession:
 
         return cls(store, f"{ref.api_host}/{ref.repository}", options, verify, progress, read_at)
 
-    def dictionary(self) -> ExternalBlobs:
-        if self._dictionary is None:
+    def external_blobs(self) -> ExternalBlobs:
+        if self._external is None:
             pack = self._options.pack
             try:
                 found = self._store.chunk_dict(
@@ -83,10 +83,10 @@ class ChunkStoreSession:
                 )
             except ExporterError as exc:  # a registry or store problem: convert without the store
                 self._progress(ProgressEvent("message", message=f"chunk store not used: {exc}"))
-                self._dictionary = ExternalBlobs()
-                return self._dictionary
-            self._dictionary = external_blobs_of_store(found)
-        return self._dictionary
+                self._external = ExternalBlobs()
+                return self._external
+            self._external = external_blobs_of_store(found)
+        return self._external
 
     # -- LayerHooks: the layer conversion cache ------------------------------------------------
 

@@ -59,11 +59,11 @@ class Converter:
         workdir: Path,
         progress: Progress,
         hooks: LayerHooks | None = None,
-        chunk_dicts: Callable[[Platform | None], ExternalBlobs] | None = None,
+        external_blobs: Callable[[Platform | None], ExternalBlobs] | None = None,
     ) -> None:
         self._out = out
         self._hooks = hooks
-        self._chunk_dicts = chunk_dicts
+        self._external_blobs = external_blobs
         self.remote_blobs: set[str] = set()  # dictionary blobs left in the target repository
         # dictionary blobs to mount from another repository of the target registry when
         # pushing: digest -> (repository, copy it into the output instead)
@@ -80,8 +80,8 @@ class Converter:
         platform = image.platform or Platform.of_config(image.config)
         label = str(platform) if platform else ""
         n = len(image.layers)
-        dict_image = self._chunk_dicts(platform) if self._chunk_dicts is not None else None
-        base = dict_image.chunks if dict_image is not None else None
+        external = self._external_blobs(platform) if self._external_blobs is not None else None
+        base = external.chunks if external is not None else None
         if self._options.chunk_dedup:
             # Each layer references the chunks its lower layers stored (§4.2): one at a time.
             chunk_dict = base.copy() if base is not None else ChunkDict()
@@ -124,10 +124,10 @@ class Converter:
         for hex_id in merged.blob_ids:
             if hex_id in seen or any(b.digest.removeprefix("sha256:") == hex_id for b in blobs):
                 continue
-            assert dict_image is not None, "a blob outside the image needs a chunk dictionary"
-            desc = dict_image.layers[hex_id]
-            opener = dict_image.open_blob.get(hex_id)
-            source = dict_image.mount_from.get(hex_id)
+            assert external is not None, "a blob outside the image needs external blobs"
+            desc = external.layers[hex_id]
+            opener = external.open_blob.get(hex_id)
+            source = external.mount_from.get(hex_id)
             if opener is None:
                 self.remote_blobs.add(desc.digest)  # verified in the target repository
             elif source is not None and self._pushes_to(source):
@@ -135,8 +135,8 @@ class Converter:
             elif not self._out.has_blob(desc.digest):
                 self._fetcher(desc.digest, opener)()
             extra_layers.append(Descriptor(mt.MEDIA_TYPE_NYDUS_BLOB, desc.digest, desc.size))
-            if hex_id in dict_image.blob_metas:
-                blob_metas.append((hex_id, dict_image.blob_metas[hex_id]))
+            if hex_id in external.blob_metas:
+                blob_metas.append((hex_id, external.blob_metas[hex_id]))
         oci = self._options.oci_mediatypes
         with self._out.blob_writer() as sink:
             boot = write_bootstrap_layer(sink, merged.bootstrap, blob_metas)

@@ -85,14 +85,14 @@ def export(
                 if options.chunk_store
                 else None
             )
-            loader = _chunk_dict_loader(options, stack, store) if options.chunk_dict or store else None
+            loader = _external_blobs_loader(options, stack, store) if options.chunk_dict or store else None
             result = export_source(
                 source,
                 options,
                 workdir=tmp,
                 progress=progress,
                 registry=registry,
-                chunk_dicts=loader,
+                external_blobs=loader,
                 hooks=store,
                 on_pushed=store.record if store is not None else None,
             )
@@ -101,7 +101,7 @@ def export(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _chunk_dict_loader(
+def _external_blobs_loader(
     options: ExportOptions, stack: contextlib.ExitStack, store: ChunkStoreSession | None
 ) -> Callable[[Platform | None], ExternalBlobs]:
     """The outside chunks each image may reference: the chunk store's (one dictionary for
@@ -115,7 +115,7 @@ def _chunk_dict_loader(
     def load(platform: Platform | None) -> ExternalBlobs:
         key = str(platform)
         if key not in loaded:
-            found = store.dictionary() if store is not None else ExternalBlobs()
+            found = store.external_blobs() if store is not None else ExternalBlobs()
             if options.chunk_dict is not None:
                 try:
                     image = open_image(options.chunk_dict, platform, registry=where)
@@ -147,7 +147,7 @@ def export_source(
     progress: Progress = no_progress,
     registry: SyncRegistry | None = None,
     hooks: LayerHooks | None = None,
-    chunk_dicts: Callable[[Platform | None], ExternalBlobs] | None = None,
+    external_blobs: Callable[[Platform | None], ExternalBlobs] | None = None,
     on_pushed: Callable[[Sequence[BlobResult]], None] | None = None,
 ) -> ExportResult:
     if options.oci_layout is None and not options.push:
@@ -155,7 +155,7 @@ def export_source(
     if options.push and registry is None:
         raise ConfigError("push=true needs a registry client")
     out = OciLayout.create(options.oci_layout or workdir / "push-layout")
-    converter = Converter(out, options, workdir, progress, hooks, chunk_dicts)
+    converter = Converter(out, options, workdir, progress, hooks, external_blobs)
     results = [converter.convert(image) for image in source.images]
     refs = [parse_reference(name).with_default_tag() for name in options.names]
     existing = None

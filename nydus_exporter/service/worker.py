@@ -142,14 +142,14 @@ def run(spec: WorkerSpec, out: _Output) -> None:
     def progress(event: ProgressEvent) -> None:
         out.send({"progress": dataclasses.asdict(event)})
 
-    dictionary = _store_dictionary(spec, options) if spec.store_dir else None
+    dictionary = _chunk_store_blobs(spec, options) if spec.store_dir else None
     result = export_source(
         source,
         options,
         workdir=Path(spec.workdir),
         progress=progress,
         hooks=_CacheHooks(cache),
-        chunk_dicts=(lambda _platform: dictionary) if dictionary is not None else None,
+        external_blobs=(lambda _platform: dictionary) if dictionary is not None else None,
     )
     out.send(
         {
@@ -164,7 +164,7 @@ def run(spec: WorkerSpec, out: _Output) -> None:
     )
 
 
-def _store_dictionary(spec: WorkerSpec, options: ExportOptions) -> ExternalBlobs:
+def _chunk_store_blobs(spec: WorkerSpec, options: ExportOptions) -> ExternalBlobs:
     """The chunks of the blobs the daemon verified in the target repository."""
     verified = set(spec.store_verified)
     with ChunkStore.open(Path(spec.store_dir)) as store:
