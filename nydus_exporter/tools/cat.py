@@ -30,7 +30,7 @@ from nydus_exporter.image.repository import CountingRepository, ReadStats, open_
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs import codecs, layout
 from nydus_exporter.rafs.bootstrap_reader import Bootstrap, read_bootstrap
-from nydus_exporter.rafs.model import ChunkRef, Inode, Node
+from nydus_exporter.rafs.model import BlobInfo, ChunkRef, Inode, Node
 
 if TYPE_CHECKING:
     from nydus_exporter.image.registry import RegistryOptions
@@ -160,33 +160,35 @@ def file_chunks(image: NydusImage, boot: Bootstrap, inode: Inode, *, name: str =
             if left <= 0:
                 break
             where = f"{name}: chunk {ref.index} of blob layer {layer.digest}"
-            if ref.flags & _UNSUPPORTED_CHUNK_FLAGS:
-                raise FormatError(f"{where}: encrypted or batch chunks are not supported")
-            if ref.uncompressed_size > boot.chunk_size or ref.uncompressed_size == 0:
-                raise FormatError(f"{where}: {ref.uncompressed_size} bytes for chunk size {boot.chunk_size}")
-            stored = data[
-                ref.compressed_offset - group.start : ref.compressed_offset
-                - group.start
-                + ref.compressed_size
-            ]
-            if ref.compressed:
-                plain = codecs.compressor_by_id(blob.compressor).decompress(stored, ref.uncompressed_size)
-            elif len(stored) == ref.uncompressed_size:
-                plain = stored
-            else:
-                raise FormatError(
-                    f"{where}: stored {len(stored)} bytes uncompressed, expected {ref.uncompressed_size}"
-                )
-            if len(plain) != ref.uncompressed_size:
-                raise FormatError(f"{where}: {len(plain)} bytes, expected {ref.uncompressed_size}")
-            digester = codecs.digester_by_id(blob.digester)
-            if digester.digest(plain) != ref.digest:
-                raise FormatError(f"{where} does not match its {digester.name} digest in the bootstrap")
+            start = ref.compressed_offset - group.start
+            plain = _chunk_plain(data[start : start + ref.compressed_size], ref, blob, boot.chunk_size, where)
             piece = plain[: min(len(plain), left)]
             left -= len(piece)
             yield piece
     if left > 0:
         raise FormatError(f"{name}: its chunks hold {inode.size - left} of its {inode.size} bytes")
+
+
+def _chunk_plain(stored: bytes, ref: ChunkRef, blob: BlobInfo, chunk_size: int, where: str) -> bytes:
+    """The uncompressed bytes of one chunk, checked against its size and digest."""
+    if ref.flags & _UNSUPPORTED_CHUNK_FLAGS:
+        raise FormatError(f"{where}: encrypted or batch chunks are not supported")
+    if ref.uncompressed_size > chunk_size or ref.uncompressed_size == 0:
+        raise FormatError(f"{where}: {ref.uncompressed_size} bytes for chunk size {chunk_size}")
+    if ref.compressed:
+        plain = codecs.compressor_by_id(blob.compressor).decompress(stored, ref.uncompressed_size)
+    elif len(stored) == ref.uncompressed_size:
+        plain = stored
+    else:
+        raise FormatError(
+            f"{where}: stored {len(stored)} bytes uncompressed, expected {ref.uncompressed_size}"
+        )
+    if len(plain) != ref.uncompressed_size:
+        raise FormatError(f"{where}: {len(plain)} bytes, expected {ref.uncompressed_size}")
+    digester = codecs.digester_by_id(blob.digester)
+    if digester.digest(plain) != ref.digest:
+        raise FormatError(f"{where} does not match its {digester.name} digest in the bootstrap")
+    return plain
 
 
 def cat_file(

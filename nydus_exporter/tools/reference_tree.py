@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 from nydus_exporter.errors import ExporterError, FormatError
 from nydus_exporter.layer.compression import open_layer_stream
@@ -322,40 +322,50 @@ def _read_tar(stream: BinaryIO, where: str, report: Callable[[str], None]) -> _L
     try:
         with tarfile.open(fileobj=plain, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
             for member in tar:
-                path = _normalize(_raw(member.name))
-                if path is None:
-                    report(f"source {where}: {member.name!r} climbs above the root")
-                    continue
-                if path in _SKIPPED_PATHS:
-                    continue
-                if member.islnk():
-                    target = _normalize(_raw(member.linkname))
-                    if target is None:
-                        report(f"source {where}: hardlink {member.name!r} climbs above the root")
-                        continue
-                    if not _classify(path, ops):
-                        ops.entries.append((path, target))
-                    continue
-                if _classify(path, ops):
-                    continue
-                entry = _entry_of_member(member, where, report)
-                if entry is None:
-                    continue
-                if entry.kind == "reg":
-                    data = tar.extractfile(member)
-                    assert data is not None
-                    h = hashlib.sha256()
-                    size = 0
-                    while piece := data.read(_HASH_STEP):
-                        h.update(piece)
-                        size += len(piece)
-                    entry.size, entry.sha256 = size, h.hexdigest()
-                ops.entries.append((path, entry))
+                _take_member(tar, member, ops, where, report)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise FormatError(f"source {where}: not a readable tar: {exc}") from exc
     except ExporterError as exc:
         raise FormatError(f"source {where}: {exc}") from exc
     return ops
+
+
+def _take_member(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, ops: _LayerOps, where: str, report: Callable[[str], None]
+) -> None:
+    path = _normalize(_raw(member.name))
+    if path is None:
+        report(f"source {where}: {member.name!r} climbs above the root")
+        return
+    if path in _SKIPPED_PATHS:
+        return
+    if member.islnk():
+        target = _normalize(_raw(member.linkname))
+        if target is None:
+            report(f"source {where}: hardlink {member.name!r} climbs above the root")
+        elif not _classify(path, ops):
+            ops.entries.append((path, target))
+        return
+    if _classify(path, ops):
+        return
+    entry = _entry_of_member(member, where, report)
+    if entry is None:
+        return
+    if entry.kind == "reg":
+        data = tar.extractfile(member)
+        assert data is not None
+        entry.size, entry.sha256 = _hash_stream(data)
+    ops.entries.append((path, entry))
+
+
+def _hash_stream(stream: IO[bytes]) -> tuple[int, str]:
+    """(size, sha256 hex) of what ``stream`` holds."""
+    h = hashlib.sha256()
+    size = 0
+    while piece := stream.read(_HASH_STEP):
+        h.update(piece)
+        size += len(piece)
+    return size, h.hexdigest()
 
 
 def _entry_of_member(member: tarfile.TarInfo, where: str, report: Callable[[str], None]) -> TreeEntry | None:
@@ -402,11 +412,8 @@ def _read_directory(root: Path, whiteouts: str, where: str, report: Callable[[st
             continue
         xattrs = _dir_xattrs(full)
         if overlayfs:
-            if kind == "chr" and st.st_rdev == 0:
-                ops.whiteouts.append(rel)
+            if _overlay_whiteout(rel, kind, st, xattrs, ops):
                 continue
-            if kind == "dir" and any(xattrs.get(p + b"opaque") == b"y" for p in _OVERLAY_XATTR_PREFIXES):
-                ops.opaque.append(rel)
             xattrs = {k: v for k, v in xattrs.items() if not k.startswith(_OVERLAY_XATTR_PREFIXES)}
         elif rel != b"/" and _classify(rel, ops):
             continue
@@ -416,32 +423,44 @@ def _read_directory(root: Path, whiteouts: str, where: str, report: Callable[[st
                 ops.entries.append((rel, first_path[key]))
                 continue
             first_path[key] = rel
-        entry = TreeEntry(
-            kind=kind,
-            mode=stat.S_IMODE(st.st_mode),
-            uid=st.st_uid,
-            gid=st.st_gid,
-            mtime=st.st_mtime_ns // _NSEC,
-            mtime_nsec=st.st_mtime_ns % _NSEC,
-            xattrs=xattrs,
-        )
-        if kind == "reg":
-            h = hashlib.sha256()
-            with open(full, "rb") as f:
-                while piece := f.read(_HASH_STEP):
-                    h.update(piece)
-                    entry.size += len(piece)
-            entry.sha256 = h.hexdigest()
-        elif kind == "symlink":
-            entry.target = os.readlink(full)
-        elif kind in ("chr", "blk"):
-            entry.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
-        ops.entries.append((rel, entry))
+        ops.entries.append((rel, _disk_entry(full, st, kind, xattrs)))
         if kind == "dir":
             prefix = b"" if rel == b"/" else rel
             stack.extend(prefix + b"/" + name for name in sorted(os.listdir(full), reverse=True))
     del where, report
     return ops
+
+
+def _overlay_whiteout(
+    rel: bytes, kind: str, st: os.stat_result, xattrs: Mapping[bytes, bytes], ops: _LayerOps
+) -> bool:
+    """Record what an overlayfs upper-dir entry deletes or hides; True for a whiteout (no entry)."""
+    if kind == "chr" and st.st_rdev == 0:
+        ops.whiteouts.append(rel)
+        return True
+    if kind == "dir" and any(xattrs.get(p + b"opaque") == b"y" for p in _OVERLAY_XATTR_PREFIXES):
+        ops.opaque.append(rel)
+    return False
+
+
+def _disk_entry(full: bytes, st: os.stat_result, kind: str, xattrs: dict[bytes, bytes]) -> TreeEntry:
+    entry = TreeEntry(
+        kind=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime=st.st_mtime_ns // _NSEC,
+        mtime_nsec=st.st_mtime_ns % _NSEC,
+        xattrs=xattrs,
+    )
+    if kind == "reg":
+        with open(full, "rb") as f:
+            entry.size, entry.sha256 = _hash_stream(f)
+    elif kind == "symlink":
+        entry.target = os.readlink(full)
+    elif kind in ("chr", "blk"):
+        entry.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+    return entry
 
 
 def _dir_xattrs(path: bytes) -> dict[bytes, bytes]:
