@@ -315,7 +315,7 @@ class Batch:
     errors: list[str]
 
 
-async def _run_export(argv: list[str], timeout: float) -> tuple[float, str | None]:
+async def _run_export(argv: list[str], limit: float) -> tuple[float, str | None]:
     """One ``export --addr`` child: (seconds until it exited, the error or None)."""
     start = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
@@ -326,9 +326,10 @@ async def _run_export(argv: list[str], timeout: float) -> tuple[float, str | Non
         start_new_session=True,  # killed as a group on timeout or Ctrl-C
     )
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
+        async with asyncio.timeout(limit):
+            _, err = await proc.communicate()
     except TimeoutError:
-        return time.perf_counter() - start, f"did not finish within {timeout:.0f} s (killed)"
+        return time.perf_counter() - start, f"did not finish within {limit:.0f} s (killed)"
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):

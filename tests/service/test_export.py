@@ -239,31 +239,15 @@ async def test_merge_manifest_into_the_live_tag_over_grpc(
     client: ExporterClient, image: Path, short_tmp: Path, registry: RegistryServer, repo_name: str
 ) -> None:
     """The daemon merges into the image under the tag when it pushes (the worker converts)."""
-    import subprocess
-
     name = f"{registry.host}/{repo_name}:app"
-    subprocess.run(
-        ["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{image}:t", f"docker://{name}"],
-        check=True,
-        capture_output=True,
-    )
-    before = json.loads(
-        subprocess.run(
-            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{name}"],
-            check=True,
-            capture_output=True,
-        ).stdout
-    )
+    await _skopeo("copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{image}:t", f"docker://{name}")
+    before = json.loads(await _skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{name}"))
     attrs = {"name": name, "oci-mediatypes": "true", "merge-manifest": "true"}
     for _ in range(2):  # a second run replaces the Nydus entries, it does not add more
         resolved = await client.resolve(attrs)
         with open_source(f"oci:{image}:t", workdir=short_tmp) as src:
             outcome = await client.export(src, resolved.instance_id)
-        after_raw = subprocess.run(
-            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{name}"],
-            check=True,
-            capture_output=True,
-        ).stdout
+        after_raw = await _skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{name}")
         after = json.loads(after_raw)
         nydus = [m for m in after["manifests"] if "artifactType" in m]
         assert [m for m in after["manifests"] if m not in nydus] == before["manifests"]
@@ -303,3 +287,11 @@ async def test_chunk_store_over_grpc(
     assert (stats["from_chunk_dict"], stats["stored"]) == (3, 1)
     assert fault_proxy.upload_bytes < len(big) // 4  # only the new chunk, metadata and manifests
     assert cli.main(["check", f"docker://{fault_proxy.upstream.host}/{repo_name}:v2"]) == 0
+
+
+async def _skopeo(*args: str) -> bytes:
+    """Run skopeo off the event loop (the daemon under test shares it); its stdout."""
+    import subprocess
+
+    done = await asyncio.to_thread(subprocess.run, ["skopeo", *args], check=True, capture_output=True)
+    return done.stdout

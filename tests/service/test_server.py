@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import stat
@@ -26,7 +27,7 @@ from tests.service.conftest import config_for
 async def test_unix_socket_is_group_only_and_health_is_serving(daemon: RunningServer) -> None:
     address = daemon.addresses[0]
     assert address.startswith("unix://")
-    mode = Path(address.removeprefix("unix://")).stat().st_mode
+    mode = (await asyncio.to_thread(Path(address.removeprefix("unix://")).stat)).st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
     async with grpc.aio.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)

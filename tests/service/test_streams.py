@@ -228,7 +228,9 @@ async def test_cancel_rpc_kills_a_running_conversion(
         task.cancel()
     assert info.value.code == grpc.StatusCode.CANCELLED
     await _wait_for(lambda: _no_job_files(daemon), 1.0, "job directory removed")
-    workers = subprocess.run(["pgrep", "-f", "nydus_exporter.service.worker"], capture_output=True, text=True)
+    workers = await asyncio.to_thread(
+        subprocess.run, ["pgrep", "-f", "nydus_exporter.service.worker"], capture_output=True, text=True
+    )
     assert workers.stdout.strip() == ""
     assert not (short_tmp / "out").exists()
 
