@@ -139,7 +139,6 @@ def record_packed(store: ChunkStore, location: str, pack: PackOptions, packed: S
             blob.blob_info,
             read_bootstrap(blob.bootstrap).own_chunks(),
             blob.blob_meta,
-            chunk_size=pack.chunk_size,
             digester=pack.digester,
             compressor=pack.compressor,
         )

@@ -107,8 +107,7 @@ def record(
     info = info or result.blob_info
     assert info is not None
     store.record_blob(
-        location, result.digest, result.size, info, chunks, result.blob_meta,
-        chunk_size=chunk_size, digester=digester, compressor=COMPRESSOR,
+        location, result.digest, result.size, info, chunks, result.blob_meta, digester=digester, compressor=COMPRESSOR,
     )  # fmt: skip
 
 
@@ -146,7 +145,6 @@ def record_synthetic(store: ChunkStore, seed: str, location: str = LOC) -> str:
         info,
         chunks,
         meta,
-        chunk_size=CHUNK_SIZE,
         digester=DIGESTER,
         compressor=COMPRESSOR,
     )
@@ -275,8 +273,6 @@ def test_bad_arguments_are_typed_errors(tmp_path: Path) -> None:
             record(store, dataclasses.replace(result, digest="sha256:abc"), chunks)
         with pytest.raises(ChunkStoreError, match="names"):
             record(store, result, chunks, info=dataclasses.replace(result.blob_info, blob_id="0" * 64))
-        with pytest.raises(ChunkStoreError, match="chunk size"):
-            record(store, result, chunks, chunk_size=1 << 20)
         assert store.stats()["blobs"] == 0
     with pytest.raises(ChunkStoreError, match="closed"):
         store.stats()
