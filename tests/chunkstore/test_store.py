@@ -107,7 +107,8 @@ def record(
     info = info or result.blob_info
     assert info is not None
     store.record_blob(
-        location, result.digest, result.size, info, chunks, result.blob_meta, digester=digester, compressor=COMPRESSOR,
+        location, result.digest, result.size, info, chunks, result.blob_meta,
+        digester=digester, compressor=COMPRESSOR,
     )  # fmt: skip
 
 
