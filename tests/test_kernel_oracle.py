@@ -26,7 +26,7 @@ import zstandard
 from nydus_exporter.pack import PackOptions, pack_layer_to_file
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
-from tests.conftest import NYDUS_FIXTURES, require
+from tests.conftest import nydus_fixture, require
 from tests.helpers import tarbuild as tb
 from tests.helpers.erofs import (
     FSCK_EROFS_REASON,
@@ -275,8 +275,7 @@ def test_kernel_reads_every_chunking_option(options: PackOptions, tmp_path: Path
 
 @pytest.mark.parametrize("name", ["all-entry-type.tar", "all-entry-type-macos.tar"])
 def test_kernel_reads_the_fixture_tars(name: str, tmp_path: Path) -> None:
-    tar = NYDUS_FIXTURES / "tar" / name
-    require(tar.is_file(), f"fixture {tar} missing")
+    tar = nydus_fixture(f"tar/{name}")
     check_against_kernel(tar, tmp_path)
 
 
