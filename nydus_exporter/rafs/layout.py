@@ -1,8 +1,8 @@
 """The RAFS v6 on-disk format: every magic number, flag, size and struct in one place.
 
 No other module writes a numeric offset. Names follow nydus (``RafsV6SuperBlock`` ...) and
-EROFS (``erofs_fs.h``) so they can be looked up; section numbers refer to
-``shared/docs/rafs-v6-format.md``. All integers are little-endian.
+EROFS (``erofs_fs.h``) so they can be looked up; ``[format §n]`` refers to a section of
+``docs/rafs-v6-format.md``. All integers are little-endian.
 """
 
 from __future__ import annotations
