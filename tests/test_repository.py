@@ -1,8 +1,8 @@
 """The repository stands alone: no file points outside it, every doc reference resolves.
 
-* No tracked file names a machine path (``/work/...``) or a sibling checkout
-  (``../shared``, ``shared/docs/``): a user's clone has neither, so such a reference is dead
-  and a test reading it would silently skip.
+* No tracked file names a path of the development machine (its work directory) or of the
+  reference checkout next to the repository (its shared docs and fixtures): a user's clone
+  has neither, so such a reference is dead and a test reading it would silently skip.
 * Every ``[format §n]``, ``[contract §n]``, ``[behaviour §n]`` and ``[pitfalls §n]`` names a
   section that exists in its document under ``docs/`` (docs/README.md defines the forms), so
   renumbering a document cannot leave references pointing at the wrong text.
