@@ -227,7 +227,7 @@ def test_header_corruptions_are_named(mutate: Callable[[bytes], bytes], message:
 
 
 def test_v5_bootstrap_is_rejected() -> None:
-    # RAFS v5 starts with "SFAR" at offset 0 and has no EROFS superblock (§9).
+    # RAFS v5 starts with "SFAR" at offset 0 and has no EROFS superblock ([format §9]).
     data = b"SFAR" + (0x500).to_bytes(4, "little") + bytes(8192 - 8)
     with pytest.raises(FormatError, match="magic"):
         read_bootstrap(data)
