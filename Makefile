@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux mount procps kmod \
 	ca-certificates
 
-.PHONY: all venv system-deps test lint run sample bench bench-export bench-push bench-daemon bench-dedup clean distclean
+.PHONY: all venv system-deps test lint proto run sample bench bench-export bench-push bench-daemon bench-dedup clean distclean
 
 all: test
 
@@ -50,6 +50,10 @@ $(STAMP): pyproject.toml
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# Regenerate the committed gRPC modules (nydus_exporter/api/) after changing proto/.
+proto: venv
+	$(BIN)/python scripts/gen_proto.py
 
 test: system-deps venv
 	$(BIN)/ruff check .

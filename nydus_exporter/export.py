@@ -2,7 +2,7 @@
 
 Per platform: pack every layer into a Nydus blob (layers in parallel, bounded), merge the
 per-layer bootstraps with overlay semantics, build the bootstrap layer, the config and the
-manifest (§6), then write everything into an OCI image layout. The top-level result is the
+manifest ([format §6]), then write everything into an OCI image layout. The top-level result is the
 manifest (one platform) or an index (several platforms, or ``merge-manifest``).
 
 Only this module knows both the format (rafs, pack) and the image shape (oci).
@@ -81,7 +81,7 @@ def parse_bool(key: str, value: str) -> bool:
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What ``--output type=nydus,...`` says (buildkit-exporter-contract §5.4)."""
+    """What ``--output type=nydus,...`` says ([contract §5.4])."""
 
     names: tuple[str, ...] = ()
     push: bool = True
@@ -92,8 +92,8 @@ class ExportOptions:
     merge_manifest_source: str = "registry"  # "registry" (the tag's current image) | "build" (the source)
     insecure: bool = False  # registry.insecure: plain HTTP or unverified TLS for the named registries
     ca_file: Path | None = None
-    chunk_dedup: bool = False  # layers reference chunks their lower layers stored (§4.2)
-    chunk_dict: str | None = None  # a Nydus image whose chunks layers reference (§4.2)
+    chunk_dedup: bool = False  # layers reference chunks their lower layers stored ([format §4.2])
+    chunk_dict: str | None = None  # a Nydus image whose chunks layers reference ([format §4.2])
     chunk_store: bool = False  # reference chunks the state dir's chunk store knows in the target
     platforms: tuple[Platform, ...] = ()
     pack: PackOptions = field(default_factory=PackOptions)
@@ -219,7 +219,7 @@ def _no_progress(event: ProgressEvent) -> None:
 
 @dataclass
 class Dictionary:
-    """Chunks stored in blobs outside the image (§4.2), with what the image needs of a blob it
+    """Chunks stored in blobs outside the image ([format §4.2]), with what the image needs of a blob it
     references: its layer descriptor, its blob.meta file, and where its bytes are."""
 
     chunks: ChunkDict = field(default_factory=ChunkDict)
@@ -278,7 +278,7 @@ class PlatformResult:
 
 @dataclass
 class DedupStats:
-    """Chunk references of an image's layers and where their bytes are (§4.2)."""
+    """Chunk references of an image's layers and where their bytes are ([format §4.2])."""
 
     chunks: int = 0  # chunk references of all files (a hardlinked file counts once)
     stored: int = 0  # chunks the layers stored themselves
@@ -698,7 +698,7 @@ class _Converter:
         dict_image = self._chunk_dicts(platform) if self._chunk_dicts is not None else None
         base = dict_image.chunks if dict_image is not None else None
         if self._options.chunk_dedup:
-            # Each layer references the chunks its lower layers stored (§4.2): one at a time.
+            # Each layer references the chunks its lower layers stored ([format §4.2]): one at a time.
             chunk_dict = base.copy() if base is not None else ChunkDict()
             blobs = []
             for i, layer in enumerate(image.layers):
@@ -733,7 +733,7 @@ class _Converter:
             if blob.blob_meta is not None and hex_id in merged.blob_ids and hex_id not in seen:
                 seen.add(hex_id)
                 blob_metas.append((hex_id, blob.blob_meta))
-        # Dictionary-only blobs become extra blob layers after the image's own (§6.3), copied
+        # Dictionary-only blobs become extra blob layers after the image's own ([format §6.3]), copied
         # into the output so the image is complete.
         extra_layers = []
         for hex_id in merged.blob_ids:

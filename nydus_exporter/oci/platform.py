@@ -5,7 +5,7 @@ pick a manifest out of an index): ``x86_64``/``x86-64`` are ``amd64``, ``aarch64
 ``arm64``, ``arm64`` without a variant is ``arm64/v8``, ``arm`` without a variant is
 ``arm/v7``, and ``amd64/v1`` is plain ``amd64``. Matching compares the normalised
 ``os/architecture/variant`` (and ``os.version`` when both sides name one); ``os.features``
-are not part of a platform's identity (legacy Nydus index entries add one, §6.1).
+are not part of a platform's identity (legacy Nydus index entries add one, [format §6.1]).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Validate and normalise exporter attrs for ``Resolve`` (buildkit-exporter-contract §5.4).
+"""Validate and normalise exporter attrs for ``Resolve`` ([contract §5.4]).
 
 The rules are those of :meth:`ExportOptions.from_attrs` (which builds the options the pipeline
-runs with) plus the daemon-level keys of §5.4 that the pipeline does not know:
+runs with) plus the daemon-level keys of [contract §5.4] that the pipeline does not know:
 
 * every known key is checked here first, so a bad value fails with the key named
   (:class:`ConfigError` -> ``INVALID_ARGUMENT``);
@@ -169,7 +169,7 @@ def resolve_attrs(
             put(key, ",".join(str(p) for p in platforms), raw_key)
         elif key == "compressor":
             if value == "nydus" and raw_key == "compression":
-                continue  # accepted for image-exporter symmetry (§5.4)
+                continue  # accepted for image-exporter symmetry ([contract §5.4])
             if value not in codecs.COMPRESSOR_NAMES:
                 raise ConfigError(
                     f"{raw_key}={value!r}: expected one of {', '.join(codecs.COMPRESSOR_NAMES)}"
@@ -264,7 +264,7 @@ def resolve_attrs(
 
 
 def filter_response(response: Mapping[str, str], *, standard_keys: bool) -> dict[str, str]:
-    """``standard-response-keys=false`` keeps only the ``nydus.*`` keys (§5.4)."""
+    """``standard-response-keys=false`` keeps only the ``nydus.*`` keys ([contract §5.4])."""
     if standard_keys:
         return dict(response)
     return {k: v for k, v in response.items() if k.startswith("nydus.")}

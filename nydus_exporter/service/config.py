@@ -48,7 +48,7 @@ class ServiceConfig:
     allowed_roots: tuple[Path, ...] = ()  # host paths a client may name (oci-layout, layer refs)
     use_docker_config: bool = False  # fall back to the daemon's own docker config for registries
     max_chunk_bytes: int = 1 << 20  # largest LayerData.data
-    max_message_bytes: int = 16 << 20  # gRPC message limit both ways (contract §5.6)
+    max_message_bytes: int = 16 << 20  # gRPC message limit both ways ([contract §5.6])
     log_level: str = "info"
     log_format: str = "json"  # json | console
 

@@ -16,7 +16,7 @@
         └── JobCancelledError           cancelled by Cancel/Release or by shutdown
 
 ``servicer.status_for`` is the one place that maps these (and every other error) to gRPC
-status codes (buildkit-exporter-contract §5.3).
+status codes ([contract §5.3]).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The receiving half of an Export stream: platforms, layer chains, layer bytes, commit.
 
-:class:`ExportIntake` is the stream protocol's state machine (buildkit-exporter-contract §5.3),
+:class:`ExportIntake` is the stream protocol's state machine ([contract §5.3]),
 fed with plain values by the servicer. It enforces the message order and limits, and every
 violation raises :class:`ProtocolError` naming the problem (``INVALID_ARGUMENT``):
 

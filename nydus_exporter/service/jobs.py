@@ -79,7 +79,7 @@ from nydus_exporter.service.worker import WorkerImage, WorkerSpec
 log = structlog.get_logger("nydus_exporter.service")
 
 SLOT_ROW = "build slot"
-_AUTH_TIMEOUT = 60.0  # as BuildKit's session auth helpers (§4.2)
+_AUTH_TIMEOUT = 60.0  # as BuildKit's session auth helpers ([contract §4.2])
 _TOKEN_USERNAME = "<token>"  # docker's marker: the secret is an identity token
 
 
@@ -300,7 +300,7 @@ def sync_registry(
 
 
 class AuthBroker:
-    """Registry credentials on demand, from the client of the stream (§4.2 option 2)."""
+    """Registry credentials on demand, from the client of the stream ([contract §4.2] option 2)."""
 
     def __init__(self, emit: Emit) -> None:
         self._emit = emit

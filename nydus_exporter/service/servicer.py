@@ -3,7 +3,7 @@
 This is the only module that reads or builds protobuf messages of the contract; everything
 below it (:mod:`jobs`, :mod:`intake`, :mod:`attrs`) works with plain values.
 :func:`status_for` is the one place where an exception becomes a ``grpc.StatusCode``
-(buildkit-exporter-contract §5.3).
+([contract §5.3]).
 
 Stream handlers write through one bounded queue drained by one writer task (gRPC allows
 one outstanding write), and read through ``context.read()``; all tasks of a stream belong to
@@ -77,7 +77,7 @@ _QUEUE = 256
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """THE mapping from an error to a gRPC status (§5.3); the message is kept intact."""
+    """THE mapping from an error to a gRPC status ([contract §5.3]); the message is kept intact."""
     message = str(exc) or type(exc).__name__
     code: grpc.StatusCode
     if isinstance(exc, ProtocolError | PathNotAllowedError | ConfigError | InvalidLayerError | FormatError):

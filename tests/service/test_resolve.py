@@ -1,4 +1,4 @@
-"""Resolve: every attr key of contract §5.4, good and bad values, lenient bools, aliases."""
+"""Resolve: every attr key of [contract §5.4], good and bad values, lenient bools, aliases."""
 
 from __future__ import annotations
 
