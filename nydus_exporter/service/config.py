@@ -79,6 +79,11 @@ class ServiceConfig:
             raise ConfigError(f"log_format={self.log_format!r}: expected json or console")
         return self
 
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        """Where client-named host paths may be: the allowed roots and the state dir."""
+        return (*self.allowed_roots, self.state_dir)
+
     def path_allowed(self, path: Path) -> bool:
         """Whether a client may name ``path``: under an allowed root or the state dir.
 

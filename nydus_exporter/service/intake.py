@@ -34,8 +34,9 @@ from nydus_exporter.errors import ConfigError
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.pack import PackOptions
 from nydus_exporter.service.attrs import selected
+from nydus_exporter.service.beneath import open_beneath
 from nydus_exporter.service.cache import LayerCache, cache_key
-from nydus_exporter.service.errors import PathNotAllowedError, ProtocolError
+from nydus_exporter.service.errors import ProtocolError
 from nydus_exporter.service.worker import WorkerImage, WorkerLayer, platform_to_json
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -92,7 +93,7 @@ class ExportIntake:
         pack: PackOptions,
         cache: LayerCache,
         max_chunk_bytes: int,
-        path_allowed: Callable[[Path], bool],
+        roots: Sequence[Path],
         on_bytes: Callable[[int], None] = lambda n: None,
     ) -> None:
         if not platforms:
@@ -115,7 +116,10 @@ class ExportIntake:
         self._pack = pack
         self._cache = cache
         self._max_chunk = max_chunk_bytes
-        self._path_allowed = path_allowed
+        self._roots = tuple(roots)
+        # (platform id, layer index) -> descriptor of a layer sent by reference, opened (and
+        # so checked) once at platform_begin; the worker reads it through the descriptor.
+        self._references: dict[tuple[str, int], int] = {}
         self._on_bytes = on_bytes
         self._open: tuple[str, int] | None = None
         self._spool: _Spool | None = None
@@ -223,17 +227,13 @@ class ExportIntake:
         )
 
     def _check_reference(self, platform_id: str, layer: LayerSpec) -> None:
+        """Open a layer sent by reference beneath the allowed roots (the check is the open)."""
         ref = layer.reference
         assert ref is not None
         where = f"platform_begin {platform_id!r}: layer {layer.index}"
-        if not ref.path.is_absolute():
-            raise ProtocolError(f"{where}: reference path {str(ref.path)!r} is not absolute")
-        if not self._path_allowed(ref.path):
-            raise PathNotAllowedError(f"{where}: {ref.path} is not under an allowed root")
-        if ref.kind == "tar" and not ref.path.is_file():
-            raise ProtocolError(f"{where}: reference {ref.path} is not a file")
-        if ref.kind != "tar" and not ref.path.is_dir():
-            raise ProtocolError(f"{where}: reference {ref.path} is not a directory")
+        kind: Literal["file", "dir"] = "file" if ref.kind == "tar" else "dir"
+        fd = open_beneath(self._roots, ref.path, kind, what=where)
+        self._references[(platform_id, layer.index)] = fd
 
     async def layer_data(self, platform_id: str, index: int, offset: int, data: bytes) -> None:
         self._check_not_committed("layer_data")
@@ -333,10 +333,11 @@ class ExportIntake:
     def _source_of(self, platform_id: str, layer: LayerSpec) -> WorkerLayer:
         ref = layer.reference
         if ref is not None:
+            fd = self._references[(platform_id, layer.index)]
             if ref.kind == "tar":
-                return WorkerLayer("file", str(ref.path), str(ref.path))
+                return WorkerLayer("file", str(ref.path), str(ref.path), fd=fd)
             whiteouts: Literal["oci", "overlayfs"] = "overlayfs" if ref.kind == "dir-overlayfs" else "oci"
-            return WorkerLayer("dir", str(ref.path), str(ref.path), whiteouts=whiteouts)
+            return WorkerLayer("dir", str(ref.path), str(ref.path), whiteouts=whiteouts, fd=fd)
         cached = self._cached.get((platform_id, layer.index))
         if cached is not None:
             return cached
@@ -375,6 +376,12 @@ class ExportIntake:
         if self._spool is not None:
             self._spool.file.close()
             self._spool = None
+
+    def close_references(self) -> None:
+        """Close the descriptors of layers sent by reference (after the conversion)."""
+        for fd in self._references.values():
+            os.close(fd)
+        self._references.clear()
 
 
 def _write_and_hash(spool: _Spool, data: bytes) -> None:

@@ -44,7 +44,6 @@ import structlog
 from nydus_exporter import errors as core_errors
 from nydus_exporter.chunkstore import ChunkStore
 from nydus_exporter.export import ExportOptions, ProgressEvent, merged_index, nydus_manifests, record_packed
-from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.descriptor import Descriptor
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.oci.reference import parse_reference
@@ -56,6 +55,7 @@ from nydus_exporter.service import errors as service_errors
 from nydus_exporter.service.attrs import ResolvedAttrs, filter_response, resolve_attrs
 from nydus_exporter.service.cache import LayerCache, load_result
 from nydus_exporter.service.config import ServiceConfig
+from nydus_exporter.service.destination import publish_layout
 from nydus_exporter.service.errors import (
     IdempotencyConflictError,
     JobCancelledError,
@@ -396,6 +396,7 @@ class WorkerRunner:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group: killed as a whole
+            pass_fds=spec.inherited_fds,
             limit=16 << 20,
         )
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -454,21 +455,6 @@ def _rebuild_error(raw: Mapping[str, Any]) -> BaseException:
 
 
 # --- publishing ---------------------------------------------------------------------------
-
-
-def publish_layout(staging: Path, destination: Path) -> None:
-    """Move the staged image into ``destination``: blobs first, the index entries (tags) last."""
-    src = OciLayout.open(staging)
-    dst = OciLayout.create(destination)
-    blobs = staging / "blobs" / "sha256"
-    for blob in sorted(blobs.iterdir()):
-        if blob.name.startswith("."):
-            continue
-        dst.import_blob_file(blob, f"sha256:{blob.name}", move=True)
-    for desc in src.index().manifests:
-        tag = desc.annotation(mt.ANNOTATION_REF_NAME)
-        rest = {k: v for k, v in (desc.annotations or {}).items() if k != mt.ANNOTATION_REF_NAME}
-        dst.add_manifest(dataclasses.replace(desc, annotations=rest or None), tag=tag)
 
 
 def _descriptor_value(raw: Mapping[str, Any]) -> DescriptorValue:
@@ -649,7 +635,7 @@ class JobRegistry:
                 if pushed.digest != root.digest:
                     job.conversion = _with_root(job.conversion, pushed)
             if options.oci_layout is not None:
-                await asyncio.to_thread(publish_layout, job.staging, options.oci_layout)
+                await asyncio.to_thread(publish_layout, job.staging, options.oci_layout, self.config.roots)
             result = self.export_result(job, job.conversion)
             job.final = dataclasses.replace(result, finalize_token="")
             job.state = JobState.DONE

@@ -475,27 +475,30 @@ class ExporterServicer(pb_grpc.ExporterServicer):
             pack=attrs.options.pack,
             cache=self._jobs.cache,
             max_chunk_bytes=self._config.max_chunk_bytes,
-            path_allowed=self._config.path_allowed,
+            roots=self._config.roots,
             on_bytes=self._metrics.bytes_in.inc,
         )
         try:
-            images = await self._receive(intake, context, emit, broker)
-        finally:
-            intake.close()
-        self._metrics.cache_hits.inc(intake.cache_hits)
-        self._metrics.cache_misses.inc(intake.cache_misses)
-        async with asyncio.TaskGroup() as tg:
-            # After commit the client only sends auth replies (or half-closes).
-            replies = tg.create_task(self._read_replies(context, broker))
             try:
-                conversion = await self._jobs.convert(job, images, emit, broker)
-                self._jobs.converted(job, conversion)
-                if job.defer_push:
-                    result = self._jobs.export_result(job, conversion)
-                else:
-                    result = await self._jobs.publish(job, broker)
+                images = await self._receive(intake, context, emit, broker)
             finally:
-                replies.cancel()
+                intake.close()
+            self._metrics.cache_hits.inc(intake.cache_hits)
+            self._metrics.cache_misses.inc(intake.cache_misses)
+            async with asyncio.TaskGroup() as tg:
+                # After commit the client only sends auth replies (or half-closes).
+                replies = tg.create_task(self._read_replies(context, broker))
+                try:
+                    conversion = await self._jobs.convert(job, images, emit, broker)
+                    self._jobs.converted(job, conversion)
+                    if job.defer_push:
+                        result = self._jobs.export_result(job, conversion)
+                    else:
+                        result = await self._jobs.publish(job, broker)
+                finally:
+                    replies.cancel()
+        finally:
+            intake.close_references()  # the worker read them; it is gone now
         return result
 
     async def _receive(
