@@ -43,6 +43,7 @@ import structlog
 
 from nydus_exporter import errors as core_errors
 from nydus_exporter.chunkstore import ChunkStore
+from nydus_exporter.errors import excerpt
 from nydus_exporter.export import ExportOptions, ProgressEvent, merged_index, nydus_manifests, record_packed
 from nydus_exporter.oci.descriptor import Descriptor
 from nydus_exporter.oci.layout import OciLayout
@@ -333,7 +334,7 @@ class AuthBroker:
     def answer(self, answer: AuthAnswer) -> None:
         future = self._pending.get(answer.request_id)
         if future is None or future.done():
-            raise ProtocolError(f"auth_reply for unknown request_id {answer.request_id!r}")
+            raise ProtocolError(f"auth_reply for unknown request_id {excerpt(answer.request_id)}")
         future.set_result(answer)
 
 
@@ -510,7 +511,9 @@ class JobRegistry:
     def instance(self, instance_id: str) -> Instance:
         instance = self.instances.get(instance_id)
         if instance is None:
-            raise NotFoundError(f"unknown instance {instance_id!r} (call Resolve first; it may have expired)")
+            raise NotFoundError(
+                f"unknown instance {excerpt(instance_id)} (call Resolve first; it may have expired)"
+            )
         instance.last_used = self._clock()
         return instance
 
@@ -523,7 +526,8 @@ class JobRegistry:
             if existing is not None and existing.state not in (JobState.FAILED, JobState.CANCELLED):
                 if existing.instance.attrs.fingerprint != instance.attrs.fingerprint:
                     raise IdempotencyConflictError(
-                        f"idempotency key {key!r} is in use by job {existing.job_id} with different attrs"
+                        f"idempotency key {excerpt(key)} is in use by job"
+                        f" {existing.job_id} with different attrs"
                     )
                 return existing, True
         job_id = uuid.uuid4().hex
@@ -675,7 +679,9 @@ class JobRegistry:
             job = self.jobs.get(job_id)
             if job is not None and token and job.finalize_token == token:
                 return job
-        raise NotFoundError(f"no export of instance {instance_id!r} has finalize token {token!r}")
+        raise NotFoundError(
+            f"no export of instance {excerpt(instance_id)} has finalize token {excerpt(token)}"
+        )
 
     # --- release, cancel, expiry -------------------------------------------------------------
 
@@ -684,7 +690,7 @@ class JobRegistry:
         if job_id:
             job = self.jobs.get(job_id)
             if job is None:
-                raise NotFoundError(f"unknown job {job_id!r}")
+                raise NotFoundError(f"unknown job {excerpt(job_id)}")
             targets.append(job)
         if instance_id:
             instance = self.instance(instance_id)

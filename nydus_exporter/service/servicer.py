@@ -35,6 +35,8 @@ from nydus_exporter.errors import (
     RegistryError,
     RegistryNotFoundError,
     RegistryUnavailableError,
+    excerpt,
+    shorten,
 )
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs import codecs
@@ -73,11 +75,12 @@ CAPABILITIES = (
 )
 BUILDER_FEATURES = ("tar2rafs", "blob-toc", "blob-inline-meta")
 _END = object()
+_MAX_STATUS_CHARS = 2000
 _QUEUE = 256
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """THE mapping from an error to a gRPC status (§5.3); the message is kept intact."""
+    """THE mapping from an error to a gRPC status (§5.3); the message is kept (bounded)."""
     message = str(exc) or type(exc).__name__
     code: grpc.StatusCode
     if isinstance(exc, ProtocolError | PathNotAllowedError | ConfigError | InvalidLayerError | FormatError):
@@ -108,7 +111,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     else:
         code = grpc.StatusCode.INTERNAL
         message = f"internal error: {type(exc).__name__}: {exc}"
-    return code, message
+    # Messages quote user values through errors.excerpt; this bounds what slipped through, so
+    # a status never outgrows gRPC's metadata limit (the client would see RESOURCE_EXHAUSTED).
+    return code, shorten(message, _MAX_STATUS_CHARS)
 
 
 def _first_error(exc: BaseException) -> BaseException:
@@ -212,7 +217,7 @@ def platform_of(p: pb.Platform) -> Platform | None:
     if not p.os and not p.architecture:
         return None
     if not p.os or not p.architecture:
-        raise ProtocolError(f"platform {p.id!r} needs both os and architecture (or neither)")
+        raise ProtocolError(f"platform {excerpt(p.id)} needs both os and architecture (or neither)")
     return Platform(
         os=p.os,
         architecture=p.architecture,
@@ -463,8 +468,8 @@ class ExporterServicer(pb_grpc.ExporterServicer):
             if attestation.inline_only:
                 await emit(
                     WarningEvent(
-                        short=f"inline-only attestation {attestation.kind!r} "
-                        f"of {attestation.platform_id!r} dropped"
+                        short=f"inline-only attestation {excerpt(attestation.kind)} "
+                        f"of {excerpt(attestation.platform_id)} dropped"
                     )
                 )
         intake = ExportIntake(

@@ -56,7 +56,12 @@ def _files(root: Path) -> list[str]:
 
 
 async def _export_by_reference(
-    client: ExporterClient, out: Path, path: Path, kind: int, swap: Path, target: Path
+    client: ExporterClient,
+    out: Path,
+    path: Path,
+    kind: pb.LayerReference.Kind.ValueType,
+    swap: Path,
+    target: Path,
 ) -> pb.ExportEvent:
     """Send one layer by reference; after platform_begin (the check), make ``swap`` a symlink
     to ``target``; then commit."""
