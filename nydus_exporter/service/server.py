@@ -39,6 +39,7 @@ from nydus_exporter.service.config import ServiceConfig, redacted
 from nydus_exporter.service.jobs import JobRegistry, Pusher, WorkerRunner
 from nydus_exporter.service.metrics import CONTENT_TYPE, Metrics
 from nydus_exporter.service.servicer import ExporterServicer
+from nydus_exporter.service.statelock import lock_state_dir
 
 log = structlog.get_logger("nydus_exporter.service")
 
@@ -163,6 +164,19 @@ async def serve(
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"state directory {config.state_dir} is not writable: {exc.strerror}") from None
+    lock = lock_state_dir(config.state_dir)  # before JobRegistry clears the jobs directory
+    log.info("configuration", **redacted(config))
+    try:
+        async with _serving(config, runner=runner, pusher=pusher) as running:
+            yield running
+    finally:
+        os.close(lock)
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    config: ServiceConfig, *, runner: WorkerRunner | None, pusher: Pusher | None
+) -> AsyncIterator[RunningServer]:
     metrics = Metrics()
     jobs = JobRegistry(config, metrics, runner=runner, pusher=pusher)
     options = [
@@ -203,9 +217,8 @@ async def serve(
 
 
 async def run_until_signalled(config: ServiceConfig) -> int:
-    """The ``serve`` command: log the config once, serve until SIGTERM/SIGINT, then drain."""
+    """The ``serve`` command: serve until SIGTERM/SIGINT, then drain."""
     configure_logging(config.log_level, config.log_format)
-    log.info("configuration", **redacted(config))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
