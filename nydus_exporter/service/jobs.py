@@ -772,7 +772,8 @@ class _ProgressRows:
         if event.kind == "image-done":
             row = f"{prefix}manifest"
             await self._emit(
-                ProgressRow(row, f"{prefix}writing manifest {event.name}", started=now, completed=now)
+                # The row id names the platform already; the action must not repeat it.
+                ProgressRow(row, f"writing manifest {event.name}", started=now, completed=now)
             )
             return
         row = f"{prefix}layer {event.layer + 1}/{event.layers}"

@@ -23,7 +23,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import grpc
 import structlog
@@ -46,9 +46,16 @@ log = structlog.get_logger("nydus_exporter.service")
 HEALTH_SERVICE = "grpc.health.v1.Health"
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """structlog for the daemon: JSON lines on stderr with the per-RPC context (job id, ...)."""
-    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """structlog for the daemon: JSON lines (or console lines) on ``stream`` (stderr) with the
+    per-RPC context (job id, ...). Console lines are coloured only on a terminal: in a file or
+    a journal the escape codes would be noise."""
+    stream = stream or sys.stderr
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -58,7 +65,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
 
@@ -146,7 +153,11 @@ async def _start_http(running: RunningServer, address: str) -> web.AppRunner:
     await runner.setup()
     host, _, port = address.removeprefix("http://").rpartition(":")
     site = web.TCPSite(runner, host or "127.0.0.1", int(port))
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {address} (metrics endpoint): {exc.strerror or exc}") from None
     bound = runner.addresses[0]
     running.http_address = f"{bound[0]}:{bound[1]}"
     return runner

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -183,3 +184,32 @@ async def test_a_second_daemon_on_the_same_state_dir_is_refused(
         f"nydus-exporter: error: state directory {state} is in use by another daemon (pid {os.getpid()})"
     ]
     assert (await client.resolve({"push": "false", "oci-layout": str(short_tmp / "out")})).instance_id
+
+
+def test_a_metrics_port_clash_is_one_line_and_console_logs_are_plain_off_a_tty(short_tmp: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "nydus-exporter"),
+                "serve",
+                "--state-dir",
+                str(short_tmp / "state"),
+                "--http",
+                address,
+                "--log-format",
+                "console",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"nydus-exporter: error: cannot listen on {address} (metrics endpoint): ")
+    assert not any("Traceback" in line for line in lines)
+    assert "configuration" in done.stderr  # the console log line, written to a pipe ...
+    assert "\x1b[" not in done.stderr  # ... without colour codes
+    assert not (short_tmp / "state" / "exporter.sock").exists()
