@@ -190,7 +190,7 @@ def test_a_metrics_port_clash_is_one_line_and_console_logs_are_plain_off_a_tty(s
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
         done = subprocess.run(
             [
                 str(Path(sys.executable).parent / "nydus-exporter"),
