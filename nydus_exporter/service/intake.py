@@ -35,6 +35,7 @@ from nydus_exporter.oci.platform import Platform
 from nydus_exporter.pack import PackOptions
 from nydus_exporter.service.attrs import selected
 from nydus_exporter.service.beneath import open_beneath
+from nydus_exporter.service.budget import JobBudget
 from nydus_exporter.service.cache import LayerCache, cache_key
 from nydus_exporter.service.errors import ProtocolError
 from nydus_exporter.service.worker import WorkerImage, WorkerLayer, platform_to_json
@@ -111,6 +112,7 @@ class ExportIntake:
         cache: LayerCache,
         max_chunk_bytes: int,
         roots: Sequence[Path],
+        metadata_budget: JobBudget,
         on_bytes: Callable[[int], None] = lambda n: None,
     ) -> None:
         if not platforms:
@@ -128,6 +130,10 @@ class ExportIntake:
         if not any(p.selected for p in self._platforms.values()):
             names = ", ".join(str(p) for p in selection)
             raise ConfigError(f"platform={names}: the export has no such platform")
+        # Metadata is the one client input held in memory (until commit writes the configs
+        # out): its bytes count against the job's and the daemon's metadata budget.
+        self._metadata_budget = metadata_budget
+        metadata_budget.reserve(sum(len(k) + len(v) for k, v in metadata.items()))
         self._metadata: dict[str, bytearray] = {k: bytearray(v) for k, v in metadata.items()}
         self._metadata_done: set[str] = set(metadata)
         self._pack = pack
@@ -159,11 +165,15 @@ class ExportIntake:
             raise ProtocolError("metadata_chunk has no key")
         if key in self._metadata_done:
             raise ProtocolError(f"metadata_chunk for {excerpt(key)} after its last chunk")
-        buf = self._metadata.setdefault(key, bytearray())
-        if offset != len(buf):
-            raise ProtocolError(f"metadata_chunk for {excerpt(key)} at offset {offset}, expected {len(buf)}")
-        if len(buf) + len(data) > MAX_METADATA_BYTES:
+        buf = self._metadata.get(key)
+        have = 0 if buf is None else len(buf)
+        if offset != have:
+            raise ProtocolError(f"metadata_chunk for {excerpt(key)} at offset {offset}, expected {have}")
+        if have + len(data) > MAX_METADATA_BYTES:
             raise ProtocolError(f"metadata {excerpt(key)} is larger than {MAX_METADATA_BYTES} bytes")
+        self._metadata_budget.reserve(len(data) + (len(key) if buf is None else 0))
+        if buf is None:
+            buf = self._metadata[key] = bytearray()
         buf += data
         if last:
             self._metadata_done.add(key)
@@ -404,10 +414,13 @@ class ExportIntake:
         return str(path)
 
     def close(self) -> None:
-        """Close an open spool (the job directory itself is removed by the job)."""
+        """Close an open spool and let the metadata go (commit wrote what the worker needs);
+        the job directory itself is removed by the job."""
         if self._spool is not None:
             self._spool.file.close()
             self._spool = None
+        self._metadata.clear()
+        self._metadata_budget.close()
 
     def close_references(self) -> None:
         """Close the descriptors of layers sent by reference (after the conversion)."""

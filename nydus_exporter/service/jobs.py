@@ -54,12 +54,14 @@ from nydus_exporter.registry.credentials import Credentials, StaticCredentials
 from nydus_exporter.registry.sync import SyncRegistry
 from nydus_exporter.service import errors as service_errors
 from nydus_exporter.service.attrs import ResolvedAttrs, filter_response, resolve_attrs
+from nydus_exporter.service.budget import Budget, JobBudget
 from nydus_exporter.service.cache import LayerCache, load_result
 from nydus_exporter.service.config import ServiceConfig
 from nydus_exporter.service.destination import publish_layout
 from nydus_exporter.service.errors import (
     IdempotencyConflictError,
     JobCancelledError,
+    LimitExceededError,
     NotFoundError,
     PreconditionError,
     ProtocolError,
@@ -106,6 +108,7 @@ class Instance:
     buildkit_version: str
     last_used: float
     job_ids: set[str] = field(default_factory=set)
+    attrs_bytes: int = 0  # what the attrs count against the daemon's attrs budget
 
 
 @dataclass
@@ -497,16 +500,42 @@ class JobRegistry:
         self.jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.cache = LayerCache(config.state_dir / "layer-cache")
         self.cache.clean_temporaries()
+        self.metadata_held = Budget(
+            config.max_metadata_bytes_total, "max_metadata_bytes_total", "export metadata bytes"
+        )
+        self.attrs_held = Budget(config.max_attrs_bytes_total, "max_attrs_bytes_total", "Resolve attrs bytes")
+
+    def metadata_budget(self) -> JobBudget:
+        """A new job's share of the metadata budget (its intake gives it back when it ends)."""
+        return JobBudget(
+            self.metadata_held,
+            self.config.max_metadata_bytes_per_job,
+            "max_metadata_bytes_per_job",
+            "the export's metadata",
+        )
 
     # --- instances ---------------------------------------------------------------------------
 
     def resolve(
         self, attrs: Mapping[str, str], *, exporter_index: int = 0, buildkit_version: str = ""
     ) -> Instance:
+        size = sum(len(k) + len(v) for k, v in attrs.items())
+        if size > self.config.max_attrs_bytes_per_instance:
+            raise LimitExceededError(
+                f"the attrs are {size} bytes, more than the "
+                f"{self.config.max_attrs_bytes_per_instance} max_attrs_bytes_per_instance allows"
+            )
         resolved = resolve_attrs(attrs, path_allowed=self.config.path_allowed)
-        instance = Instance(uuid.uuid4().hex, resolved, exporter_index, buildkit_version, self._clock())
+        self.attrs_held.reserve(size)  # given back when the instance is released or expires
+        instance = Instance(
+            uuid.uuid4().hex, resolved, exporter_index, buildkit_version, self._clock(), attrs_bytes=size
+        )
         self.instances[instance.instance_id] = instance
         return instance
+
+    def _forget(self, instance: Instance) -> None:
+        if self.instances.pop(instance.instance_id, None) is not None:
+            self.attrs_held.release(instance.attrs_bytes)
 
     def instance(self, instance_id: str) -> Instance:
         instance = self.instances.get(instance_id)
@@ -700,9 +729,10 @@ class JobRegistry:
         return sum(1 for job in targets if job.cancel(reason))
 
     def release(self, instance_id: str) -> bool:
-        instance = self.instances.pop(instance_id, None)
+        instance = self.instances.get(instance_id)
         if instance is None:
             return False
+        self._forget(instance)
         for job_id in instance.job_ids:
             job = self.jobs.get(job_id)
             if job is not None:
@@ -731,7 +761,7 @@ class JobRegistry:
                 (j := self.jobs.get(i)) is not None and j.state not in _FINISHED for i in instance.job_ids
             )
             if not running and not instance.job_ids and now - instance.last_used > ttl:
-                del self.instances[instance.instance_id]
+                self._forget(instance)
                 dropped += 1
         return dropped
 
@@ -751,7 +781,8 @@ class JobRegistry:
         for job in list(self.jobs.values()):
             shutil.rmtree(job.workdir, ignore_errors=True)
         self.jobs.clear()
-        self.instances.clear()
+        for instance in list(self.instances.values()):
+            self._forget(instance)
         self._by_key.clear()
 
 
