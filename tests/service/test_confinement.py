@@ -95,14 +95,19 @@ async def test_tar_layer_swapped_for_a_symlink_after_the_check(
     assert SECRET not in image
 
 
-@pytest.mark.parametrize("component", ["directory", "parent"])
+@pytest.mark.parametrize("component", ["directory", "parent", "inside"])
 async def test_directory_layer_swapped_for_a_symlink_after_the_check(
     client: ExporterClient, short_tmp: Path, outside: Path, resolution: str, component: str
 ) -> None:
     tree = short_tmp / "snapshots" / "tree"
-    tree.mkdir(parents=True)
+    (tree / "sub").mkdir(parents=True)
     (tree / "public.txt").write_bytes(PUBLIC)
-    swap, target = (tree, outside / "tree") if component == "directory" else (tree.parent, outside)
+    (tree / "key-link").symlink_to(outside / "tree" / "secret.key")  # stored as a link, not read
+    swap, target = {
+        "directory": (tree, outside / "tree"),
+        "parent": (tree.parent, outside),
+        "inside": (tree / "sub", outside / "tree"),  # the walk never follows it
+    }[component]
     out = short_tmp / "out"
     await _export_by_reference(client, out, tree, pb.LayerReference.KIND_DIRECTORY_OCI, swap, target)
     image = _blobs(out)
