@@ -35,7 +35,10 @@ _SYS_OPENAT2 = 437  # the same number on every architecture of the unified sysca
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_BENEATH = 0x08
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_FILE = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY  # NONBLOCK: a FIFO must not hang us
+# A file is first opened with O_PATH: nothing is opened "for real" (no FIFO waits for a
+# writer, no device acts on open) until fstat says it is a regular file.
+_PATH = os.O_PATH | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
 
 # Tests switch this off to exercise the component-by-component fallback.
 use_openat2 = True
@@ -127,11 +130,15 @@ def open_beneath(
     root_fd = os.open(root, _DIR)
     try:
         try:
-            fd = _open_at(root_fd, parts, _DIR if kind == "dir" else _FILE, create=create and kind == "dir")
+            fd = _open_at(root_fd, parts, _DIR if kind == "dir" else _PATH, create=create and kind == "dir")
         except OSError as exc:
-            if exc.errno in (errno.EXDEV, errno.ELOOP):
+            if exc.errno == errno.EXDEV:
                 raise PathNotAllowedError(
                     f"{what}: {text} leads out of its allowed root through a symlink"
+                ) from None
+            if exc.errno == errno.ELOOP:
+                raise PathNotAllowedError(
+                    f"{what}: {text} goes through a symlink, which is not followed here"
                 ) from None
             if exc.errno == errno.ENOTDIR:
                 raise ProtocolError(
@@ -143,10 +150,20 @@ def open_beneath(
     finally:
         os.close(root_fd)
     st = os.fstat(fd)
+    if stat.S_ISLNK(st.st_mode):  # O_PATH | O_NOFOLLOW opens the link itself
+        os.close(fd)
+        raise PathNotAllowedError(f"{what}: {text} is a symlink, which is not followed here")
     if (kind == "dir" and not stat.S_ISDIR(st.st_mode)) or (kind == "file" and not stat.S_ISREG(st.st_mode)):
         os.close(fd)
         raise ProtocolError(f"{what}: {text} is not a {'directory' if kind == 'dir' else 'file'}")
-    return fd
+    if kind == "dir":
+        return fd
+    try:
+        # Re-open the very inode just checked (the magic link is resolved by the kernel, no
+        # name lookup happens), now for reading.
+        return os.open(proc_path(fd), _READ)
+    finally:
+        os.close(fd)
 
 
 def _open_at(root_fd: int, parts: list[str], flags: int, *, create: bool) -> int:

@@ -20,6 +20,7 @@ import pytest
 from nydus_exporter.api import exporter_pb2 as pb
 from nydus_exporter.service import beneath
 from nydus_exporter.service.client import ExporterClient, RemoteExportError
+from nydus_exporter.service.errors import PathNotAllowedError, ProtocolError
 from nydus_exporter.service.server import RunningServer
 from nydus_exporter.sources import open_source
 from tests.helpers import tarbuild as tb
@@ -181,3 +182,28 @@ async def test_a_symlink_staying_inside_the_root_is_followed_with_openat2(
     with open_source(f"tar:{layer}", workdir=short_tmp) as src:
         await client.export(src, resolved.instance_id)
     assert (real / "index.json").is_file()
+
+
+def test_open_beneath_refuses_what_is_not_the_asked_kind_or_leads_out(
+    short_tmp: Path, outside: Path, resolution: str
+) -> None:
+    root = short_tmp / "root"
+    root.mkdir()
+    os.mkfifo(root / "fifo")
+    (root / "file-link").symlink_to(outside / "layer.tar")
+    (root / "real.tar").write_bytes(b"tar")
+    with pytest.raises(ProtocolError, match="fifo is not a file"):
+        beneath.open_beneath([root], root / "fifo", "file")  # no writer: must not wait for one
+    with pytest.raises(PathNotAllowedError, match="file-link"):
+        beneath.open_beneath([root], root / "file-link", "file")
+    with pytest.raises(PathNotAllowedError, match="not under an allowed root"):
+        beneath.open_beneath([root], outside / "layer.tar", "file")
+    with pytest.raises(PathNotAllowedError, match=r"contains '\.\.'"):
+        beneath.open_beneath([root], root / ".." / "root" / "real.tar", "file")
+    with pytest.raises(ProtocolError, match="is not a directory"):
+        beneath.open_beneath([root], root / "real.tar", "dir")
+    fd = beneath.open_beneath([root], root / "real.tar", "file")
+    try:
+        assert os.pread(fd, 16, 0) == b"tar"
+    finally:
+        os.close(fd)
