@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 RUN_DIR := .state/run
 DAEMON_DIR := .state/daemon
 PYTEST_ARGS ?=
+# make run's /metrics and /healthz endpoint (another port: make run METRICS_ADDR=127.0.0.1:9465)
+METRICS_ADDR ?= 127.0.0.1:9464
 
 # Debian packages the tests and the benchmark use:
 #   erofs-utils      mkfs.erofs / fsck.erofs / dump.erofs: independent readers of our images
@@ -68,7 +70,7 @@ test: system-deps venv
 #       tar:.state/run/sample.tar --output type=nydus,push=false,oci-layout=$(CURDIR)/.state/daemon/out,name=sample:1
 run: system-deps venv
 	mkdir -p $(DAEMON_DIR)
-	$(BIN)/nydus-exporter serve --state-dir $(CURDIR)/$(DAEMON_DIR) --http 127.0.0.1:9464 --log-format console
+	$(BIN)/nydus-exporter serve --state-dir $(CURDIR)/$(DAEMON_DIR) --http $(METRICS_ADDR) --log-format console
 
 # A small sample layer and an in-process pack + inspect of it (no daemon needed).
 sample: venv

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from nydus_exporter import __version__
-from nydus_exporter.errors import ConfigError, ExporterError, FormatError
+from nydus_exporter.errors import ConfigError, ExporterError, FormatError, excerpt
 from nydus_exporter.layer.directory import iter_directory
 from nydus_exporter.nydus_image_reader import NydusImage, open_image
 from nydus_exporter.oci import mediatypes as mt
@@ -76,7 +76,7 @@ def parse_bool(key: str, value: str) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise ConfigError(f"{key}={value!r} is not a boolean")
+    raise ConfigError(f"{key}={excerpt(value)} is not a boolean")
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class ExportOptions:
         for key, value in attrs.items():
             if key == "type":
                 if value != "nydus":
-                    raise ConfigError(f"type={value!r}: this exporter writes type=nydus")
+                    raise ConfigError(f"type={excerpt(value)}: this exporter writes type=nydus")
             elif key == "name":
                 names = tuple(n.strip() for n in value.split(",") if n.strip())
                 for name in names:
@@ -127,11 +127,11 @@ class ExportOptions:
             elif key == "merge-manifest-mode":
                 mode = {"nydus-config": "artifact"}.get(value, value)
                 if mode not in ("artifact", "legacy"):
-                    raise ConfigError(f"merge-manifest-mode={value!r}: expected artifact or legacy")
+                    raise ConfigError(f"merge-manifest-mode={excerpt(value)}: expected artifact or legacy")
                 kw["merge_manifest_mode"] = mode
             elif key == "merge-manifest-source":
                 if value not in ("registry", "build"):
-                    raise ConfigError(f"merge-manifest-source={value!r}: expected registry or build")
+                    raise ConfigError(f"merge-manifest-source={excerpt(value)}: expected registry or build")
                 kw["merge_manifest_source"] = value
             elif key == "registry.insecure":
                 kw["insecure"] = parse_bool(key, value)
@@ -149,29 +149,31 @@ class ExportOptions:
                 if value == "nydus":
                     continue  # accepted for image-exporter symmetry
                 if "compressor" in pack and pack["compressor"] != value:
-                    raise ConfigError(f"{key}={value!r} conflicts with compressor={pack['compressor']!r}")
+                    raise ConfigError(
+                        f"{key}={excerpt(value)} conflicts with compressor={excerpt(pack['compressor'])}"
+                    )
                 pack["compressor"] = value
             elif key in ("fs-version", "nydus-fs-version"):
                 if value != "6":
-                    raise ConfigError(f"{key}={value!r}: only RAFS v6 is supported")
+                    raise ConfigError(f"{key}={excerpt(value)}: only RAFS v6 is supported")
             elif key == "chunk-size":
                 try:
                     pack["chunk_size"] = int(value, 0)
                 except ValueError:
-                    raise ConfigError(f"chunk-size={value!r} is not a number") from None
+                    raise ConfigError(f"chunk-size={excerpt(value)} is not a number") from None
             elif key == "digester":
                 pack["digester"] = value
             elif key == "parallel-layers":
                 try:
                     kw["parallel_layers"] = max(1, int(value))
                 except ValueError:
-                    raise ConfigError(f"parallel-layers={value!r} is not a number") from None
+                    raise ConfigError(f"parallel-layers={excerpt(value)} is not a number") from None
             elif key.startswith("annotation."):
                 annotations[key.removeprefix("annotation.")] = value
             elif key in ("source-date-epoch", "standard-response-keys"):
                 pass  # meaningful for registry pushes and the daemon; accepted here
             else:
-                warnings.append(f"unknown exporter key {key!r} ignored")
+                warnings.append(f"unknown exporter key {excerpt(key)} ignored")
         if annotations:
             kw["annotations"] = annotations
         options = cls(pack=PackOptions(**pack).validated(), **kw)  # type: ignore[arg-type]
