@@ -83,7 +83,7 @@ class Converter:
         external = self._external_blobs(platform) if self._external_blobs is not None else None
         base = external.chunks if external is not None else None
         if self._options.chunk_dedup:
-            # Each layer references the chunks its lower layers stored (§4.2): one at a time.
+            # Each layer references the chunks its lower layers stored ([format §4.2]): one at a time.
             chunk_dict = base.copy() if base is not None else ChunkDict()
             blobs = []
             for i, layer in enumerate(image.layers):
@@ -118,8 +118,8 @@ class Converter:
             if blob.blob_meta is not None and hex_id in merged.blob_ids and hex_id not in seen:
                 seen.add(hex_id)
                 blob_metas.append((hex_id, blob.blob_meta))
-        # Blobs only the external blobs hold become extra blob layers after the image's own (§6.3), copied
-        # into the output so the image is complete.
+        # Blobs only the external blobs hold become extra blob layers after the image's own
+        # ([format §6.3]), copied into the output so the image is complete.
         extra_layers = []
         for hex_id in merged.blob_ids:
             if hex_id in seen or any(b.digest.removeprefix("sha256:") == hex_id for b in blobs):

@@ -2,8 +2,8 @@
 
 Per platform: pack every layer into a Nydus blob (layers in parallel, bounded), merge the
 per-layer bootstraps with overlay semantics, build the bootstrap layer, the config and the
-manifest (§6), then write everything into an OCI image layout. The top-level result is the
-manifest (one platform) or an index (several platforms, or ``merge-manifest``).
+manifest ([format §6]), then write everything into an OCI image layout. The top-level result
+is the manifest (one platform) or an index (several platforms, or ``merge-manifest``).
 
 This module runs the steps; each concern has its module: :mod:`.options` (the output keys),
 :mod:`.convert` (layers -> blobs -> one image), :mod:`.external` (chunks of blobs outside the

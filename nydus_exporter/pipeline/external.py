@@ -1,4 +1,4 @@
-"""Blobs outside the image whose chunks its layers may reference (nydus chunk-dict semantics, §4.2)."""
+"""Blobs outside the image whose chunks its layers may reference (chunk-dict semantics, [format §4.2])."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports t
 
 @dataclass
 class ExternalBlobs:
-    """Chunks stored in blobs outside the image (§4.2), with what the image needs of a blob it
+    """Chunks stored in blobs outside the image ([format §4.2]), with what the image needs of a blob it
     references: its layer descriptor, its blob.meta file, and where its bytes are."""
 
     chunks: ChunkDict = field(default_factory=ChunkDict)

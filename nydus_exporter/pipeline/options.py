@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nydus_exporter.errors import ConfigError, UnsupportedError
+from nydus_exporter.errors import ConfigError, UnsupportedError, excerpt
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
 from nydus_exporter.pipeline.pack import PackOptions
@@ -45,7 +45,7 @@ class DaemonPolicy(enum.Enum):
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What ``--output type=nydus,...`` says, parsed (buildkit-exporter-contract §5.4)."""
+    """What ``--output type=nydus,...`` says, parsed ([contract §5.4])."""
 
     names: tuple[str, ...] = ()
     push: bool = True
@@ -56,8 +56,8 @@ class ExportOptions:
     merge_manifest_source: MergeSource = "registry"  # the tag's current image | the source
     insecure: bool = False  # registry.insecure: plain HTTP or unverified TLS for the named registries
     ca_file: Path | None = None
-    chunk_dedup: bool = False  # layers reference chunks their lower layers stored (§4.2)
-    chunk_dict: str | None = None  # a Nydus image whose chunks layers reference (§4.2)
+    chunk_dedup: bool = False  # layers reference chunks their lower layers stored ([format §4.2])
+    chunk_dict: str | None = None  # a Nydus image whose chunks layers reference ([format §4.2])
     chunk_store: bool = False  # reference chunks the state dir's chunk store knows in the target
     platforms: tuple[Platform, ...] = ()
     pack: PackOptions = field(default_factory=PackOptions)
@@ -195,7 +195,7 @@ def _fs_version(value: str) -> str:
 
 def _compressor(value: str) -> str | None:
     if value == "nydus":
-        return None  # compression=nydus: accepted for image-exporter symmetry (§5.4)
+        return None  # compression=nydus: accepted for image-exporter symmetry ([contract §5.4])
     if value not in codecs.COMPRESSOR_NAMES:
         raise _Bad(f"expected one of {', '.join(codecs.COMPRESSOR_NAMES)}")
     return value
@@ -217,7 +217,7 @@ def _prefetch_patterns(value: str) -> None:
     patterns = [p.strip() for p in value.replace("\n", ",").split(",") if p.strip()]
     for pattern in patterns:
         if not pattern.startswith("/"):
-            raise _Bad(f"{pattern!r} is not an absolute path")
+            raise _Bad(f"{excerpt(pattern)} is not an absolute path")
     if patterns:
         raise _Unsupported("prefetch-patterns is not supported by this builder yet")
 
@@ -318,7 +318,7 @@ def parse_output_text(text: str) -> dict[str, str]:
                 continue
             key, sep, value = item.partition("=")
             if not sep:
-                raise ConfigError(f"--output field {item!r} is not key=value")
+                raise ConfigError(f"--output field {excerpt(item)} is not key=value")
             attrs[key.strip()] = value
     return attrs
 
@@ -354,17 +354,17 @@ class _Reader:
             return
         key = find_key(given)
         if key is None:
-            self.warnings.append(f"unknown exporter key {given!r} ignored")
+            self.warnings.append(f"unknown exporter key {excerpt(given)} ignored")
             return
         if given != key.name:
             self.warnings.append(f"{given} is an alias of {key.name}")
         if self._daemon and key.daemon is DaemonPolicy.REFUSED:
-            raise UnsupportedError(f"{given}={value!r}: not available over the daemon ({key.doc})")
+            raise UnsupportedError(f"{given}={excerpt(value)}: not available over the daemon ({key.doc})")
         if not self._daemon and key.scope == "daemon":
             self.warnings.append(f"{given} applies to the daemon only: ignored")
             return
         if self._daemon and key.daemon is DaemonPolicy.FIXED:
-            self.warnings.append(f"{given}={value!r} ignored: the daemon chooses {key.name} itself")
+            self.warnings.append(f"{given}={excerpt(value)} ignored: the daemon chooses {key.name} itself")
             return
         parsed = self._parse(key, given, value)
         if parsed is None:
@@ -385,20 +385,21 @@ class _Reader:
         except _Bad as exc:
             if key.lenient:
                 self.warnings.append(
-                    f"{given}={value!r} {exc.detail}: treated as {key.default} (as the PR #2045 exporter did)"
+                    f"{given}={excerpt(value)} {exc.detail}: treated as {key.default}"
+                    " (as the PR #2045 exporter did)"
                 )
                 return key.parse(key.default or "")
-            raise ConfigError(f"{given}={value!r} {exc.detail}") from None
+            raise ConfigError(f"{given}={excerpt(value)} {exc.detail}") from None
 
     def _check_host_path(self, key: Key, value: str) -> None:
         if not Path(value).is_absolute():
-            raise ConfigError(f"{key.name}={value!r} must be an absolute path")
+            raise ConfigError(f"{key.name}={excerpt(value)} must be an absolute path")
         if self._check_host_path_hook is not None:
             self._check_host_path_hook(key.name, Path(value))
 
     def _annotation(self, given: str, value: str) -> None:
         if given.startswith("annotation.") and not given.removeprefix("annotation."):
-            raise ConfigError(f"{given!r} names no annotation")
+            raise ConfigError(f"{excerpt(given)} names no annotation")
         self._put_raw(given, value, given)
         if given.startswith("annotation."):
             self._annotations[given.removeprefix("annotation.")] = value
@@ -408,7 +409,8 @@ class _Reader:
 
     def _put_raw(self, name: str, rendered: str, given: str) -> None:
         if name in self.normalized and self.normalized[name] != rendered:
-            raise ConfigError(f"{given}={rendered!r} conflicts with {name}={self.normalized[name]!r}")
+            have = excerpt(self.normalized[name])
+            raise ConfigError(f"{excerpt(given)}={excerpt(rendered)} conflicts with {name}={have}")
         self.normalized[name] = rendered
 
     def finish(self) -> ParsedOutput:

@@ -32,7 +32,7 @@ class PlatformResult:
 
 @dataclass
 class DedupStats:
-    """Chunk references of an image's layers and where their bytes are (§4.2)."""
+    """Chunk references of an image's layers and where their bytes are ([format §4.2])."""
 
     chunks: int = 0  # chunk references of all files (a hardlinked file counts once)
     stored: int = 0  # chunks the layers stored themselves
@@ -102,7 +102,7 @@ class ExportResult:
 
 
 def filter_response(response: Mapping[str, str], *, standard_keys: bool) -> dict[str, str]:
-    """``standard-response-keys=false`` keeps only the ``nydus.*`` keys (§5.4)."""
+    """``standard-response-keys=false`` keeps only the ``nydus.*`` keys ([contract §5.4])."""
     if standard_keys:
         return dict(response)
     return {k: v for k, v in response.items() if k.startswith("nydus.")}

@@ -1,6 +1,6 @@
 """Whiteout rules: which entries of an upper layer delete or hide entries of the layers below.
 
-Two conventions (``--whiteout-spec`` of nydus-image, §5.2; peers-and-pitfalls §4):
+Two conventions (``--whiteout-spec`` of nydus-image, [format §5.2]; [pitfalls §4]):
 
 ``oci`` (OCI image-spec "Whiteouts", what layer tars carry)
     ``.wh.<name>`` deletes ``<name>`` from the lower layers; ``.wh..wh..opq`` makes its

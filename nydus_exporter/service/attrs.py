@@ -1,4 +1,4 @@
-"""The daemon's view of an instance's output keys (``Resolve``, buildkit-exporter-contract §5.4).
+"""The daemon's view of an instance's output keys (``Resolve``, [contract §5.4]).
 
 The keys are read once, by :func:`~nydus_exporter.pipeline.options.parse_output` with the
 daemon's policies (refused and fixed keys, host paths under the allowed roots); this module
@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nydus_exporter.errors import excerpt
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.pipeline.options import ExportOptions, parse_output
 from nydus_exporter.service.errors import PathNotAllowedError
@@ -48,7 +49,7 @@ def resolve_attrs(attrs: Mapping[str, str], *, path_allowed: Callable[[Path], bo
     def check_host_path(key: str, path: Path) -> None:
         if not path_allowed(path):
             raise PathNotAllowedError(
-                f"{key}={str(path)!r} is not under an allowed root or the daemon's state directory"
+                f"{key}={excerpt(str(path))} is not under an allowed root or the daemon's state directory"
             )
 
     parsed = parse_output(attrs, daemon=True, check_host_path=check_host_path)

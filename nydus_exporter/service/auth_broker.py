@@ -1,4 +1,4 @@
-"""Registry credentials on demand, from the client of the Export stream (§4.2 option 2).
+"""Registry credentials on demand, from the client of the Export stream ([contract §4.2] option 2).
 
 Credentials stay with the client: :class:`AuthBroker` turns a ``credential_provider(host,
 challenge)`` call (the registry client's hook) into an ``auth_request`` event and waits for the
@@ -11,6 +11,7 @@ import base64
 import binascii
 import uuid
 
+from nydus_exporter.errors import excerpt
 from nydus_exporter.registry.auth import Challenge
 from nydus_exporter.registry.credentials import Credentials
 from nydus_exporter.service.errors import (
@@ -22,14 +23,14 @@ from nydus_exporter.service.events import (
     Emit,
 )
 
-_AUTH_TIMEOUT = 60.0  # as BuildKit's session auth helpers (§4.2)
+_AUTH_TIMEOUT = 60.0  # as BuildKit's session auth helpers ([contract §4.2])
 
 
 _TOKEN_USERNAME = "<token>"  # docker's marker: the secret is an identity token
 
 
 class AuthBroker:
-    """Registry credentials on demand, from the client of the stream (§4.2 option 2)."""
+    """Registry credentials on demand, from the client of the stream ([contract §4.2] option 2)."""
 
     def __init__(self, emit: Emit) -> None:
         self._emit = emit
@@ -62,7 +63,7 @@ class AuthBroker:
     def answer(self, answer: AuthAnswer) -> None:
         future = self._pending.get(answer.request_id)
         if future is None or future.done():
-            raise ProtocolError(f"auth_reply for unknown request_id {answer.request_id!r}")
+            raise ProtocolError(f"auth_reply for unknown request_id {excerpt(answer.request_id)}")
         future.set_result(answer)
 
 

@@ -36,17 +36,21 @@ from typing import Any
 import structlog
 
 from nydus_exporter import errors as core_errors
+from nydus_exporter.errors import excerpt
 from nydus_exporter.oci.descriptor import Descriptor
 from nydus_exporter.pipeline.options import ExportOptions, options_for_worker
 from nydus_exporter.pipeline.progress import ProgressEvent
 from nydus_exporter.pipeline.result import filter_response
 from nydus_exporter.service.attrs import ResolvedAttrs, resolve_attrs
 from nydus_exporter.service.auth_broker import AuthBroker
+from nydus_exporter.service.budget import Budget, JobBudget
 from nydus_exporter.service.cache import LayerCache
 from nydus_exporter.service.config import ServiceConfig
+from nydus_exporter.service.destination import publish_layout
 from nydus_exporter.service.errors import (
     IdempotencyConflictError,
     JobCancelledError,
+    LimitExceededError,
     NotFoundError,
     PreconditionError,
     ProtocolError,
@@ -64,7 +68,6 @@ from nydus_exporter.service.publish import (
     Pusher,
     RegistryPusher,
     merges_live_tag,
-    publish_layout,
     store_location,
     with_root,
 )
@@ -98,6 +101,7 @@ class Instance:
     buildkit_version: str
     last_used: float
     job_ids: set[str] = field(default_factory=set)
+    attrs_bytes: int = 0  # what the attrs count against the daemon's attrs budget
 
 
 @dataclass(eq=False)
@@ -188,21 +192,49 @@ class JobRegistry:
         self.jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.cache = LayerCache(config.state_dir / "layer-cache")
         self.cache.clean_temporaries()
+        self.metadata_held = Budget(
+            config.max_metadata_bytes_total, "max_metadata_bytes_total", "export metadata bytes"
+        )
+        self.attrs_held = Budget(config.max_attrs_bytes_total, "max_attrs_bytes_total", "Resolve attrs bytes")
+
+    def metadata_budget(self) -> JobBudget:
+        """A new job's share of the metadata budget (its intake gives it back when it ends)."""
+        return JobBudget(
+            self.metadata_held,
+            self.config.max_metadata_bytes_per_job,
+            "max_metadata_bytes_per_job",
+            "the export's metadata",
+        )
 
     # --- instances ---------------------------------------------------------------------------
 
     def resolve(
         self, attrs: Mapping[str, str], *, exporter_index: int = 0, buildkit_version: str = ""
     ) -> Instance:
+        size = sum(len(k) + len(v) for k, v in attrs.items())
+        if size > self.config.max_attrs_bytes_per_instance:
+            raise LimitExceededError(
+                f"the attrs are {size} bytes, more than the "
+                f"{self.config.max_attrs_bytes_per_instance} max_attrs_bytes_per_instance allows"
+            )
         resolved = resolve_attrs(attrs, path_allowed=self.config.path_allowed)
-        instance = Instance(uuid.uuid4().hex, resolved, exporter_index, buildkit_version, self._clock())
+        self.attrs_held.reserve(size)  # given back when the instance is released or expires
+        instance = Instance(
+            uuid.uuid4().hex, resolved, exporter_index, buildkit_version, self._clock(), attrs_bytes=size
+        )
         self.instances[instance.instance_id] = instance
         return instance
+
+    def _forget(self, instance: Instance) -> None:
+        if self.instances.pop(instance.instance_id, None) is not None:
+            self.attrs_held.release(instance.attrs_bytes)
 
     def instance(self, instance_id: str) -> Instance:
         instance = self.instances.get(instance_id)
         if instance is None:
-            raise NotFoundError(f"unknown instance {instance_id!r} (call Resolve first; it may have expired)")
+            raise NotFoundError(
+                f"unknown instance {excerpt(instance_id)} (call Resolve first; it may have expired)"
+            )
         instance.last_used = self._clock()
         return instance
 
@@ -215,7 +247,8 @@ class JobRegistry:
             if existing is not None and existing.state not in (JobState.FAILED, JobState.CANCELLED):
                 if existing.instance.attrs.fingerprint != instance.attrs.fingerprint:
                     raise IdempotencyConflictError(
-                        f"idempotency key {key!r} is in use by job {existing.job_id} with different attrs"
+                        f"idempotency key {excerpt(key)} is in use by job"
+                        f" {existing.job_id} with different attrs"
                     )
                 return existing, True
         job_id = uuid.uuid4().hex
@@ -324,7 +357,7 @@ class JobRegistry:
                 if pushed.digest != root.digest:
                     job.conversion = with_root(job.conversion, pushed)
             if options.oci_layout is not None:
-                await asyncio.to_thread(publish_layout, job.staging, options.oci_layout)
+                await asyncio.to_thread(publish_layout, job.staging, options.oci_layout, self.config.roots)
             result = self.export_result(job, job.conversion)
             job.final = dataclasses.replace(result, finalize_token="")
             job.state = JobState.DONE
@@ -364,7 +397,9 @@ class JobRegistry:
             job = self.jobs.get(job_id)
             if job is not None and token and job.finalize_token == token:
                 return job
-        raise NotFoundError(f"no export of instance {instance_id!r} has finalize token {token!r}")
+        raise NotFoundError(
+            f"no export of instance {excerpt(instance_id)} has finalize token {excerpt(token)}"
+        )
 
     # --- release, cancel, expiry -------------------------------------------------------------
 
@@ -373,7 +408,7 @@ class JobRegistry:
         if job_id:
             job = self.jobs.get(job_id)
             if job is None:
-                raise NotFoundError(f"unknown job {job_id!r}")
+                raise NotFoundError(f"unknown job {excerpt(job_id)}")
             targets.append(job)
         if instance_id:
             instance = self.instance(instance_id)
@@ -383,9 +418,10 @@ class JobRegistry:
         return sum(1 for job in targets if job.cancel(reason))
 
     def release(self, instance_id: str) -> bool:
-        instance = self.instances.pop(instance_id, None)
+        instance = self.instances.get(instance_id)
         if instance is None:
             return False
+        self._forget(instance)
         for job_id in instance.job_ids:
             job = self.jobs.get(job_id)
             if job is not None:
@@ -414,7 +450,7 @@ class JobRegistry:
                 (j := self.jobs.get(i)) is not None and j.state not in _FINISHED for i in instance.job_ids
             )
             if not running and not instance.job_ids and now - instance.last_used > ttl:
-                del self.instances[instance.instance_id]
+                self._forget(instance)
                 dropped += 1
         return dropped
 
@@ -434,7 +470,8 @@ class JobRegistry:
         for job in list(self.jobs.values()):
             shutil.rmtree(job.workdir, ignore_errors=True)
         self.jobs.clear()
-        self.instances.clear()
+        for instance in list(self.instances.values()):
+            self._forget(instance)
         self._by_key.clear()
 
 
@@ -455,7 +492,8 @@ class _ProgressRows:
         if event.kind == "image-done":
             row = f"{prefix}manifest"
             await self._emit(
-                ProgressRow(row, f"{prefix}writing manifest {event.name}", started=now, completed=now)
+                # The row id names the platform already; the action must not repeat it.
+                ProgressRow(row, f"writing manifest {event.name}", started=now, completed=now)
             )
             return
         row = f"{prefix}layer {event.layer + 1}/{event.layers}"

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Protocol
 
 from nydus_exporter.chunkstore import ChunkStore
-from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.descriptor import Descriptor
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.oci.reference import parse_reference
@@ -158,18 +157,3 @@ def sync_registry(
         insecure_hosts=[ref.api_host for ref in refs] if options.insecure else [],
         ca_file=options.ca_file,
     )
-
-
-def publish_layout(staging: Path, destination: Path) -> None:
-    """Move the staged image into ``destination``: blobs first, the index entries (tags) last."""
-    src = OciLayout.open(staging)
-    dst = OciLayout.create(destination)
-    blobs = staging / "blobs" / "sha256"
-    for blob in sorted(blobs.iterdir()):
-        if blob.name.startswith("."):
-            continue
-        dst.import_blob_file(blob, f"sha256:{blob.name}", move=True)
-    for desc in src.index().manifests:
-        tag = desc.annotation(mt.ANNOTATION_REF_NAME)
-        rest = {k: v for k, v in (desc.annotations or {}).items() if k != mt.ANNOTATION_REF_NAME}
-        dst.add_manifest(dataclasses.replace(desc, annotations=rest or None), tag=tag)

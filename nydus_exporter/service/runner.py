@@ -65,6 +65,7 @@ class WorkerRunner:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group: killed as a whole
+            pass_fds=spec.inherited_fds,
             limit=16 << 20,
         )
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None

@@ -44,6 +44,7 @@ from nydus_exporter.pipeline.progress import ProgressEvent
 from nydus_exporter.pipeline.sources import Source, SourceImage, SourceLayer, minimal_config
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
+from nydus_exporter.service.beneath import proc_path
 from nydus_exporter.service.cache import LayerCache, load_result
 from nydus_exporter.service.worker_spec import WorkerSpec
 
@@ -94,7 +95,7 @@ def build_source(spec: WorkerSpec) -> Source:
         platform = image.platform
         layers: list[SourceLayer] = []
         for layer in image.layers:
-            path = Path(layer.path)
+            path = Path(proc_path(layer.fd) if layer.fd >= 0 else layer.path)
             if layer.kind == "cached":
                 result = load_result(path, layer.blob_digest)
                 layers.append(_PrepackedLayer(layer.name, blob=path, result=result))

@@ -24,6 +24,9 @@ class WorkerLayer:
     cache_key: str = ""  # file layers: store the conversion under this key
     blob_digest: str = ""  # cached layers: the (verified) digest of the converted blob
     whiteouts: Literal["oci", "overlayfs"] = "oci"
+    # >= 0: a layer sent by reference, opened by the daemon beneath its allowed roots and
+    # inherited by the worker; read through it, never by ``path`` (which may have changed)
+    fd: int = -1
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,11 @@ class WorkerSpec:
     store_dir: str = ""
     store_location: str = ""
     store_verified: tuple[str, ...] = ()
+
+    @property
+    def inherited_fds(self) -> tuple[int, ...]:
+        """The descriptors the worker process must inherit (layers sent by reference)."""
+        return tuple(layer.fd for image in self.images for layer in image.layers if layer.fd >= 0)
 
     def to_bytes(self) -> bytes:
         """The spec as the worker reads it: one pickle (the daemon is the worker's parent and

@@ -9,7 +9,7 @@ and containerd do): per layer, whiteouts (``.wh.<name>``) and opaque markers
 ``.wh..wh.*`` names are ignored; then entries are applied in tar order: a later entry replaces
 an earlier one, a directory over a directory only changes its metadata, anything else over a
 directory drops the subtree; missing parent directories are created with mode 0755, uid/gid
-0, mtime 0 (spec §5.1) and existing ones are left alone; a hardlink shares its target's inode.
+0, mtime 0 ([format §5.1]) and existing ones are left alone; a hardlink shares its target's inode.
 The paths nydus never stores (``/stargz.index.json``, ``/.prefetch.landmark``,
 ``/.no.prefetch.landmark``) are left out.
 """
@@ -310,7 +310,7 @@ def _tar_xattrs(pax: Mapping[str, str]) -> dict[bytes, bytes]:
             encoded = _raw(value).strip()
             with contextlib.suppress(binascii.Error, ValueError):
                 out[name] = base64.b64decode(encoded + b"=" * (-len(encoded) % 4), validate=True)
-    for key, value in pax.items():  # SCHILY wins, as for nydus (§5.1)
+    for key, value in pax.items():  # SCHILY wins, as for nydus ([format §5.1])
         if key.startswith("SCHILY.xattr."):
             out[_raw(key[len("SCHILY.xattr.") :])] = _raw(value)
     return out
