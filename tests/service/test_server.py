@@ -174,7 +174,8 @@ async def test_a_second_daemon_on_the_same_state_dir_is_refused(
     assert (state / "jobs" / "a-running-job").is_dir()
     (state / "jobs" / "a-running-job").rmdir()
     # The CLI: exit status 1, one line naming the directory and the holder.
-    done = subprocess.run(
+    done = await asyncio.to_thread(
+        subprocess.run,
         [str(Path(sys.executable).parent / "nydus-exporter"), "serve", "--state-dir", str(state)],
         capture_output=True,
         text=True,
