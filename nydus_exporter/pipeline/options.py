@@ -65,9 +65,6 @@ class ExportOptions:
     annotations: Mapping[str, str] = field(default_factory=dict)
     source_date_epoch: int | None = None  # config `created` and history times (BuildKit's epoch)
     standard_response_keys: bool = True  # false: only the nydus.* response keys
-    with_referrer: bool = False
-    name_canonical: bool = False
-    push_by_digest: bool = False
 
 
 @dataclass(frozen=True)
@@ -238,6 +235,18 @@ def _epoch(value: str) -> int | None:
     return epoch
 
 
+def _not_yet(what: str) -> Callable[[str], bool]:
+    """A boolean key of the image exporter this builder does not implement: ``false`` (its
+    default) is accepted, ``true`` refused rather than silently ignored."""
+
+    def parse(value: str) -> bool:
+        if _bool(value):
+            raise _Unsupported(f"{what} is not supported by this builder yet")
+        return False
+
+    return parse
+
+
 def _type(value: str) -> None:
     if value != "nydus":
         raise _Bad("this exporter writes type=nydus")
@@ -294,9 +303,9 @@ KEYS: tuple[Key, ...] = (
     Key("prefetch-patterns", "", _prefetch_patterns),
     Key("source-date-epoch", "source_date_epoch", _epoch, doc="clamps the config and history times"),
     Key("standard-response-keys", "standard_response_keys", _bool, _render_bool, "true"),
-    Key("with-referrer", "with_referrer", _bool, _render_bool),
-    Key("name-canonical", "name_canonical", _bool, _render_bool),
-    Key("push-by-digest", "push_by_digest", _bool, _render_bool),
+    Key("with-referrer", "", _not_yet("with-referrer=true (a subject for the Nydus manifest)"), _render_bool),
+    Key("name-canonical", "", _not_yet("name-canonical=true (a name@digest for each name)"), _render_bool),
+    Key("push-by-digest", "", _not_yet("push-by-digest=true (a push without tags)"), _render_bool),
 )
 ANNOTATION_PREFIXES = ("annotation.", "annotation-", "annotation[")
 
