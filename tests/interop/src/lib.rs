@@ -1,0 +1,6 @@
+//! Shared pieces of the interop tools (see the binaries under `src/bin/`).
+
+pub mod args;
+pub mod fusefs;
+pub mod hex;
+pub mod storage_config;
