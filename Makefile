@@ -16,9 +16,10 @@ PYTEST_ARGS ?=
 #   debootstrap      builds the realistic rootfs layer of bench/pack.py
 #   tar, gzip, zstd, xz-utils  reference archivers; util-linux, mount (losetup, mount, dmesg);
 #   procps (pgrep: no conversion worker outlives its job); kmod (modprobe erofs)
+#   liblz4-1         LZ4_compress_default for lz4_block chunks (the bytes nydus-image writes)
 #   pkg-config, libssl-dev, gcc  build the interop tools on the nydus crates (openssl-sys, zstd-sys)
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux mount procps kmod \
-	ca-certificates pkg-config libssl-dev gcc libc6-dev
+	ca-certificates liblz4-1 pkg-config libssl-dev gcc libc6-dev
 
 # The interop tools (tests/interop/, a Cargo workspace on the real nydus crates) go to bin/.
 # Cargo's target directory lives outside the clone so repeated runs (and fresh clones) build

@@ -34,10 +34,12 @@ def tool(name: str) -> Path:
     return path
 
 
-def run_tool(name: str, args: Sequence[str | os.PathLike[str]], *, timeout: float = 600) -> str:
+def run_tool(
+    name: str, args: Sequence[str | os.PathLike[str]], *, timeout: float = 600, stdin: str = ""
+) -> str:
     """Run a tool; its stdout, or AssertionError with its stderr when it fails."""
     argv = [str(tool(name)), *(str(a) for a in args)]
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    res = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
     if res.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} failed (exit {res.returncode}):\n{res.stderr.strip()}")
     return res.stdout
