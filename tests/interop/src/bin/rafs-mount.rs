@@ -28,6 +28,21 @@ fn main() {
     }
 }
 
+/// Whether `path` is still a mountpoint (listed in /proc/self/mountinfo).
+fn is_mounted(path: &std::path::Path) -> bool {
+    let target = match path.canonicalize() {
+        Ok(p) => p,
+        Err(_) => return false,
+    };
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| {
+            info.lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .any(|m| std::path::Path::new(m) == target)
+        })
+        .unwrap_or(false)
+}
+
 fn run() -> Result<()> {
     let mut a = Args::from_env(
         "rafs-mount BOOTSTRAP MOUNTPOINT (--blob-dir DIR | --registry http://HOST/REPO) --work-dir DIR",
@@ -78,6 +93,9 @@ fn run() -> Result<()> {
                 }
             }
             Ok(None) => break,
+            // The kernel closing the session on umount shows up as an epoll error/hangup on
+            // /dev/fuse; nydusd's fusedev loop ends on a session failure the same way.
+            Err(fuse_backend_rs::transport::Error::SessionFailure(_)) if !is_mounted(&mountpoint) => break,
             Err(e) => {
                 let _ = session.umount();
                 return Err(anyhow!("fuse channel: {e:?}"));
