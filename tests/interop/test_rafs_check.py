@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,10 +28,13 @@ from pathlib import Path
 
 import pytest
 
+from nydus_exporter.export import ExportOptions, export
+from tests.conftest import require
 from tests.helpers import tarbuild as tb
 from tests.helpers.treesnap import Snapshot, diff_snapshots
-from tests.interop.images import Image, export_image, kernel_tree, write_tars
+from tests.interop.images import TAG, Image, export_image, kernel_tree, open_layout, write_tars
 from tests.interop.tools import CheckResult, rafs_check
+from tests.registry_fixtures import RegistryServer
 from tests.test_merge_kernel import (
     corpus_data,
     corpus_devices,
@@ -218,3 +223,30 @@ def test_hundred_thousand_entries(tmp_path: Path) -> None:
             F(f"d{d:03d}/file-{i:04d}", b"%d/%d\n" % (d, i), mtime=1_700_000_000 + i) for i in range(999)
         )
     check_against_kernel(_build(Kind(lambda: [members]), tmp_path), tmp_path)
+
+
+def test_chunk_store(registry: RegistryServer, repo_name: str, tmp_path: Path) -> None:
+    """``chunk-store=true``: the second image pushed to a repository references chunks of the
+    first image's blob, an extra blob layer of its own (copied back with skopeo)."""
+    require(shutil.which("skopeo") is not None, "needs skopeo")
+    state = tmp_path / "state"
+    for tag, members in (
+        ("v1", [D("opt", mtime=1_700_000_000), F("opt/big.bin", DEDUP_BIG, mtime=1_700_000_001)]),
+        ("v2", [F("app/copy.bin", DEDUP_BIG, mtime=1_700_000_002), F("app/new", b"new\n" * 50)]),
+    ):
+        (tar,) = write_tars(tmp_path / tag, [members])
+        attrs = {
+            "name": f"{registry.host}/{repo_name}:{tag}",
+            "oci-mediatypes": "true",
+            "chunk-store": "true",
+        }
+        options, _ = ExportOptions.from_attrs(attrs)
+        export(f"tar:{tar}", options, state_dir=state)
+    layout = tmp_path / "copy"
+    subprocess.run(
+        ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{registry.host}/{repo_name}:v2",
+         f"oci:{layout}:{TAG}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    result = check_against_kernel(open_layout(layout), tmp_path)
+    assert len(result.blobs) == 2  # v2's own blob and v1's
