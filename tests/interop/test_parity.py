@@ -29,6 +29,7 @@ import pytest
 
 from tests.helpers import tarbuild as tb
 from tests.helpers.treesnap import Snapshot, diff_snapshots
+from tests.interop import summary
 from tests.interop.blobparts import BlobParts, split_blob
 from tests.interop.images import export_image, write_tars
 from tests.interop.tools import rafs_check, run_tool
@@ -230,6 +231,7 @@ def test_layer_parity(tmp_path: Path, request: pytest.FixtureRequest) -> None:
             data_same += 1
         our_boot, ref_boot = ours.parts.section("image.boot"), ref.parts.section("image.boot")
         assert our_boot is not None and ref_boot is not None
+        summary.record(summary.IDENTICAL, name, not data_diff and our_boot.data == ref_boot.data)
         if our_boot.data == ref_boot.data:
             boot_same += 1
             if ours.blob_id != ref.blob_id and ref.blob_id:
@@ -253,7 +255,6 @@ def test_layer_parity(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(line)
-    print(line)
     assert failures == [], "\n".join(failures)
 
 

@@ -32,6 +32,7 @@ from nydus_exporter.export import ExportOptions, export
 from tests.conftest import require
 from tests.helpers import tarbuild as tb
 from tests.helpers.treesnap import Snapshot, diff_snapshots
+from tests.interop import summary
 from tests.interop.images import TAG, Image, export_image, kernel_tree, open_layout, write_tars
 from tests.interop.tools import CheckResult, rafs_check
 from tests.registry_fixtures import RegistryServer
@@ -162,12 +163,14 @@ def as_nydusd_shows(kernel: Snapshot, rafs: CheckResult, started: float) -> Snap
     return out
 
 
-def check_against_kernel(image: Image, work: Path) -> CheckResult:
+def check_against_kernel(image: Image, work: Path, name: str) -> CheckResult:
+    summary.record(summary.CHECKED, name, False)
     started = time.time()
     result = rafs_check(image.bootstrap, image.blob_dir)
     kernel = kernel_tree(image.ref, work)
     diff = diff_snapshots(as_nydusd_shows(kernel, result, started), result.tree)
     assert diff == [], "rafs-check tree differs from the kernel mount:\n" + "\n".join(diff[:50])
+    summary.record(summary.CHECKED, name, True)
     assert {b["id"] for b in result.blobs} <= {d["digest"].removeprefix("sha256:") for d in image.blob_layers}
     return result
 
@@ -181,7 +184,7 @@ def _build(kind: Kind, tmp_path: Path) -> Image:
 def test_formats(name: str, tmp_path: Path) -> None:
     """Each compressor, digester and chunk size: the loader validates and the tree matches."""
     kind = FORMAT_KINDS[name]
-    result = check_against_kernel(_build(kind, tmp_path), tmp_path)
+    result = check_against_kernel(_build(kind, tmp_path), tmp_path, name)
     compressor = next((a.split("=")[1] for a in kind.attrs if a.startswith("compressor=")), "zstd")
     digester = next((a.split("=")[1] for a in kind.attrs if a.startswith("digester=")), "blake3")
     (blob,) = result.blobs
@@ -193,13 +196,13 @@ def test_formats(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(MERGE_KINDS))
 def test_merged_layers(name: str, tmp_path: Path) -> None:
     """Merged multi-layer images: whiteouts, opaque directories, replacements, hardlinks."""
-    check_against_kernel(_build(MERGE_KINDS[name], tmp_path), tmp_path)
+    check_against_kernel(_build(MERGE_KINDS[name], tmp_path), tmp_path, f"merge-{name}")
 
 
 def test_chunk_dedup(tmp_path: Path) -> None:
     """``chunk-dedup=true``: a later layer's file reads chunks stored in a lower layer's blob."""
     image = _build(DEDUP_KIND, tmp_path)
-    result = check_against_kernel(image, tmp_path)
+    result = check_against_kernel(image, tmp_path, "chunk-dedup")
     assert len(result.blobs) == 3
 
 
@@ -209,7 +212,7 @@ def test_chunk_dict(tmp_path: Path) -> None:
     dict_image = export_image(dict_tars, tmp_path / "dict")
     app_tars = write_tars(tmp_path / "app-tars", [[F("app/data.bin", DEDUP_BIG), F("app/new", b"new\n")]])
     image = export_image(app_tars, tmp_path / "app", f"chunk-dict=oci:{dict_image.layout}:1")
-    result = check_against_kernel(image, tmp_path / "app-check")
+    result = check_against_kernel(image, tmp_path / "app-check", "chunk-dict")
     assert len(result.blobs) == 2
 
 
@@ -222,7 +225,7 @@ def test_hundred_thousand_entries(tmp_path: Path) -> None:
         members.extend(
             F(f"d{d:03d}/file-{i:04d}", b"%d/%d\n" % (d, i), mtime=1_700_000_000 + i) for i in range(999)
         )
-    check_against_kernel(_build(Kind(lambda: [members]), tmp_path), tmp_path)
+    check_against_kernel(_build(Kind(lambda: [members]), tmp_path), tmp_path, "100k-entries")
 
 
 def test_chunk_store(registry: RegistryServer, repo_name: str, tmp_path: Path) -> None:
@@ -248,5 +251,5 @@ def test_chunk_store(registry: RegistryServer, repo_name: str, tmp_path: Path) -
          f"oci:{layout}:{TAG}"],
         check=True, capture_output=True,
     )  # fmt: skip
-    result = check_against_kernel(open_layout(layout), tmp_path)
+    result = check_against_kernel(open_layout(layout), tmp_path, "chunk-store")
     assert len(result.blobs) == 2  # v2's own blob and v1's

@@ -24,6 +24,7 @@ from nydus_exporter.export import ExportOptions, export
 from tests.conftest import require
 from tests.helpers import tarbuild as tb
 from tests.helpers.treesnap import diff_snapshots, snapshot_dir
+from tests.interop import summary
 from tests.interop.images import Image, kernel_tree, open_layout, write_tars
 from tests.interop.test_rafs_check import rich_layer
 from tests.interop.tools import tool
@@ -88,6 +89,7 @@ def _wait_for_mount(mnt: Path) -> None:
 
 def test_tree_equals_kernel(registry: RegistryServer, repo_name: str, tmp_path: Path) -> None:
     """Every path, attribute and byte nydusd serves from the registry equals the kernel mount."""
+    summary.record(summary.MOUNTED, "rich-layer", False)
     image = push_image([rich_layer()], registry, repo_name, tmp_path)
     expected = kernel_tree(image.ref, tmp_path)
     started = time.time()
@@ -107,6 +109,7 @@ def test_tree_equals_kernel(registry: RegistryServer, repo_name: str, tmp_path: 
         p: dataclasses.replace(e, mtime=0, mtime_nsec=0) if p in zero_mtime else e for p, e in served.items()
     }
     assert diff_snapshots(expected, adjusted) == []
+    summary.record(summary.MOUNTED, "rich-layer", True)
 
 
 @pytest.mark.slow
@@ -119,6 +122,7 @@ def test_reading_one_file_fetches_only_its_chunks(
     layers: list[list[tb.Member]] = [
         [tb.dir("data", mtime=1_700_000_000), big, tb.file("data/small", small, mtime=1_700_000_001)]
     ]
+    summary.record(summary.MOUNTED, "200MiB-lazy", False)
     image = push_image(layers, registry, repo_name, tmp_path)
     (layer,) = image.blob_layers
     assert layer["size"] >= 200 * MiB
@@ -132,3 +136,4 @@ def test_reading_one_file_fetches_only_its_chunks(
     (fetched,) = stats["blobs"].values()
     print(f"rafs-mount fetched {fetched} of a {layer['size']}-byte blob")
     assert 0 < fetched["read_amount_total"] < 3 * MiB, fetched
+    summary.record(summary.MOUNTED, "200MiB-lazy", True)
