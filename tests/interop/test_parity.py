@@ -272,22 +272,22 @@ MERGE_LAYERS: list[list[tb.Member]] = [
 
 
 def test_merge_parity(tmp_path: Path) -> None:
-    """nydus-builder's Merger over our per-layer bootstraps (``nydus-image merge
-    --prefetch-policy fs --blob-digests ...`` with the pattern "/" on stdin) writes the same
-    merged bootstrap our export writes, and serves the same tree."""
+    """nydus-builder's Merger over our per-layer bootstraps, run as nydus-snapshotter's
+    converter runs ``nydus-image merge`` for tar-rafs layers (``--prefetch-policy fs``, the
+    pattern "/" on stdin, each bootstrap file named by its blob layer's digest hex, which
+    becomes the blob id; no --blob-digests/--blob-sizes, which it passes only for OCI-ref
+    layers), writes the same merged bootstrap our export writes."""
     image = export_image(write_tars(tmp_path / "tars", MERGE_LAYERS), tmp_path / "layout")
-    layers = image.blob_layers
-    boots = []
-    for i, layer in enumerate(layers):
+    boots: list[str | Path] = []
+    for layer in image.blob_layers:
         boot = split_blob(image.blob(layer["digest"]).read_bytes()).section("image.boot")
         assert boot is not None
-        path = tmp_path / f"layer{i}.boot"
+        path = tmp_path / "bootstraps" / layer["digest"].removeprefix("sha256:")
+        path.parent.mkdir(exist_ok=True)
         path.write_bytes(boot.data)
         boots.append(path)
     target = tmp_path / "ref-merged.boot"
-    digests = ",".join(layer["digest"].removeprefix("sha256:") for layer in layers)
-    args: list[str | Path] = ["-o", target, "--prefetch-policy", "fs", "--blob-digests", digests, *boots]
-    run_tool("rafs-ref-merge", args, stdin="/\n")
+    run_tool("rafs-ref-merge", ["-o", target, "--prefetch-policy", "fs", *boots], stdin="/\n")
     ours = rafs_check(image.bootstrap, image.blob_dir)
     ref = rafs_check(target, image.blob_dir)
     assert diff_snapshots(ref.zero_mtimes_as_stored(), ours.zero_mtimes_as_stored()) == []

@@ -73,7 +73,10 @@ def reference_image(tmp_path: Path) -> tuple[Path, list[Path]]:
             parts.section("blob.meta.header"),
         )
         assert boot is not None and ci is not None and ci_header is not None
-        boots.append(tmp_path / f"layer{i}.boot")
+        # Named by the layer digest, as the converter names them: the merge takes the blob ids
+        # from the bootstrap file names.
+        boots.append(tmp_path / "bootstraps" / layers[-1]["digest"].removeprefix("sha256:"))
+        boots[-1].parent.mkdir(exist_ok=True)
         boots[-1].write_bytes(boot.data)
         # `image/<blob>.blob.meta`, the blob cache's meta file the snapshotter takes from the
         # bootstrap layer: the builder's chunk info, padded to 4 KiB, then its 4 KiB header.
@@ -82,8 +85,7 @@ def reference_image(tmp_path: Path) -> tuple[Path, list[Path]]:
             (f"image/{digest_hex}.blob.meta", ci.data + bytes(-len(ci.data) % 4096) + ci_header.data)
         )
     merged = tmp_path / "image.boot"
-    digests = ",".join(layer["digest"].removeprefix("sha256:") for layer in layers)
-    args = ["-o", merged, "--prefetch-policy", "fs", "--blob-digests", digests, *boots]
+    args = ["-o", merged, "--prefetch-policy", "fs", *boots]
     run_tool("rafs-ref-merge", args, stdin="/\n")
     boot_tar = go_tar(tmp_path, [("image/image.boot", merged.read_bytes()), *metas])
     boot_layer = _put(blobs, gzip.compress(boot_tar, mtime=0))
