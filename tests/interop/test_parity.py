@@ -66,6 +66,7 @@ class Case:
     digester: str = "blake3"
     deliberate: frozenset[str] = field(default_factory=frozenset)
     fmt: str = "pax"
+    whiteout_spec: str = "oci"  # nydus-image's default; nydus-snapshotter's converter passes none
 
 
 def go_fifo(path: str, mtime: int) -> tb.Member:
@@ -116,6 +117,11 @@ def xattrs_layer() -> list[tb.Member]:
               xattrs={"security.capability": b"\x01\x00\x00\x02", "user.a": b"1", "user.b": b"\x00\xff"})]
 
 
+def whiteouts_layer() -> list[tb.Member]:
+    return [D("etc", mtime=1_600_000_000), tb.whiteout("etc/passwd"), D("opt", mtime=1_600_000_001),
+            tb.opaque("opt"), F("opt/x", b"x", mtime=1_600_000_002), tb.whiteout("gone")]
+
+
 def chunkless_layer() -> list[tb.Member]:
     return [D("etc", mtime=1_600_000_000), F("etc/empty", b"", mtime=1_600_000_001),
             S("link", "etc", mtime=1_600_000_002), tb.whiteout("gone")]
@@ -140,6 +146,8 @@ CASES: dict[str, Case] = {
     ),
     # No sparse files: nydus-builder 0.2.0 refuses GNU sparse members ("unsupported gnu sparse
     # file extension from tar header"); docs/nydus-parity.md lists what the reference cannot read.
+    "whiteouts-spec-oci": Case(whiteouts_layer),
+    "whiteouts-spec-none": Case(whiteouts_layer, whiteout_spec="none"),
     "xattrs": Case(xattrs_layer, deliberate=frozenset({"xattr-order"})),
     "chunkless": Case(chunkless_layer, deliberate=frozenset({"chunkless-inlined-chunk-digest"})),
     "subsecond-mtime": Case(subsecond_layer, deliberate=frozenset({"subsecond-mtime"})),
@@ -167,6 +175,7 @@ def build_ours(tar: Path, case: Case, out: Path) -> Built:
 def build_reference(tar: Path, case: Case, out: Path) -> Built:
     args: list[str | Path] = [tar, "-o", out, "--chunk-size", hex(case.chunk_size)]
     args += ["--compressor", case.compressor, "--digester", case.digester, "--prefetch-policy", "fs"]
+    args += ["--whiteout-spec", case.whiteout_spec]
     # The prefetch pattern nydusify gives nydus-image on stdin by default: "/" (prefetch all),
     # which is the prefetch table our bootstraps carry.
     report = json.loads(run_tool("rafs-ref-build", args, stdin="/\n"))

@@ -1,5 +1,6 @@
 //! `rafs-ref-build LAYER.tar -o DIR [--chunk-size N] [--compressor zstd|lz4_block|none]
-//! [--digester blake3|sha256] [--prefetch-policy none|fs]` (fs: patterns on stdin): the reference data blob for one layer tar, built by
+//! [--digester blake3|sha256] [--prefetch-policy none|fs] [--whiteout-spec oci|none]`
+//! (fs: patterns on stdin): the reference data blob for one layer tar, built by
 //! nydus-builder exactly as `nydus-image create --type tar-rafs --blob-inline-meta
 //! --features blob-toc --blob DIR/blob` does (nydus-image's `create()`: aligned chunks for v6,
 //! explicit uid/gid (not `--repeatable`), OCI whiteouts, no prefetch, RAFS v6, batch size 0,
@@ -60,6 +61,12 @@ fn run() -> Result<()> {
         .optional("--prefetch-policy")?
         .unwrap_or("none".into())
         .parse()?;
+    // nydus-image's default is oci; nydus-snapshotter's converter passes none (whiteouts stay
+    // ordinary files in the layer bootstrap and take effect in the merge).
+    let whiteout_spec: WhiteoutSpec = a
+        .optional("--whiteout-spec")?
+        .unwrap_or("oci".into())
+        .parse()?;
     let source = PathBuf::from(a.positional()?);
     a.finish()?;
 
@@ -73,7 +80,7 @@ fn run() -> Result<()> {
         compressor,
         digester,
         true, // explicit uid/gid: !--repeatable
-        WhiteoutSpec::Oci,
+        whiteout_spec,
         conversion,
         source,
         Prefetch::new(policy)?, // patterns are read from stdin unless the policy is none
