@@ -18,9 +18,11 @@ each with its reason; nothing else is.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ import pytest
 from nydus_exporter.export import ExportOptions, export
 from tests.conftest import require
 from tests.helpers import tarbuild as tb
-from tests.helpers.treesnap import Snapshot, diff_snapshots
+from tests.helpers.treesnap import Snapshot, diff_snapshots, snapshot_tar
 from tests.interop import summary
 from tests.interop.images import TAG, Image, export_image, kernel_tree, open_layout, write_tars
 from tests.interop.tools import CheckResult, rafs_check
@@ -253,3 +255,24 @@ def test_chunk_store(registry: RegistryServer, repo_name: str, tmp_path: Path) -
     )  # fmt: skip
     result = check_against_kernel(open_layout(layout), tmp_path, "chunk-store")
     assert len(result.blobs) == 2  # v2's own blob and v1's
+
+
+def test_pack_blob_loads_as_its_own_bootstrap(tmp_path: Path) -> None:
+    """``nydus-exporter pack``'s blob given to the loader as the bootstrap: nydusd finds the
+    inlined bootstrap through the blob's ToC (``TocEntryList::extract_rafs_meta``), as it does
+    for a blob named in place of a bootstrap, and serves the layer tar's tree."""
+    (tar,) = write_tars(tmp_path / "tars", [rich_layer()])
+    blob_dir = tmp_path / "blobs"
+    blob_dir.mkdir()
+    blob = blob_dir / "packed.blob"
+    exe = Path(sys.executable).with_name("nydus-exporter")
+    report = subprocess.run(
+        [exe, "pack", tar, "-o", blob, "--json"], check=True, capture_output=True, text=True
+    )
+    # The loader takes the blob id from the file name; the localfs backend reads DIR/<blob id>.
+    named = blob_dir / json.loads(report.stdout)["blob_id"]
+    blob.rename(named)
+    result = rafs_check(named, blob_dir)
+    summary.record(summary.CHECKED, "pack-blob", False)
+    assert diff_snapshots(snapshot_tar(tar), result.zero_mtimes_as_stored()) == []
+    summary.record(summary.CHECKED, "pack-blob", True)
