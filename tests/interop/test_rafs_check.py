@@ -276,3 +276,18 @@ def test_pack_blob_loads_as_its_own_bootstrap(tmp_path: Path) -> None:
     summary.record(summary.CHECKED, "pack-blob", False)
     assert diff_snapshots(snapshot_tar(tar), result.zero_mtimes_as_stored()) == []
     summary.record(summary.CHECKED, "pack-blob", True)
+
+
+def test_a_corrupted_chunk_is_caught(tmp_path: Path) -> None:
+    """The check really validates data: one flipped byte in an uncompressed chunk fails the
+    read with nydus-storage's digest check (the file cache's ``validate``)."""
+    (tar,) = write_tars(tmp_path / "tars", [[F("f", b"hello world " * 1000, mtime=5)]])
+    image = export_image([tar], tmp_path / "layout", "compressor=none")
+    (layer,) = image.blob_layers
+    blob = image.blob(layer["digest"])
+    rafs_check(image.bootstrap, image.blob_dir)  # intact: passes
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 0xFF  # inside the file's only chunk (the data starts at offset 0)
+    blob.write_bytes(bytes(data))
+    with pytest.raises(AssertionError, match="digest value doesn't match"):
+        rafs_check(image.bootstrap, image.blob_dir)
