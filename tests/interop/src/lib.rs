@@ -2,5 +2,6 @@
 
 pub mod args;
 pub mod fusefs;
+pub mod fuseserve;
 pub mod hex;
 pub mod storage_config;

@@ -10,14 +10,10 @@
 //! stderr once the mount is live.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
-use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::api::{Vfs, VfsOptions};
-use fuse_backend_rs::transport::FuseSession;
+use anyhow::{bail, Context, Result};
 use nydus_interop::args::Args;
-use nydus_interop::{fusefs, storage_config};
+use nydus_interop::{fuseserve, fusefs, storage_config};
 use nydus_rafs::metadata::RafsSuper;
 use serde_json::{json, Value};
 
@@ -26,21 +22,6 @@ fn main() {
         eprintln!("rafs-mount: {e:#}");
         std::process::exit(1);
     }
-}
-
-/// Whether `path` is still a mountpoint (listed in /proc/self/mountinfo).
-fn is_mounted(path: &std::path::Path) -> bool {
-    let target = match path.canonicalize() {
-        Ok(p) => p,
-        Err(_) => return false,
-    };
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|info| {
-            info.lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .any(|m| std::path::Path::new(m) == target)
-        })
-        .unwrap_or(false)
 }
 
 fn run() -> Result<()> {
@@ -71,38 +52,7 @@ fn run() -> Result<()> {
     };
 
     let rafs = fusefs::open_rafs(&cfg, &bootstrap)?;
-    let vfs = Arc::new(Vfs::new(VfsOptions::default()));
-    vfs.mount(Box::new(rafs), "/")
-        .map_err(|e| anyhow!("vfs mount: {e:?}"))?;
-
-    let mut session = FuseSession::new(&mountpoint, "rafs", "", true)
-        .map_err(|e| anyhow!("fuse session: {e:?}"))?;
-    session.mount().map_err(|e| anyhow!("fuse mount: {e:?}"))?;
-    let server = Server::new(vfs.clone());
-    let mut channel = session
-        .new_channel()
-        .map_err(|e| anyhow!("fuse channel: {e:?}"))?;
-    eprintln!("mounted");
-
-    // One thread serves every request until the kernel ends the session (umount).
-    loop {
-        match channel.get_request() {
-            Ok(Some((reader, writer))) => {
-                if let Err(e) = server.handle_message(reader, writer.into(), None, None) {
-                    eprintln!("rafs-mount: request failed: {e:?}");
-                }
-            }
-            Ok(None) => break,
-            // The kernel closing the session on umount shows up as an epoll error/hangup on
-            // /dev/fuse; nydusd's fusedev loop ends on a session failure the same way.
-            Err(fuse_backend_rs::transport::Error::SessionFailure(_)) if !is_mounted(&mountpoint) => break,
-            Err(e) => {
-                let _ = session.umount();
-                return Err(anyhow!("fuse channel: {e:?}"));
-            }
-        }
-    }
-    let _ = session.umount();
+    fuseserve::serve(rafs, &mountpoint, || eprintln!("mounted"))?;
 
     let mut blobs = serde_json::Map::new();
     for id in blob_ids {
