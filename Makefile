@@ -17,9 +17,10 @@ PYTEST_ARGS ?=
 #   tar, gzip, zstd, xz-utils  reference archivers; util-linux, mount (losetup, mount, dmesg);
 #   procps (pgrep: no conversion worker outlives its job); kmod (modprobe erofs)
 #   liblz4-1         LZ4_compress_default for lz4_block chunks (the bytes nydus-image writes)
+#   containerd       runs a container from an image we pushed (with nydus-snapshotter, tests/interop)
 #   pkg-config, libssl-dev, gcc  build the interop tools on the nydus crates (openssl-sys, zstd-sys)
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux mount procps kmod \
-	ca-certificates liblz4-1 pkg-config libssl-dev gcc libc6-dev
+	ca-certificates liblz4-1 containerd pkg-config libssl-dev gcc libc6-dev
 
 # The interop tools (tests/interop/, a Cargo workspace on the real nydus crates) go to bin/.
 # Cargo's target directory lives outside the clone so repeated runs (and fresh clones) build
@@ -27,7 +28,11 @@ DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zs
 CARGO ?= cargo
 INTEROP_DIR := tests/interop
 INTEROP_TARGET_DIR ?= $(HOME)/.cache/nydus-exporter/cargo-target
-INTEROP_TOOLS := rafs-check rafs-ref-build rafs-ref-merge rafs-mount
+INTEROP_TOOLS := rafs-check rafs-ref-build rafs-ref-merge rafs-mount nydusd
+# Go tools for the containerd test: nydus-snapshotter from its published module, cri-pull, and a
+# static cat-file for the test image (tests/interop/containerd/go.mod, go.sum committed).
+GO ?= go
+INTEROP_GO_DIR := tests/interop/containerd
 
 .PHONY: all venv system-deps interop-tools interop test lint run sample bench bench-export bench-push bench-daemon bench-dedup clean distclean
 
@@ -71,6 +76,13 @@ interop-tools: system-deps
 		--manifest-path $(INTEROP_DIR)/Cargo.toml
 	mkdir -p bin
 	for tool in $(INTEROP_TOOLS); do install -m 0755 $(INTEROP_TARGET_DIR)/release/$$tool bin/$$tool; done
+	@command -v $(GO) >/dev/null 2>&1 || { \
+		echo "interop-tools: '$(GO)' not found: install Go (https://go.dev/dl) or set GO=/path/to/go" >&2; \
+		exit 1; }
+	cd $(INTEROP_GO_DIR) && $(GO) build -buildvcs=false -o $(CURDIR)/bin/containerd-nydus-grpc \
+		github.com/containerd/nydus-snapshotter/cmd/containerd-nydus-grpc
+	cd $(INTEROP_GO_DIR) && $(GO) build -buildvcs=false -o $(CURDIR)/bin/cri-pull ./cri-pull
+	cd $(INTEROP_GO_DIR) && CGO_ENABLED=0 $(GO) build -buildvcs=false -o $(CURDIR)/bin/cat-file ./cat-file
 
 # Just the interop tests (the real nydus code reading our images), ending with one summary line.
 interop: interop-tools venv
