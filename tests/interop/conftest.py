@@ -8,6 +8,8 @@ from tests.interop import summary
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for note in summary.NOTES:
+        terminalreporter.write_line(note)
     text = summary.line()
     if text is not None:
         terminalreporter.write_line(text)

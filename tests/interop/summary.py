@@ -8,6 +8,8 @@ from collections import defaultdict
 
 # kind -> {case name: passed}
 RESULTS: dict[str, dict[str, bool]] = defaultdict(dict)
+# Further lines for the end of the run (e.g. the parity test's "parity: ..." line).
+NOTES: list[str] = []
 
 CHECKED = "images pass rafs-check"
 IDENTICAL = "layers byte-identical"
@@ -16,6 +18,10 @@ MOUNTED = "mounted by rafs-mount"
 
 def record(kind: str, name: str, passed: bool) -> None:
     RESULTS[kind][name] = passed
+
+
+def note(text: str) -> None:
+    NOTES.append(text)
 
 
 def line() -> str | None:

@@ -25,8 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import tarbuild as tb
 from tests.helpers.treesnap import Snapshot, diff_snapshots
 from tests.interop import summary
@@ -225,7 +223,7 @@ def _tree(built: Built, work: Path) -> Snapshot:
     return rafs_check(work / f"{built.blob_id}.boot", work).zero_mtimes_as_stored()
 
 
-def test_layer_parity(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_layer_parity(tmp_path: Path) -> None:
     data_same = boot_same = 0
     failures: list[str] = []
     for name, case in CASES.items():
@@ -261,9 +259,8 @@ def test_layer_parity(tmp_path: Path, request: pytest.FixtureRequest) -> None:
             failures.append(f"{name}: trees differ beyond {sorted(case.deliberate)}: {tree_diff[:10]}")
     total = len(CASES)
     line = f"parity: {data_same}/{total} data blobs identical, {boot_same}/{total} bootstraps identical"
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
+    summary.note(line)
+    print(line)
     assert failures == [], "\n".join(failures)
 
 
