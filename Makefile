@@ -18,10 +18,25 @@ METRICS_ADDR ?= 127.0.0.1:9464
 #   debootstrap      builds the realistic rootfs layer of bench/pack.py
 #   tar, gzip, zstd, xz-utils  reference archivers; util-linux, mount (losetup, mount, dmesg);
 #   procps (pgrep: no conversion worker outlives its job); kmod (modprobe erofs)
+#   liblz4-1         LZ4_compress_default for lz4_block chunks (the bytes nydus-image writes)
+#   containerd       runs a container from an image we pushed (with nydus-snapshotter, tests/interop)
+#   pkg-config, libssl-dev, gcc  build the interop tools on the nydus crates (openssl-sys, zstd-sys)
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux mount procps kmod \
-	ca-certificates
+	ca-certificates liblz4-1 containerd pkg-config libssl-dev gcc libc6-dev
 
-.PHONY: all venv system-deps test lint proto run sample bench bench-export bench-push bench-daemon bench-dedup clean distclean
+# The interop tools (tests/interop/, a Cargo workspace on the real nydus crates) go to bin/.
+# Cargo's target directory lives outside the clone so repeated runs (and fresh clones) build
+# incrementally; CARGO_HOME keeps the crate registry in ~/.cargo as usual.
+CARGO ?= cargo
+INTEROP_DIR := tests/interop
+INTEROP_TARGET_DIR ?= $(HOME)/.cache/nydus-exporter/cargo-target
+INTEROP_TOOLS := rafs-check rafs-ref-build rafs-ref-merge rafs-mount nydusd
+# Go tools for the containerd test: nydus-snapshotter from its published module, cri-pull, and a
+# static cat-file for the test image (tests/interop/containerd/go.mod, go.sum committed).
+GO ?= go
+INTEROP_GO_DIR := tests/interop/containerd
+
+.PHONY: all venv system-deps interop-tools interop test lint proto run sample bench bench-export bench-push bench-daemon bench-dedup clean distclean
 
 all: test
 
@@ -57,7 +72,29 @@ lint: venv
 proto: venv
 	$(BIN)/python scripts/gen_proto.py
 
-test: system-deps venv
+# Build the interop tools with the pinned Cargo.lock. Cargo is incremental: a no-op when nothing
+# changed. Rust itself is not installed here (rustup's job): a clear error when it is missing.
+interop-tools: system-deps
+	@command -v $(CARGO) >/dev/null 2>&1 || { \
+		echo "interop-tools: '$(CARGO)' not found: install Rust (https://rustup.rs) or set CARGO=/path/to/cargo" >&2; \
+		exit 1; }
+	CARGO_TARGET_DIR=$(INTEROP_TARGET_DIR) $(CARGO) build --release --locked \
+		--manifest-path $(INTEROP_DIR)/Cargo.toml
+	mkdir -p bin
+	for tool in $(INTEROP_TOOLS); do install -m 0755 $(INTEROP_TARGET_DIR)/release/$$tool bin/$$tool; done
+	@command -v $(GO) >/dev/null 2>&1 || { \
+		echo "interop-tools: '$(GO)' not found: install Go (https://go.dev/dl) or set GO=/path/to/go" >&2; \
+		exit 1; }
+	cd $(INTEROP_GO_DIR) && $(GO) build -buildvcs=false -o $(CURDIR)/bin/containerd-nydus-grpc \
+		github.com/containerd/nydus-snapshotter/cmd/containerd-nydus-grpc
+	cd $(INTEROP_GO_DIR) && $(GO) build -buildvcs=false -o $(CURDIR)/bin/cri-pull ./cri-pull
+	cd $(INTEROP_GO_DIR) && CGO_ENABLED=0 $(GO) build -buildvcs=false -o $(CURDIR)/bin/cat-file ./cat-file
+
+# Just the interop tests (the real nydus code reading our images), ending with one summary line.
+interop: interop-tools venv
+	$(BIN)/pytest tests/interop $(PYTEST_ARGS)
+
+test: system-deps venv interop-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
