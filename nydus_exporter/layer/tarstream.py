@@ -28,7 +28,9 @@ What is understood (POSIX.1-2001 ustar/pax, GNU tar formats):
 
 Rules (spec §5.1, peers-and-pitfalls §4):
 
-* Paths are made absolute and normalised by :func:`normalize_path`; ``..`` climbing above
+* Paths are made absolute and normalised by :func:`normalize_path`; a name of
+  :data:`PATH_MAX` bytes or more (which no extraction could pass to the kernel, and whose
+  implied directories would cost memory far beyond its size), ``..`` climbing above
   the root, a bare ``.wh.`` component, NUL bytes and empty names raise
   :class:`UnsafePathError`, and so does an entry for the root (``/``, ``./``) that is not a
   directory. Hardlink targets are normalised the same way (they resolve from the archive
@@ -65,6 +67,11 @@ BLOCK_SIZE = 512
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 MAX_EXTENDED_HEADER = 16 << 20  # PAX / GNU long-name payloads larger than this are refused
 MAX_SPARSE_SEGMENTS = 1 << 18  # bounds the memory of one sparse map
+# Linux's PATH_MAX, with its terminating NUL: entry names and hardlink targets must be
+# shorter. It also bounds the depth of one path to 2048 directories, so a small tar cannot
+# imply millions of them (each one a tree node).
+PATH_MAX = 4096
+SHOWN_NAME_BYTES = 200  # names quoted in errors are cut to this
 SKIPPED_PATHS = frozenset({b"/stargz.index.json", b"/.prefetch.landmark", b"/.no.prefetch.landmark"})
 
 _STREAM_BUFFER = 1 << 20
@@ -128,6 +135,10 @@ def normalize_path(raw: bytes, what: str = "path") -> bytes:
     """
     if not raw:
         raise UnsafePathError(f"empty {what}")
+    if len(raw) >= PATH_MAX:
+        raise UnsupportedEntryError(
+            f"{what} {_show(raw)} is {len(raw)} bytes long; paths must be shorter than PATH_MAX ({PATH_MAX})"
+        )
     if b"\x00" in raw:
         raise UnsafePathError(f"NUL byte in {what} {_show(raw)}")
     parts: list[bytes] = []
@@ -156,6 +167,9 @@ def iter_entries(stream: BinaryIO) -> Iterator[LayerEntry]:
 
 
 def _show(raw: bytes) -> str:
+    """A name for an error message: quoted, and cut short (a PAX name may be megabytes)."""
+    if len(raw) > SHOWN_NAME_BYTES:
+        return repr(raw[:SHOWN_NAME_BYTES].decode("utf-8", "backslashreplace") + "…")
     return repr(raw.decode("utf-8", "backslashreplace"))
 
 
