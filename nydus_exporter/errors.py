@@ -8,6 +8,7 @@
     │   ├── UnsafePathError            ``..`` escapes, absolute hardlink escapes, bare ``.wh.``
     │   ├── HardlinkError              hardlink to a missing target or to a directory
     │   └── UnsupportedEntryError      entry or attribute the format cannot carry
+    │       └── EntryLimitError        entry beyond a bound (sparse-limit, PATH_MAX)
     ├── FormatError                    a bootstrap or blob does not parse (corrupt or foreign input)
     ├── ConfigError                    a bad option (chunk size, compressor name, ...)
     ├── ChunkStoreError                the persistent chunk store cannot be used (unreadable state
@@ -48,6 +49,11 @@ class HardlinkError(InvalidLayerError):
 
 class UnsupportedEntryError(InvalidLayerError):
     """An entry or attribute the RAFS v6 format cannot represent."""
+
+
+class EntryLimitError(UnsupportedEntryError):
+    """An entry beyond a bound that keeps a small layer from costing unbounded time or memory:
+    a sparse file larger than ``sparse-limit``, a path of ``PATH_MAX`` bytes or more."""
 
 
 class FormatError(ExporterError):

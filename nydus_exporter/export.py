@@ -47,6 +47,7 @@ from nydus_exporter.rafs.bootstrap_reader import Bootstrap, read_bootstrap
 from nydus_exporter.rafs.chunkdict import ChunkDict
 from nydus_exporter.rafs.merge import MergeLayer, merge_layers
 from nydus_exporter.rafs.model import walk
+from nydus_exporter.sizes import parse_size
 from nydus_exporter.sources import Source, SourceImage, SourceLayer, open_source
 
 if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports that use it
@@ -161,6 +162,11 @@ class ExportOptions:
                     raise ConfigError(f"chunk-size={value!r} is not a number") from None
             elif key == "digester":
                 pack["digester"] = value
+            elif key == "sparse-limit":
+                try:
+                    pack["sparse_limit"] = parse_size(value)
+                except ValueError:
+                    raise ConfigError(f"sparse-limit={value!r} is not a size (e.g. 16GiB)") from None
             elif key == "parallel-layers":
                 try:
                     kw["parallel_layers"] = max(1, int(value))

@@ -60,7 +60,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
-from nydus_exporter.errors import CorruptLayerError, UnsafePathError, UnsupportedEntryError
+from nydus_exporter.errors import CorruptLayerError, EntryLimitError, UnsafePathError, UnsupportedEntryError
 from nydus_exporter.layer.entry import EntryKind, LayerEntry
 
 BLOCK_SIZE = 512
@@ -136,7 +136,7 @@ def normalize_path(raw: bytes, what: str = "path") -> bytes:
     if not raw:
         raise UnsafePathError(f"empty {what}")
     if len(raw) >= PATH_MAX:
-        raise UnsupportedEntryError(
+        raise EntryLimitError(
             f"{what} {_show(raw)} is {len(raw)} bytes long; paths must be shorter than PATH_MAX ({PATH_MAX})"
         )
     if b"\x00" in raw:
@@ -463,10 +463,11 @@ class _Layout:
 
     segments: list[tuple[int, int]]
     real_size: int
+    sparse: bool = True  # declared sparse in the tar (it may have holes)
 
     @classmethod
     def contiguous(cls, size: int) -> _Layout:
-        return cls([(0, size)] if size else [], size)
+        return cls([(0, size)] if size else [], size, sparse=False)
 
 
 def _validated_layout(pairs: Sequence[tuple[int, int]], real_size: int, stored: int, where: str) -> _Layout:
@@ -640,6 +641,16 @@ class _EntryData(io.BufferedIOBase):
         self._pos += data
         return piece
 
+    def skip_hole(self, size: int) -> None:
+        """Pass over ``size`` bytes of hole without materialising them (see ``HoleSkipping``)."""
+        self._check_open()
+        while size > 0:
+            hole, _ = self._next_run(size)
+            if not hole:
+                raise ValueError(f"data of {self._where}: no hole of {size} bytes at {self._pos}")
+            self._pos += hole
+            size -= hole
+
     def _next_run(self, limit: int) -> tuple[int, int]:
         """(hole bytes, 0) or (0, stored bytes) available at ``_pos``, at most ``limit``."""
         while self._seg < len(self._segments):
@@ -784,6 +795,8 @@ class _TarReader:
             layout, stored = self._layout(header, pax, ext, stored, where)
             entry.size = layout.real_size
             entry.data = cast(BinaryIO, _EntryData(self._source, layout, where))
+            if layout.sparse:
+                entry.data_runs = layout.segments
         elif kind in (EntryKind.SYMLINK, EntryKind.HARDLINK):
             entry.link_target = self._link_target(header, ext, pax, kind, where)
         elif kind in (EntryKind.CHAR_DEVICE, EntryKind.BLOCK_DEVICE):

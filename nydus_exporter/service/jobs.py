@@ -516,7 +516,9 @@ class JobRegistry:
     def resolve(
         self, attrs: Mapping[str, str], *, exporter_index: int = 0, buildkit_version: str = ""
     ) -> Instance:
-        resolved = resolve_attrs(attrs, path_allowed=self.config.path_allowed)
+        resolved = resolve_attrs(
+            attrs, path_allowed=self.config.path_allowed, sparse_limit=self.config.sparse_limit
+        )
         instance = Instance(uuid.uuid4().hex, resolved, exporter_index, buildkit_version, self._clock())
         self.instances[instance.instance_id] = instance
         return instance
