@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 from nydus_exporter import __version__, sizes
 from nydus_exporter.chunkstore.cli import add_chunkstore_commands, run_chunkstore_command
 from nydus_exporter.cli_tools import add_tool_commands, run_tool_command
-from nydus_exporter.errors import ConfigError, ExporterError
+from nydus_exporter.errors import ConfigError, ExporterError, naming
 from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT
 from nydus_exporter.progress import MODES
 from nydus_exporter.rafs import codecs, layout
@@ -31,6 +31,7 @@ from nydus_exporter.service_cli import (
     run_remote_export,
     run_serve,
 )
+from nydus_exporter.termination import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_as_exception
 
 
 def parse_size(text: str) -> int:
@@ -136,18 +137,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_serve(args)
         if args.command == "export" and args.addr:
             return run_remote_export(args)
-        if args.command == "pack":
-            return _pack(args)
+        if args.command in ("pack", "export"):
+            # These write output files: on Ctrl-C or SIGTERM their clean-ups must run.
+            try:
+                with terminate_as_exception():
+                    return _pack(args) if args.command == "pack" else _export(args)
+            except KeyboardInterrupt:
+                return EXIT_INTERRUPTED
+            except Terminated:
+                return EXIT_TERMINATED
         if args.command == "inspect":
             return _inspect(args)
-        if args.command == "export":
-            return _export(args)
     except ExporterError as exc:
         print(f"nydus-exporter: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 1
+    except OSError as exc:
+        # The machine, not the input: disk full, a missing or read-only output directory.
+        print(f"nydus-exporter: error: {_os_error(exc)}", file=sys.stderr)
+        return 1
     return 2
+
+
+def _os_error(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    if exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {reason}"
+    return f"{exc.filename}: {reason}"
 
 
 def _pack(args: argparse.Namespace) -> int:
@@ -221,6 +240,11 @@ def _export(args: argparse.Namespace) -> int:
         options = dataclasses.replace(options, pack=pack)
     for warning in warnings:
         _warn(warning)
+    if args.metadata_file is not None and not args.metadata_file.parent.is_dir():
+        # Found out before the export, not after it wrote the image.
+        raise ConfigError(
+            f"--metadata-file {args.metadata_file}: directory {args.metadata_file.parent} does not exist"
+        )
     printer = ProgressPrinter(args.progress)
     try:
         result = export(
@@ -235,7 +259,10 @@ def _export(args: argparse.Namespace) -> int:
         printer.close()
     metadata = result.metadata()
     if args.metadata_file is not None:
-        args.metadata_file.write_text(json.dumps(metadata, indent=2) + "\n")
+        try:
+            args.metadata_file.write_text(json.dumps(metadata, indent=2) + "\n")
+        except OSError as exc:
+            raise naming(exc, args.metadata_file) from exc
     print(result.descriptor.digest)
     return 0
 

@@ -21,10 +21,14 @@
                                        retry deadline ran out
 
 Every error carries a message naming the problem; callers map the classes to
-exit codes (CLI) or gRPC status codes (service) in one place each.
+exit codes (CLI) or gRPC status codes (service) in one place each. Failures of the machine
+(disk full, a missing output directory) stay :class:`OSError`, with the path they concern
+(:func:`naming`), so that the CLI can say so in one line.
 """
 
 from __future__ import annotations
+
+import os
 
 
 class ExporterError(Exception):
@@ -119,3 +123,13 @@ class RegistryNotFoundError(RegistryError):
 
 class RegistryUnavailableError(RegistryError):
     """The registry could not be reached or kept failing until the retry deadline ran out."""
+
+
+def naming(exc: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``exc`` with ``path`` as its file name if it has none: a failed ``write()`` (ENOSPC,
+    EDQUOT, EIO) names no file, and "No space left on device" alone does not say where."""
+    if exc.filename is not None:
+        return exc
+    named = OSError(exc.errno, exc.strerror or str(exc), os.fspath(path))
+    named.__cause__ = exc
+    return named

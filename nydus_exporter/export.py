@@ -369,6 +369,7 @@ def export(
     ``state_dir`` holds the chunk store (``chunk-store=true``; default: the XDG state dir).
     """
     base = workdir or Path(tempfile.gettempdir())
+    created = _first_missing(options.oci_layout) if options.oci_layout is not None else None
     tmp = Path(tempfile.mkdtemp(prefix="nydus-export-", dir=base))
     try:
         with contextlib.ExitStack() as stack:
@@ -410,8 +411,23 @@ def export(
                 on_pushed=store.record if store is not None else None,
             )
             return result
+    except BaseException:
+        if created is not None:
+            # The output layout (and its missing parents) came from this failed export alone.
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (None: it exists)."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            break
+        missing = candidate
+    return missing
 
 
 def _chunk_dict_loader(

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from nydus_exporter.errors import ConfigError, CorruptLayerError, EntryLimitError, UnsupportedEntryError
+from nydus_exporter.errors import (
+    ConfigError,
+    CorruptLayerError,
+    EntryLimitError,
+    UnsupportedEntryError,
+    naming,
+)
 from nydus_exporter.layer.compression import open_layer_stream
 from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT, EntryKind, HoleSkipping, LayerEntry
 from nydus_exporter.layer.readahead import read_ahead
@@ -172,10 +178,30 @@ def pack_layer_to_file(
 ) -> BlobResult:
     """:func:`pack_layer` into ``output``, atomically: a temp file renamed on success, removed on error."""
     output = Path(output)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-            result = pack_layer(stream, out.write, options, on_warning=on_warning)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    except OSError as exc:  # it names its random temp file: name the directory instead
+        raise OSError(exc.errno, exc.strerror, str(output.parent)) from None
+    try:
+        out = os.fdopen(fd, "wb", buffering=1 << 20)
+        try:
+
+            def write(data: bytes) -> None:
+                try:
+                    out.write(data)
+                except OSError as exc:
+                    raise naming(exc, output) from exc
+
+            result = pack_layer(stream, write, options, on_warning=on_warning)
+            try:
+                out.close()
+            except OSError as exc:
+                raise naming(exc, output) from exc
+        finally:
+            # After a failed write the buffer cannot be flushed either: that error is already
+            # on its way, closing must not replace it with an unnamed copy.
+            with contextlib.suppress(OSError):
+                out.close()
         os.replace(tmp_name, output)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from nydus_exporter.errors import ConfigError, FormatError
+from nydus_exporter.errors import ConfigError, FormatError, naming
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.descriptor import (
     Blob,
@@ -63,8 +63,9 @@ def validate_tag(tag: str) -> str:
 class BlobSink:
     """Write end of :meth:`OciLayout.blob_writer`. ``digest``/``size`` are valid after close."""
 
-    def __init__(self, file: BinaryIO, algorithm: str) -> None:
+    def __init__(self, file: BinaryIO, algorithm: str, directory: Path | None = None) -> None:
         self._file = file
+        self._directory = directory  # named by write errors (disk full)
         self._hash = hashlib.new(algorithm)
         self._algorithm = algorithm
         self._size = 0
@@ -73,7 +74,10 @@ class BlobSink:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._digest is not None:
             raise ValueError("write to a closed blob writer")
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise exc if self._directory is None else naming(exc, self._directory) from exc
         self._hash.update(data)
         self._size += len(data)
         return len(data)
@@ -203,11 +207,19 @@ class OciLayout:
         fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
         tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as f:
-                sink = BlobSink(cast(BinaryIO, f), algorithm)
+            f = os.fdopen(fd, "wb")
+            try:
+                sink = BlobSink(cast(BinaryIO, f), algorithm, directory)
                 yield sink
-                f.flush()
-                os.fsync(f.fileno())
+                try:
+                    f.flush()
+                    os.fsync(f.fileno())
+                    f.close()
+                except OSError as exc:
+                    raise naming(exc, directory) from exc
+            finally:
+                with contextlib.suppress(OSError):
+                    f.close()  # after a failed write: must not replace that error
             digest = sink._close()
             if expected_digest is not None and digest != expected_digest:
                 raise FormatError(f"blob digest mismatch: expected {expected_digest}, got {digest}")
@@ -375,10 +387,17 @@ def atomic_write_file(directory: Path, name: str, data: bytes) -> None:
     """Write ``directory/name`` atomically: temp file in ``directory``, fsync, rename, fsync dir."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{name}{_TMP_PREFIX}", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
+        f = os.fdopen(fd, "wb")
+        try:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            f.close()
+        except OSError as exc:
+            raise naming(exc, directory / name) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                f.close()  # after a failed write: must not replace that error
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, directory / name)
         _fsync_dir(directory)
