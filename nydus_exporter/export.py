@@ -630,8 +630,9 @@ def export_source(
             existing = _source_top(out, source, push=options.push)
     root = _root_descriptor(out, existing, results, options)
     if options.oci_layout is not None:
-        for tag in _tags(options.names) or [None]:
-            out.add_manifest(root, tag=tag)
+        named: list[tuple[str | None, str | None]] = [*_tags(options.names)] or [(None, None)]
+        for tag, image_name in named:
+            out.add_manifest(_named(root, image_name), tag=tag)
     if options.push:
         assert registry is not None
         from nydus_exporter.push import push_image
@@ -678,12 +679,22 @@ def _oci_manifests(out: OciLayout, root: Descriptor) -> dict[str, str]:
     }
 
 
-def _tags(names: Sequence[str]) -> list[str | None]:
-    tags: list[str | None] = []
+def _tags(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The layout tag and full image name of each ``name=``: ``sample:1`` is tagged ``1`` and
+    named ``docker.io/library/sample:1``, as containerd and BuildKit write OCI layouts (so that
+    ``oci:DIR:1`` and ``oci:DIR:sample:1`` both find it)."""
+    tags: list[tuple[str, str]] = []
     for name in names:
         ref = parse_reference(name)
-        tags.append(ref.tag or "latest")
+        tags.append((ref.tag or "latest", str(ref if ref.tag or ref.digest else ref.with_tag("latest"))))
     return tags
+
+
+def _named(descriptor: Descriptor, image_name: str | None) -> Descriptor:
+    if image_name is None:
+        return descriptor
+    annotations = {**(descriptor.annotations or {}), mt.ANNOTATION_IMAGE_NAME: image_name}
+    return dataclasses.replace(descriptor, annotations=annotations)
 
 
 class _Converter:
