@@ -29,7 +29,7 @@ from nydus_exporter.errors import (
 from nydus_exporter.layer.compression import open_layer_stream
 from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT, EntryKind, HoleSkipping, LayerEntry
 from nydus_exporter.layer.readahead import read_ahead
-from nydus_exporter.layer.tarstream import iter_entries
+from nydus_exporter.layer.tarstream import iter_entries, show_name
 from nydus_exporter.rafs import codecs, layout
 from nydus_exporter.rafs.blob import BlobResult, BlobWriter, PreparedChunk, prepare_chunk, zero_chunk
 from nydus_exporter.rafs.bootstrap import write_bootstrap
@@ -154,13 +154,9 @@ def _check_sparse_limit(entry: LayerEntry, limit: int) -> None:
         return
     stored = sum(length for _, length in entry.data_runs)
     raise EntryLimitError(
-        f"sparse file {_show(entry.path)} declares {entry.size} bytes ({stored} stored, the rest "
+        f"sparse file {show_name(entry.path)} declares {entry.size} bytes ({stored} stored, the rest "
         f"holes), more than sparse-limit={limit}"
     )
-
-
-def _show(path: bytes) -> str:
-    return repr(path[:200].decode("utf-8", "backslashreplace") + ("…" if len(path) > 200 else ""))
 
 
 def _shift_external_chunks(root: Node) -> None:
@@ -182,31 +178,33 @@ def pack_layer_to_file(
         fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     except OSError as exc:  # it names its random temp file: name the directory instead
         raise OSError(exc.errno, exc.strerror, str(output.parent)) from None
+    out = os.fdopen(fd, "wb", buffering=1 << 20)
     try:
-        out = os.fdopen(fd, "wb", buffering=1 << 20)
+        result = pack_layer(stream, _writer_naming(out, output), options, on_warning=on_warning)
         try:
-
-            def write(data: bytes) -> None:
-                try:
-                    out.write(data)
-                except OSError as exc:
-                    raise naming(exc, output) from exc
-
-            result = pack_layer(stream, write, options, on_warning=on_warning)
-            try:
-                out.close()
-            except OSError as exc:
-                raise naming(exc, output) from exc
-        finally:
-            # After a failed write the buffer cannot be flushed either: that error is already
-            # on its way, closing must not replace it with an unnamed copy.
-            with contextlib.suppress(OSError):
-                out.close()
+            out.close()
+        except OSError as exc:
+            raise naming(exc, output) from exc
         os.replace(tmp_name, output)
     except BaseException:
+        # After a failed write, closing (flushing) fails too: keep the first, named error.
+        with contextlib.suppress(OSError):
+            out.close()
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return result
+
+
+def _writer_naming(out: BinaryIO, path: Path) -> Callable[[bytes], None]:
+    """``out.write`` whose errors name ``path`` (a full disk says only "No space left")."""
+
+    def write(data: bytes) -> None:
+        try:
+            out.write(data)
+        except OSError as exc:
+            raise naming(exc, path) from exc
+
+    return write
 
 
 def _storable_xattrs(entry: LayerEntry, on_warning: Warn) -> dict[bytes, bytes]:
@@ -354,9 +352,12 @@ class _Holes:
     def covers(self, offset: int, size: int) -> bool:
         """Whether ``[offset, offset + size)`` holds no stored byte; offsets must not decrease."""
         runs = self._runs
-        while self._next < len(runs) and sum(runs[self._next]) <= offset:
+        while self._next < len(runs):
+            start, length = runs[self._next]
+            if start + length > offset:
+                return start >= offset + size  # the next stored bytes start after the chunk
             self._next += 1
-        return self._next == len(runs) or runs[self._next][0] >= offset + size
+        return True  # no stored bytes after offset
 
 
 def _read_exactly(data: BinaryIO, size: int, path: bytes) -> bytes:

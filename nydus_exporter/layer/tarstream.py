@@ -28,13 +28,13 @@ What is understood (POSIX.1-2001 ustar/pax, GNU tar formats):
 
 Rules (spec §5.1, peers-and-pitfalls §4):
 
-* Paths are made absolute and normalised by :func:`normalize_path`; a name of
-  :data:`PATH_MAX` bytes or more (which no extraction could pass to the kernel, and whose
-  implied directories would cost memory far beyond its size), ``..`` climbing above
+* Paths are made absolute and normalised by :func:`normalize_path`; ``..`` climbing above
   the root, a bare ``.wh.`` component, NUL bytes and empty names raise
   :class:`UnsafePathError`, and so does an entry for the root (``/``, ``./``) that is not a
-  directory. Hardlink targets are normalised the same way (they resolve from the archive
-  root); symlink targets are kept verbatim.
+  directory. A name of :data:`PATH_MAX` bytes or more raises :class:`EntryLimitError`
+  before it is split: no extraction could pass it to the kernel, and its implied
+  directories would cost memory far beyond its size. Hardlink targets are normalised the
+  same way (they resolve from the archive root); symlink targets are kept verbatim.
 * ``/stargz.index.json``, ``/.prefetch.landmark`` and ``/.no.prefetch.landmark`` are skipped,
   as nydus does.
 * The size field always counts the data bytes that follow a header, whatever the type (as
@@ -137,20 +137,21 @@ def normalize_path(raw: bytes, what: str = "path") -> bytes:
         raise UnsafePathError(f"empty {what}")
     if len(raw) >= PATH_MAX:
         raise EntryLimitError(
-            f"{what} {_show(raw)} is {len(raw)} bytes long; paths must be shorter than PATH_MAX ({PATH_MAX})"
+            f"{what} {show_name(raw)} is {len(raw)} bytes long;"
+            f" paths must be shorter than PATH_MAX ({PATH_MAX})"
         )
     if b"\x00" in raw:
-        raise UnsafePathError(f"NUL byte in {what} {_show(raw)}")
+        raise UnsafePathError(f"NUL byte in {what} {show_name(raw)}")
     parts: list[bytes] = []
     for component in raw.split(b"/"):
         if component in (b"", b"."):
             continue
         if component == b"..":
             if not parts:
-                raise UnsafePathError(f"{what} {_show(raw)} escapes the root")
+                raise UnsafePathError(f"{what} {show_name(raw)} escapes the root")
             parts.pop()
         elif component == b".wh.":
-            raise UnsafePathError(f"{what} {_show(raw)} has a bare whiteout component '.wh.'")
+            raise UnsafePathError(f"{what} {show_name(raw)} has a bare whiteout component '.wh.'")
         else:
             parts.append(component)
     return b"/" + b"/".join(parts)
@@ -166,7 +167,7 @@ def iter_entries(stream: BinaryIO) -> Iterator[LayerEntry]:
     return _TarReader(stream).entries()
 
 
-def _show(raw: bytes) -> str:
+def show_name(raw: bytes) -> str:
     """A name for an error message: quoted, and cut short (a PAX name may be megabytes)."""
     if len(raw) > SHOWN_NAME_BYTES:
         return repr(raw[:SHOWN_NAME_BYTES].decode("utf-8", "backslashreplace") + "…")
@@ -764,11 +765,11 @@ class _TarReader:
         that follow, after what this method consumed itself (extended sparse headers, maps)."""
         pax = _effective_pax(ext, self._global_pax)
         raw_name = self._raw_name(header, ext, pax)
-        where = f"entry {_show(raw_name)} at offset {header.offset}"
+        where = f"entry {show_name(raw_name)} at offset {header.offset}"
         kind = _KINDS.get(header.typeflag)
         if kind is None:
             raise UnsupportedEntryError(
-                f"unsupported tar entry type {header.typeflag!r} for {_show(raw_name)}"
+                f"unsupported tar entry type {header.typeflag!r} for {show_name(raw_name)}"
                 f" at offset {header.offset}"
             )
         if header.typeflag == b"\x00" and raw_name.endswith(b"/"):
