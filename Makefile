@@ -11,18 +11,30 @@ PYTEST_ARGS ?=
 # make run's /metrics and /healthz endpoint (another port: make run METRICS_ADDR=127.0.0.1:9465)
 METRICS_ADDR ?= 127.0.0.1:9464
 
-# Debian packages the tests and the benchmark use:
+# Debian packages the daemon and the CLI need (`make run`): CA certificates for registries,
+# liblz4 for lz4_block chunks (LZ4_compress_default, the bytes nydus-image writes).
+RUNTIME_DEB_PACKAGES := ca-certificates liblz4-1
+# What the tests and the benchmark use on top (`make test`, `make system-deps`):
 #   erofs-utils      mkfs.erofs / fsck.erofs / dump.erofs: independent readers of our images
-#   docker-registry  a local OCI registry for the push tests
+#   docker-registry  a local OCI registry for the push tests (the tests start their own on
+#                    127.0.0.1; the package's own service is kept stopped and disabled)
 #   skopeo, umoci    independent OCI clients (copy, inspect, unpack images)
 #   debootstrap      builds the realistic rootfs layer of bench/pack.py
 #   tar, gzip, zstd, xz-utils  reference archivers; util-linux, mount (losetup, mount, dmesg);
 #   procps (pgrep: no conversion worker outlives its job); kmod (modprobe erofs)
-#   liblz4-1         LZ4_compress_default for lz4_block chunks (the bytes nydus-image writes)
 #   containerd       runs a container from an image we pushed (with nydus-snapshotter, tests/interop)
 #   pkg-config, libssl-dev, gcc  build the interop tools on the nydus crates (openssl-sys, zstd-sys)
-DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux mount procps kmod \
-	ca-certificates liblz4-1 containerd pkg-config libssl-dev gcc libc6-dev
+TEST_DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux \
+	mount procps kmod containerd pkg-config libssl-dev gcc libc6-dev
+DEB_PACKAGES := $(RUNTIME_DEB_PACKAGES) $(TEST_DEB_PACKAGES)
+
+# While apt-get installs, a policy-rc.d answering 101 keeps packages from starting services
+# (docker-registry would otherwise listen on port 5000 of every interface, containerd would
+# start too); an existing policy file is left alone. Overridable for the Makefile's own test.
+POLICY_RC_D ?= /usr/sbin/policy-rc.d
+SYSTEMD_RUN_DIR ?= /run/systemd/system
+REGISTRY_INIT_SCRIPT ?= /etc/init.d/docker-registry
+RC_DIR ?= /etc
 
 # The interop tools (tests/interop/, a Cargo workspace on the real nydus crates) go to bin/.
 # Cargo's target directory lives outside the clone so repeated runs (and fresh clones) build
@@ -36,25 +48,66 @@ INTEROP_TOOLS := rafs-check rafs-ref-build rafs-ref-merge rafs-mount nydusd
 GO ?= go
 INTEROP_GO_DIR := tests/interop/containerd
 
-.PHONY: all venv system-deps interop-tools interop test lint proto run sample bench bench-export bench-push bench-daemon bench-dedup clean distclean
+.PHONY: all venv system-deps runtime-deps registry-service-off interop-tools interop test lint proto run sample \
+	bench bench-export bench-push bench-daemon bench-dedup clean distclean
 
 all: test
 
-# Install the missing Debian packages only (apt-get update only when something is missing).
-system-deps:
+# Install the missing Debian packages of $(1) only (apt-get update only when something is missing).
+define install_debs
 	@missing=""; \
-	for pkg in $(DEB_PACKAGES); do \
+	for pkg in $(1); do \
 		dpkg-query -W -f='$${Status}\n' "$$pkg" 2>/dev/null | grep -q '^install ok installed$$' \
 			|| missing="$$missing $$pkg"; \
 	done; \
 	if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then missing="$$missing python3-venv"; fi; \
-	if [ -z "$$missing" ]; then echo "system-deps: all present"; exit 0; fi; \
-	echo "system-deps: installing$$missing"; \
+	if [ -z "$$missing" ]; then echo "$@: all present"; exit 0; fi; \
+	echo "$@: installing$$missing"; \
 	if [ "$$(id -u)" -eq 0 ]; then SUDO=""; \
 	elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; \
-	else echo "system-deps: need root or sudo to install:$$missing" >&2; exit 1; fi; \
+	else echo "$@: need root or sudo to install:$$missing" >&2; exit 1; fi; \
+	policy=""; \
+	if [ ! -e "$(POLICY_RC_D)" ]; then \
+		printf '#!/bin/sh\n# installed by nydus-exporter make for the length of an apt-get install\nexit 101\n' \
+			| $$SUDO tee "$(POLICY_RC_D)" >/dev/null && $$SUDO chmod 755 "$(POLICY_RC_D)" && policy=yes; \
+	fi; \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	status=$$?; \
+	if [ -n "$$policy" ]; then $$SUDO rm -f "$(POLICY_RC_D)"; fi; \
+	exit $$status
+endef
+
+runtime-deps:
+	$(call install_debs,$(RUNTIME_DEB_PACKAGES))
+	@$(MAKE) --no-print-directory registry-service-off
+
+system-deps:
+	$(call install_debs,$(DEB_PACKAGES))
+	@$(MAKE) --no-print-directory registry-service-off
+
+# The docker-registry package's own service (port 5000 on every interface, enabled at boot):
+# stop and disable it if it is running or enabled, with systemd or sysvinit. Nothing to do
+# when the package is absent or the service is already off.
+registry-service-off:
+	@if [ "$$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	if [ -d "$(SYSTEMD_RUN_DIR)" ] && command -v systemctl >/dev/null 2>&1; then \
+		if systemctl cat docker-registry.service >/dev/null 2>&1 \
+			&& { systemctl is-enabled --quiet docker-registry.service \
+				|| systemctl is-active --quiet docker-registry.service; }; then \
+			echo "registry-service-off: stopping and disabling docker-registry.service"; \
+			$$SUDO systemctl disable --now docker-registry.service; \
+		fi; \
+	elif [ -x "$(REGISTRY_INIT_SCRIPT)" ]; then \
+		if "$(REGISTRY_INIT_SCRIPT)" status >/dev/null 2>&1; then \
+			echo "registry-service-off: stopping docker-registry"; \
+			$$SUDO "$(REGISTRY_INIT_SCRIPT)" stop; \
+		fi; \
+		if ls $(RC_DIR)/rc[2345].d/S*docker-registry >/dev/null 2>&1; then \
+			echo "registry-service-off: disabling docker-registry at boot"; \
+			$$SUDO update-rc.d docker-registry disable >/dev/null || true; \
+		fi; \
+	fi
 
 venv: $(STAMP)
 
@@ -105,7 +158,7 @@ test: system-deps venv interop-tools
 #   make sample
 #   .venv/bin/nydus-exporter export --addr unix://$(CURDIR)/.state/daemon/exporter.sock \
 #       tar:.state/run/sample.tar --output type=nydus,push=false,oci-layout=$(CURDIR)/.state/daemon/out,name=sample:1
-run: system-deps venv
+run: runtime-deps venv
 	mkdir -p $(DAEMON_DIR)
 	$(BIN)/nydus-exporter serve --state-dir $(CURDIR)/$(DAEMON_DIR) --http $(METRICS_ADDR) --log-format console
 

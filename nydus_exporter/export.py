@@ -47,6 +47,7 @@ from nydus_exporter.rafs.bootstrap_reader import Bootstrap, read_bootstrap
 from nydus_exporter.rafs.chunkdict import ChunkDict
 from nydus_exporter.rafs.merge import MergeLayer, merge_layers
 from nydus_exporter.rafs.model import walk
+from nydus_exporter.sizes import parse_size
 from nydus_exporter.sources import Source, SourceImage, SourceLayer, open_source
 
 if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports that use it
@@ -163,6 +164,11 @@ class ExportOptions:
                     raise ConfigError(f"chunk-size={excerpt(value)} is not a number") from None
             elif key == "digester":
                 pack["digester"] = value
+            elif key == "sparse-limit":
+                try:
+                    pack["sparse_limit"] = parse_size(value)
+                except ValueError:
+                    raise ConfigError(f"sparse-limit={value!r} is not a size (e.g. 16GiB)") from None
             elif key == "parallel-layers":
                 try:
                     kw["parallel_layers"] = max(1, int(value))
@@ -365,6 +371,7 @@ def export(
     ``state_dir`` holds the chunk store (``chunk-store=true``; default: the XDG state dir).
     """
     base = workdir or Path(tempfile.gettempdir())
+    created = _first_missing(options.oci_layout) if options.oci_layout is not None else None
     tmp = Path(tempfile.mkdtemp(prefix="nydus-export-", dir=base))
     try:
         with contextlib.ExitStack() as stack:
@@ -406,8 +413,23 @@ def export(
                 on_pushed=store.record if store is not None else None,
             )
             return result
+    except BaseException:
+        if created is not None:
+            # The output layout (and its missing parents) came from this failed export alone.
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (None: it exists)."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            break
+        missing = candidate
+    return missing
 
 
 def _chunk_dict_loader(
@@ -610,8 +632,9 @@ def export_source(
             existing = _source_top(out, source, push=options.push)
     root = _root_descriptor(out, existing, results, options)
     if options.oci_layout is not None:
-        for tag in _tags(options.names) or [None]:
-            out.add_manifest(root, tag=tag)
+        named: list[tuple[str | None, str | None]] = [*_tags(options.names)] or [(None, None)]
+        for tag, image_name in named:
+            out.add_manifest(_named(root, image_name), tag=tag)
     if options.push:
         assert registry is not None
         from nydus_exporter.push import push_image
@@ -658,12 +681,22 @@ def _oci_manifests(out: OciLayout, root: Descriptor) -> dict[str, str]:
     }
 
 
-def _tags(names: Sequence[str]) -> list[str | None]:
-    tags: list[str | None] = []
+def _tags(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The layout tag and full image name of each ``name=``: ``sample:1`` is tagged ``1`` and
+    named ``docker.io/library/sample:1``, as containerd and BuildKit write OCI layouts (so that
+    ``oci:DIR:1`` and ``oci:DIR:sample:1`` both find it)."""
+    tags: list[tuple[str, str]] = []
     for name in names:
         ref = parse_reference(name)
-        tags.append(ref.tag or "latest")
+        tags.append((ref.tag or "latest", str(ref if ref.tag or ref.digest else ref.with_tag("latest"))))
     return tags
+
+
+def _named(descriptor: Descriptor, image_name: str | None) -> Descriptor:
+    if image_name is None:
+        return descriptor
+    annotations = {**(descriptor.annotations or {}), mt.ANNOTATION_IMAGE_NAME: image_name}
+    return dataclasses.replace(descriptor, annotations=annotations)
 
 
 class _Converter:

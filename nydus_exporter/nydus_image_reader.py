@@ -41,7 +41,7 @@ from nydus_exporter.oci.descriptor import (
     parse_json_object,
     verify_content,
 )
-from nydus_exporter.oci.layout import OciLayout
+from nydus_exporter.oci.layout import OciLayout, split_layout_spec
 from nydus_exporter.oci.nydus_image import (
     is_nydus_entry,
     is_nydus_manifest,
@@ -152,8 +152,9 @@ class OciLayoutStore:
 
 
 def parse_image_spec(spec: str) -> tuple[str, str, str | None]:
-    """``oci:DIR[:TAG]`` -> ``("oci", DIR, TAG)``; ``docker://REF`` -> ``("docker", REF, None)``
-    (the tag or digest stays in the reference); :class:`ConfigError` otherwise."""
+    """``oci:DIR[:TAG]`` -> ``("oci", DIR, TAG)``, TAG a tag or a name with a tag (``sample:1``);
+    ``docker://REF`` -> ``("docker", REF, None)`` (the tag or digest stays in the reference);
+    :class:`ConfigError` otherwise."""
     if spec.startswith("docker://"):
         ref = spec.removeprefix("docker://")
         if not ref:
@@ -162,11 +163,8 @@ def parse_image_spec(spec: str) -> tuple[str, str, str | None]:
     scheme, sep, rest = spec.partition(":")
     if not sep or not rest or scheme != "oci":
         raise ConfigError(f"image {spec!r}: expected oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST]")
-    # A tag never contains '/'; a directory path may contain ':' only before it.
-    path, colon, tag = rest.rpartition(":")
-    if colon and path and "/" not in tag and tag:
-        return scheme, path, tag
-    return scheme, rest, None
+    path, tag = split_layout_spec(rest)  # a tag, or a name with a tag
+    return scheme, str(path), tag
 
 
 def open_store(spec: str, registry: RegistryOptions | None = None) -> tuple[ImageStore, str | None]:
@@ -177,10 +175,7 @@ def open_store(spec: str, registry: RegistryOptions | None = None) -> tuple[Imag
         from nydus_exporter.registry_store import RegistryStore  # aiohttp only when needed
 
         return RegistryStore.open(path, registry), None
-    directory = Path(path)
-    if not directory.is_dir() and tag is not None and Path(f"{path}:{tag}").is_dir():
-        directory, tag = Path(f"{path}:{tag}"), None  # a directory whose name has a ':'
-    return OciLayoutStore.open(directory), tag
+    return OciLayoutStore.open(Path(path)), tag
 
 
 class StoreWrapper:

@@ -26,10 +26,12 @@ from pathlib import Path
 
 from nydus_exporter.errors import ConfigError, excerpt
 from nydus_exporter.export import ExportOptions, parse_bool
+from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
 from nydus_exporter.rafs import codecs, layout
 from nydus_exporter.service.errors import PathNotAllowedError, PreconditionError
+from nydus_exporter.sizes import parse_size
 
 # Keys ExportOptions.from_attrs understands (after normalisation).
 _PIPELINE_KEYS = frozenset(
@@ -51,6 +53,7 @@ _PIPELINE_KEYS = frozenset(
         "chunk-size",
         "digester",
         "parallel-layers",
+        "sparse-limit",
     }
 )
 _ALIASES = {
@@ -98,8 +101,12 @@ def resolve_attrs(
     attrs: Mapping[str, str],
     *,
     path_allowed: Callable[[Path], bool],
+    sparse_limit: int = DEFAULT_SPARSE_LIMIT,
 ) -> ResolvedAttrs:
-    """Validate ``attrs``; raises ConfigError / PreconditionError / PathNotAllowedError."""
+    """Validate ``attrs``; raises ConfigError / PreconditionError / PathNotAllowedError.
+
+    ``sparse_limit`` is the daemon's: the default of ``sparse-limit`` and the most it may be.
+    """
     warnings: list[str] = []
     norm: dict[str, str] = {}
 
@@ -214,6 +221,16 @@ def resolve_attrs(
             if count < 1:
                 raise ConfigError(f"parallel-layers={excerpt(value)} must be at least 1")
             put(key, str(count), raw_key)
+        elif key == "sparse-limit":
+            try:
+                limit = parse_size(value)
+            except ValueError:
+                raise ConfigError(f"sparse-limit={value!r} is not a size (e.g. 16GiB)") from None
+            if limit > sparse_limit:
+                raise ConfigError(
+                    f"sparse-limit={value!r} is above this daemon's limit ({sparse_limit} bytes)"
+                )
+            put(key, str(limit), raw_key)
         elif key == "source-date-epoch":
             epoch = _int(key, value) if value.strip() else 0
             if epoch < 0:
@@ -240,6 +257,7 @@ def resolve_attrs(
         "digester": "blake3",
         "registry.insecure": "false",
         "standard-response-keys": "true",
+        "sparse-limit": str(sparse_limit),
     }
     for key, value in defaults.items():
         norm.setdefault(key, value)
