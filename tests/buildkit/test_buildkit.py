@@ -1,0 +1,292 @@
+"""``buildctl build --output type=nydus,...`` against nydus-buildkitd and the daemon.
+
+Every pushed image is copied back out of the registry with skopeo (an independent client),
+mounted through the kernel's EROFS driver (``nydus_exporter.mount``) and compared with
+``--output type=local`` of the very same build (both outputs of one ``buildctl build``).
+The Dockerfile makes what a real build makes: a pulled multi-layer base, COPY, COPY --link
+(a merged layer), a multi-stage COPY --from, and RUN steps that delete a file and a whole
+directory (whiteouts, an opaque directory), replace a file, chmod and hardlink.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from nydus_exporter.mount import mount_image, umount_image
+from tests.buildkit.conftest import (
+    BUILDCTL,
+    BuildKit,
+    Daemon,
+    docker_config,
+    start_buildkitd,
+    stop,
+    unmount_under,
+    wait_until,
+)
+from tests.conftest import require
+from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available
+from tests.helpers.treesnap import Snapshot, diff_snapshots, snapshot_dir
+from tests.registry_fixtures import RegistryServer
+
+NYDUS_BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def app_context(directory: Path, base: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hello.txt").write_text("hello\n")
+    (directory / "linked.txt").write_text("linked\n")
+    (directory / "Dockerfile").write_text(
+        f"FROM {base} AS build\n"
+        "RUN mkdir -p /out/sub && echo built > /out/artifact && ln -s artifact /out/link"
+        " && chmod 750 /out/sub\n"
+        f"FROM {base}\n"
+        "COPY hello.txt /app/hello.txt\n"
+        "COPY --link linked.txt /app/linked.txt\n"
+        "COPY --from=build /out/ /app/out/\n"
+        "RUN rm /etc/base-release && rm -r /var/old && mkdir /var/old && echo three > /var/old/three"
+        " && echo replaced > /app/hello.txt && chmod 600 /app/linked.txt"
+        " && ln /app/hello.txt /app/hard.txt\n"
+    )
+    return directory
+
+
+def build(
+    bk: BuildKit,
+    context: Path,
+    outputs: Sequence[str],
+    *,
+    metadata: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    argv = ["build", "--progress", "plain", "--frontend", "dockerfile.v0"]
+    argv += ["--local", f"context={context}", "--local", f"dockerfile={context}"]
+    for output in outputs:
+        argv += ["--output", output]
+    if metadata is not None:
+        argv += ["--metadata-file", str(metadata)]
+    return bk.buildctl(argv, env=env)
+
+
+def raw_manifest(ref: str, creds: str | None = None) -> bytes:
+    argv = ["skopeo", "inspect", "--raw", "--tls-verify=false"]
+    if creds:
+        argv += ["--creds", creds]
+    return subprocess.run([*argv, f"docker://{ref}"], capture_output=True, check=True).stdout
+
+
+def registry_digest(ref: str, creds: str | None = None) -> str:
+    return "sha256:" + hashlib.sha256(raw_manifest(ref, creds)).hexdigest()
+
+
+def mounted_tree(ref: str, tmp: Path) -> Snapshot:
+    """Pull the image back from the registry, mount it through the kernel, snapshot it.
+    Credentials come from ``$DOCKER_CONFIG``, as for any client."""
+    mnt, state = tmp / "mnt", tmp / "mount-state"
+    mnt.mkdir()
+    mount_image(f"docker://{ref}", mnt, state_dir=state)
+    try:
+        return snapshot_dir(mnt)
+    finally:
+        umount_image(mnt, state_dir=state)
+
+
+def assert_same_tree(local: Path, mounted: Snapshot) -> None:
+    """The mounted image equals the type=local output, but for two things no image carries:
+    the root directory (type=local's is the destination directory the client made) and
+    sub-second mtimes (BuildKit's layer tars store whole seconds, as every docker image does)."""
+    expected = {path: entry for path, entry in snapshot_dir(local).items() if path != b"/"}
+    actual = {path: entry for path, entry in mounted.items() if path != b"/"}
+    assert diff_snapshots(expected, actual, ignore={"mtime_nsec"}) == []
+
+
+@pytest.fixture
+def app(base_image: str, tmp_path: Path) -> Path:
+    return app_context(tmp_path / "app", base_image)
+
+
+@pytest.mark.parametrize(
+    ("layers", "oci"),
+    [("stream", True), ("stream", False), ("by-reference", True), ("snapshot", False)],
+)
+def test_pushed_image_equals_local_output(
+    buildkitd: BuildKit, registry: RegistryServer, app: Path, tmp_path: Path, layers: str, oci: bool
+) -> None:
+    require(kernel_erofs_available(), KERNEL_EROFS_REASON)
+    ref = f"{registry.host}/app-{layers}-{str(oci).lower()}:nydus"
+    local, meta = tmp_path / "local", tmp_path / "metadata.json"
+    res = build(
+        buildkitd,
+        app,
+        [
+            f"type=nydus,name={ref},push=true,registry.insecure=true,oci-mediatypes={str(oci).lower()},layers={layers}",
+            f"type=local,dest={local}",
+        ],
+        metadata=meta,
+    )
+    assert res.returncode == 0, res.stderr[-6000:]
+    # the daemon's per-layer progress, inside the exporter's vertex
+    assert f"exporting to nydus image {ref}" in res.stderr
+    assert "layer 7/7" in res.stderr
+
+    response = json.loads(meta.read_text())
+    assert response["containerimage.digest"] == registry_digest(ref)
+    assert response["image.name"] == ref
+    manifest = json.loads(raw_manifest(ref))
+    assert manifest["mediaType"] == (OCI_MANIFEST if oci else DOCKER_MANIFEST)
+    assert manifest["layers"][-1]["annotations"][NYDUS_BOOTSTRAP_ANNOTATION] == "true"
+    assert len(manifest["layers"]) == 8  # 7 blobs and the bootstrap
+
+    assert_same_tree(local, mounted_tree(ref, tmp_path))
+
+
+def test_merge_manifest_joins_the_image_under_the_tag(
+    buildkitd: BuildKit, registry: RegistryServer, app: Path, tmp_path: Path
+) -> None:
+    """merge-manifest=true: the Nydus manifest joins the image already under the tag in one
+    index (the push reads the live tag, so this export pushes before Export returns)."""
+    require(kernel_erofs_available(), KERNEL_EROFS_REASON)
+    ref = f"{registry.host}/app-merged:1"
+    plain = build(
+        buildkitd, app, [f"type=image,name={ref},push=true,registry.insecure=true,oci-mediatypes=true"]
+    )
+    assert plain.returncode == 0, plain.stderr[-6000:]
+    original = registry_digest(ref)
+
+    local, meta = tmp_path / "local", tmp_path / "metadata.json"
+    nydus = f"type=nydus,name={ref},push=true,registry.insecure=true,oci-mediatypes=true,merge-manifest=true"
+    res = build(buildkitd, app, [nydus, f"type=local,dest={local}"], metadata=meta)
+    assert res.returncode == 0, res.stderr[-6000:]
+    assert json.loads(meta.read_text())["containerimage.digest"] == registry_digest(ref)
+    index = json.loads(raw_manifest(ref))
+    assert index["mediaType"] == OCI_INDEX
+    digests = [m["digest"] for m in index["manifests"]]
+    assert len(digests) == 2 and original in digests
+    assert_same_tree(local, mounted_tree(ref, tmp_path))
+
+
+def test_image_and_nydus_outputs_in_one_build(
+    buildkitd: BuildKit, registry: RegistryServer, app: Path, tmp_path: Path
+) -> None:
+    require(kernel_erofs_available(), KERNEL_EROFS_REASON)
+    image_ref, nydus_ref = f"{registry.host}/app-both:image", f"{registry.host}/app-both:nydus"
+    local, meta = tmp_path / "local", tmp_path / "metadata.json"
+    res = build(
+        buildkitd,
+        app,
+        [
+            f"type=image,name={image_ref},push=true,registry.insecure=true",
+            # without the standard keys, type=image's containerimage.digest stays in the map
+            f"type=nydus,name={nydus_ref},push=true,registry.insecure=true,standard-response-keys=false",
+            f"type=local,dest={local}",
+        ],
+        metadata=meta,
+    )
+    assert res.returncode == 0, res.stderr[-6000:]
+    response = json.loads(meta.read_text())
+    assert response["containerimage.digest"] == registry_digest(image_ref)
+    assert list(json.loads(response["nydus.manifest.digests"]).values()) == [registry_digest(nydus_ref)]
+    assert_same_tree(local, mounted_tree(nydus_ref, tmp_path))
+
+
+def test_push_credentials_come_from_the_clients_docker_config(
+    buildkitd: BuildKit,
+    registry_basic: RegistryServer,
+    app: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    require(kernel_erofs_available(), KERNEL_EROFS_REASON)
+    ref = f"{registry_basic.host}/app-auth:1"
+    output = f"type=nydus,name={ref},push=true,registry.insecure=true"
+
+    anonymous = build(buildkitd, app, [output], env={"DOCKER_CONFIG": str(tmp_path / "empty")})
+    assert anonymous.returncode != 0
+    assert "UNAUTHENTICATED" in anonymous.stderr or "401" in anonymous.stderr, anonymous.stderr[-4000:]
+
+    env = docker_config(tmp_path / "docker", registry_basic)
+    local, meta = tmp_path / "local", tmp_path / "metadata.json"
+    res = build(buildkitd, app, [output, f"type=local,dest={local}"], metadata=meta, env=env)
+    assert res.returncode == 0, res.stderr[-6000:]
+    creds = f"{registry_basic.username}:{registry_basic.password}"
+    assert json.loads(meta.read_text())["containerimage.digest"] == registry_digest(ref, creds)
+    monkeypatch.setenv("DOCKER_CONFIG", env["DOCKER_CONFIG"])
+    assert_same_tree(local, mounted_tree(ref, tmp_path))
+
+
+def test_invalid_key_fails_before_the_build(buildkitd: BuildKit, registry: RegistryServer, app: Path) -> None:
+    ref = f"{registry.host}/app-invalid:1"
+    res = build(buildkitd, app, [f"type=nydus,name={ref},push=true,fs-version=5"])
+    assert res.returncode != 0
+    assert "fs-version" in res.stderr, res.stderr[-4000:]
+    assert "COPY hello.txt" not in res.stderr  # Resolve failed: no step of the build ran
+
+
+def test_daemon_down_names_the_socket(
+    buildkit_dir: Path, registry: RegistryServer, app: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-daemon" / "exporter.sock"
+    bk, proc = start_buildkitd(tmp_path / "buildkitd", daemon_address=f"unix://{missing}")
+    try:
+        res = build(bk, app, [f"type=nydus,name={registry.host}/app-down:1,push=true"])
+    finally:
+        stop(proc)
+        unmount_under(bk.root)
+    assert res.returncode != 0
+    assert str(missing) in res.stderr and "not reachable" in res.stderr, res.stderr[-4000:]
+    assert "COPY hello.txt" not in res.stderr
+
+
+def test_interrupted_export_cancels_the_job(
+    buildkitd: BuildKit, nydus_daemon: Daemon, registry: RegistryServer, base_image: str, tmp_path: Path
+) -> None:
+    """SIGINT to buildctl while the layers stream: the daemon cancels the job, removes its
+    files, pushes nothing, and serves the next export."""
+    context = tmp_path / "big"
+    context.mkdir()
+    with open(context / "random.bin", "wb") as f:
+        for _ in range(160):
+            f.write(os.urandom(1 << 20))
+    (context / "Dockerfile").write_text(f"FROM {base_image}\nCOPY random.bin /random.bin\n")
+    ref = f"{registry.host}/app-interrupted:1"
+    cancelled = nydus_daemon.metric("nydus_exporter_exports_total", outcome="cancelled")
+    argv = [str(BUILDCTL), "--addr", buildkitd.address, "build", "--progress", "plain"]
+    argv += [
+        "--frontend",
+        "dockerfile.v0",
+        "--local",
+        f"context={context}",
+        "--local",
+        f"dockerfile={context}",
+    ]
+    argv += ["--output", f"type=nydus,name={ref},push=true,registry.insecure=true"]
+    seen = []
+    with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if "exporting to nydus image" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        seen.append(proc.stderr.read())
+        assert proc.wait(timeout=120) != 0, "".join(seen)[-4000:]
+
+    wait_until(lambda: nydus_daemon.metric("nydus_exporter_exports_total", outcome="cancelled") > cancelled)
+    wait_until(lambda: not any((nydus_daemon.state_dir / "jobs").glob("*")))
+    assert (
+        subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"]).returncode
+        != 0
+    )
+
+    again = build(buildkitd, context, [f"type=nydus,name={ref},push=true,registry.insecure=true"])
+    assert again.returncode == 0, again.stderr[-4000:]
