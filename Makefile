@@ -16,10 +16,11 @@ PYTEST_ARGS ?=
 #   debootstrap      builds the realistic rootfs layer of bench/pack.py
 #   tar, gzip, zstd, xz-utils  reference archivers; util-linux, mount (losetup, mount, dmesg);
 #   procps (pgrep: no conversion worker outlives its job); kmod (modprobe erofs)
+#   runc             runs the RUN steps of nydus-buildkitd's OCI worker (tests/buildkit)
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux mount procps kmod \
-	ca-certificates
+	ca-certificates runc
 
-.PHONY: all venv system-deps test lint run sample bench bench-export bench-push bench-daemon bench-dedup clean distclean
+.PHONY: all venv system-deps buildkit buildkit-check test lint run sample bench bench-export bench-push bench-daemon bench-dedup clean distclean
 
 all: test
 
@@ -51,7 +52,17 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: system-deps venv
+# nydus-buildkitd and buildctl (BuildKit's release pinned in deploy/buildkit/go.mod) in bin/.
+# Needs Go >= 1.26; its module and build caches stay under $$HOME, so rebuilds only relink.
+buildkit:
+	deploy/buildkit/build.sh bin
+
+# The Go exporter's own checks: gofmt, go vet, go test.
+buildkit-check:
+	@cd deploy/buildkit && out=$$(gofmt -l nydus) && { [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }; }
+	cd deploy/buildkit && go vet ./... && go test ./...
+
+test: system-deps venv buildkit buildkit-check
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -97,4 +108,4 @@ clean:
 
 # Also drop the virtualenv and the cached benchmark layers.
 distclean: clean
-	rm -rf $(VENV) bench/.cache
+	rm -rf $(VENV) bench/.cache bin

@@ -5,6 +5,7 @@ package nydus
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -85,6 +86,14 @@ func LoadConfig(path string) (Config, error) {
 	dec := toml.NewDecoder(bytes.NewReader(again))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cfg); err != nil {
+		var strict *toml.StrictMissingError
+		if errors.As(err, &strict) {
+			keys := make([]string, 0, len(strict.Errors))
+			for _, e := range strict.Errors {
+				keys = append(keys, strings.Join(e.Key(), "."))
+			}
+			return cfg, fmt.Errorf("%s [exporter.nydus]: unknown keys %s", path, strings.Join(keys, ", "))
+		}
 		return cfg, fmt.Errorf("%s [exporter.nydus]: %w", path, err)
 	}
 	return cfg, cfg.Validate()

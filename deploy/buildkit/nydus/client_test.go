@@ -1,0 +1,140 @@
+package nydus
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	pb "github.com/nydus-exporter/nydus-exporter/deploy/buildkit/nydusv1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// fakeDaemon is an in-process server of the contract on a real unix socket.
+type fakeDaemon struct {
+	pb.UnimplementedExporterServer
+	info     *pb.GetInfoResponse
+	resolve  func(*pb.ResolveRequest) (*pb.ResolveResponse, error)
+	getInfos int
+}
+
+func (f *fakeDaemon) GetInfo(context.Context, *pb.GetInfoRequest) (*pb.GetInfoResponse, error) {
+	f.getInfos++
+	return f.info, nil
+}
+
+func (f *fakeDaemon) Resolve(_ context.Context, req *pb.ResolveRequest) (*pb.ResolveResponse, error) {
+	return f.resolve(req)
+}
+
+func serve(t *testing.T, f *fakeDaemon) (string, func()) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "d.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	pb.RegisterExporterServer(srv, f)
+	go func() { _ = srv.Serve(lis) }()
+	return "unix://" + sock, srv.Stop
+}
+
+func clientFor(addr string) *Client {
+	cfg := DefaultConfig()
+	cfg.Address = addr
+	return NewClient(cfg)
+}
+
+func TestResolveErrorKeepsTheDaemonsMessage(t *testing.T) {
+	f := &fakeDaemon{
+		info: &pb.GetInfoResponse{Capabilities: []string{"finalize"}},
+		resolve: func(req *pb.ResolveRequest) (*pb.ResolveResponse, error) {
+			return nil, status.Error(codes.FailedPrecondition, "fs-version=5: only RAFS v6 is written")
+		},
+	}
+	addr, stop := serve(t, f)
+	defer stop()
+	e := &Exporter{client: clientFor(addr)}
+	_, err := e.Resolve(context.Background(), 0, map[string]string{"fs-version": "5"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "only RAFS v6 is written") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestResolveSendsAttrsWithoutTheLayersKey(t *testing.T) {
+	var got *pb.ResolveRequest
+	f := &fakeDaemon{
+		info: &pb.GetInfoResponse{Capabilities: []string{"finalize", "layer.by-reference"}},
+		resolve: func(req *pb.ResolveRequest) (*pb.ResolveResponse, error) {
+			got = req
+			return &pb.ResolveResponse{InstanceId: "i1", NormalizedAttrs: map[string]string{"push": "true"}}, nil
+		},
+	}
+	addr, stop := serve(t, f)
+	defer stop()
+	e := &Exporter{client: clientFor(addr)}
+	for i := 0; i < 2; i++ {
+		inst, err := e.Resolve(context.Background(), 3, map[string]string{"name": "r/x:1", "layers": "by-reference"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inst.ID() != 3 || inst.Attrs()["layers"] != "by-reference" || inst.Type() != "nydus" {
+			t.Fatalf("instance %d %v", inst.ID(), inst.Attrs())
+		}
+	}
+	if _, ok := got.GetAttrs()["layers"]; ok || got.GetAttrs()["name"] != "r/x:1" || got.GetExporterIndex() != 3 {
+		t.Fatalf("sent %v", got)
+	}
+	if strings.Join(got.GetClientCapabilities(), ",") != "finalize,layer.by-reference" {
+		t.Fatalf("capabilities %v", got.GetClientCapabilities())
+	}
+	if f.getInfos != 1 {
+		t.Fatalf("GetInfo asked %d times, want once", f.getInfos)
+	}
+}
+
+func TestByReferenceNeedsTheCapability(t *testing.T) {
+	f := &fakeDaemon{info: &pb.GetInfoResponse{Capabilities: []string{"finalize"}}}
+	addr, stop := serve(t, f)
+	defer stop()
+	e := &Exporter{client: clientFor(addr)}
+	_, err := e.Resolve(context.Background(), 0, map[string]string{"layers": "snapshot"})
+	if err == nil || !strings.Contains(err.Error(), "layer.by-reference") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestDaemonDownNamesTheAddress(t *testing.T) {
+	addr := "unix://" + filepath.Join(t.TempDir(), "none.sock")
+	e := &Exporter{client: clientFor(addr)}
+	_, err := e.Resolve(context.Background(), 0, map[string]string{})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), addr) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestDaemonRestartBetweenCallsAsksGetInfoAgain(t *testing.T) {
+	f := &fakeDaemon{
+		info: &pb.GetInfoResponse{Capabilities: []string{"finalize"}},
+		resolve: func(*pb.ResolveRequest) (*pb.ResolveResponse, error) {
+			return &pb.ResolveResponse{InstanceId: "i"}, nil
+		},
+	}
+	addr, stop := serve(t, f)
+	c := clientFor(addr)
+	if _, err := c.Info(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	_, err := (&Exporter{client: c}).Resolve(context.Background(), 0, nil)
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("got %v", err)
+	}
+	if c.info != nil {
+		t.Fatal("an unreachable daemon's GetInfo answer must be forgotten")
+	}
+}
