@@ -68,8 +68,11 @@ def build(
     *,
     metadata: Path | None = None,
     env: dict[str, str] | None = None,
+    opts: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     argv = ["build", "--progress", "plain", "--frontend", "dockerfile.v0"]
+    for opt in opts:
+        argv += ["--opt", opt]
     argv += ["--local", f"context={context}", "--local", f"dockerfile={context}"]
     for output in outputs:
         argv += ["--output", output]
@@ -290,3 +293,16 @@ def test_interrupted_export_cancels_the_job(
 
     again = build(buildkitd, context, [f"type=nydus,name={ref},push=true,registry.insecure=true"])
     assert again.returncode == 0, again.stderr[-4000:]
+
+
+def test_attestations_never_fail_the_build(buildkitd: BuildKit, registry: RegistryServer, app: Path) -> None:
+    ref = f"{registry.host}/app-attested:1"
+    res = build(
+        buildkitd,
+        app,
+        [f"type=nydus,name={ref},push=true,registry.insecure=true"],
+        opts=["attest:provenance=mode=max"],
+    )
+    assert res.returncode == 0, res.stderr[-6000:]
+    assert "not attached to the nydus image" in res.stderr
+    assert json.loads(raw_manifest(ref))["layers"][-1]["annotations"][NYDUS_BOOTSTRAP_ANNOTATION] == "true"

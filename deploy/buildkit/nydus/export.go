@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -45,6 +46,11 @@ func (i *instance) Export(ctx context.Context, src *exporter.Source, buildInfo e
 	header, refs, err := i.header(src, buildInfo)
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	if n := attachable(header.Attestations); n > 0 {
+		// The contract carries attestation summaries, not their content: the daemon cannot put
+		// them in the pushed index yet. They never fail a build.
+		writeWarning(pw, &pb.Warning{Level: 1, Short: fmt.Sprintf("%d attestation(s) (provenance, SBOM) are not attached to the nydus image", n)})
 	}
 	stub, err := i.exp.client.stub()
 	if err != nil {
@@ -148,11 +154,21 @@ func (i *instance) header(src *exporter.Source, buildInfo exporter.ExportBuildIn
 			if a.InToto.PredicateType != "" {
 				kind = a.InToto.PredicateType
 			}
-			_, inline := a.Metadata[result.AttestationInlineOnlyKey]
+			inline, _ := strconv.ParseBool(string(a.Metadata[result.AttestationInlineOnlyKey]))
 			h.Attestations = append(h.Attestations, &pb.AttestationSummary{PlatformId: pid, Kind: kind, InlineOnly: inline})
 		}
 	}
 	return h, refs, nil
+}
+
+func attachable(atts []*pb.AttestationSummary) int {
+	n := 0
+	for _, a := range atts {
+		if !a.GetInlineOnly() {
+			n++
+		}
+	}
+	return n
 }
 
 type exportStream struct {
