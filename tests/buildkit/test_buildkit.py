@@ -202,26 +202,31 @@ def test_image_and_nydus_outputs_in_one_build(
     assert_same_tree(local, mounted_tree(nydus_ref, tmp_path))
 
 
+@pytest.mark.parametrize("flavour", ["registry_basic", "registry_token"])
 def test_push_credentials_come_from_the_clients_docker_config(
     buildkitd: BuildKit,
-    registry_basic: RegistryServer,
+    flavour: str,
     app: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """The daemon's auth_request is answered from buildctl's session: basic credentials, or
+    (token registry) the bearer token BuildKit's own authorizer fetched."""
+    reg: RegistryServer = request.getfixturevalue(flavour)
     require(kernel_erofs_available(), KERNEL_EROFS_REASON)
-    ref = f"{registry_basic.host}/app-auth:1"
+    ref = f"{reg.host}/app-auth:1"
     output = f"type=nydus,name={ref},push=true,registry.insecure=true"
 
     anonymous = build(buildkitd, app, [output], env={"DOCKER_CONFIG": str(tmp_path / "empty")})
     assert anonymous.returncode != 0
     assert "UNAUTHENTICATED" in anonymous.stderr or "401" in anonymous.stderr, anonymous.stderr[-4000:]
 
-    env = docker_config(tmp_path / "docker", registry_basic)
+    env = docker_config(tmp_path / "docker", reg)
     local, meta = tmp_path / "local", tmp_path / "metadata.json"
     res = build(buildkitd, app, [output, f"type=local,dest={local}"], metadata=meta, env=env)
     assert res.returncode == 0, res.stderr[-6000:]
-    creds = f"{registry_basic.username}:{registry_basic.password}"
+    creds = f"{reg.username}:{reg.password}"
     assert json.loads(meta.read_text())["containerimage.digest"] == registry_digest(ref, creds)
     monkeypatch.setenv("DOCKER_CONFIG", env["DOCKER_CONFIG"])
     assert_same_tree(local, mounted_tree(ref, tmp_path))
