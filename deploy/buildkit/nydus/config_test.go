@@ -63,3 +63,13 @@ func TestLoadConfigRejectsTyposAndBadValues(t *testing.T) {
 		}
 	}
 }
+
+func TestTheDocumentedConfigLoads(t *testing.T) {
+	cfg, err := LoadConfig("../buildkitd.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Layers != LayersByReference || cfg.Address != "unix:///run/nydus-exporter/exporter.sock" {
+		t.Fatalf("%+v", cfg)
+	}
+}
