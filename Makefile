@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux mount procps kmod \
 	ca-certificates runc
 
-.PHONY: all venv system-deps buildkit buildkit-check test lint run sample bench bench-export bench-push bench-daemon bench-dedup clean distclean
+.PHONY: all venv system-deps buildkit buildkit-check test lint run sample bench bench-export bench-push bench-daemon bench-dedup bench-buildkit clean distclean
 
 all: test
 
@@ -97,6 +97,10 @@ bench-push: system-deps venv
 # shadow the grpc package on sys.path.
 bench-daemon: system-deps venv
 	$(BIN)/python bench/daemon.py $(BENCH_ARGS)
+
+# The export phase of one BuildKit build: type=nydus (each layers mode) vs type=image gzip/zstd.
+bench-buildkit: system-deps venv buildkit
+	$(BIN)/python bench/buildkit.py $(BENCH_ARGS)
 
 # Bytes uploaded for three image versions with/without the chunk store (needs network for apt).
 bench-dedup: system-deps venv

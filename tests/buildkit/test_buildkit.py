@@ -15,8 +15,10 @@ import json
 import os
 import signal
 import subprocess
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +59,8 @@ def app_context(directory: Path, base: str) -> Path:
         "RUN rm /etc/base-release && rm -r /var/old && mkdir /var/old && echo three > /var/old/three"
         " && echo replaced > /app/hello.txt && chmod 600 /app/linked.txt"
         " && ln /app/hello.txt /app/hard.txt\n"
+        "ENV APP_MODE=nydus\n"
+        "WORKDIR /app\n"
     )
     return directory
 
@@ -90,6 +94,14 @@ def raw_manifest(ref: str, creds: str | None = None) -> bytes:
 
 def registry_digest(ref: str, creds: str | None = None) -> str:
     return "sha256:" + hashlib.sha256(raw_manifest(ref, creds)).hexdigest()
+
+
+def image_config(registry: RegistryServer, ref: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    repo = ref.removeprefix(registry.host + "/").rsplit(":", 1)[0]
+    url = f"{registry.url}/v2/{repo}/blobs/{manifest['config']['digest']}"
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        config: dict[str, Any] = json.loads(resp.read())
+    return config
 
 
 def mounted_tree(ref: str, tmp: Path) -> Snapshot:
@@ -140,7 +152,7 @@ def test_pushed_image_equals_local_output(
     assert res.returncode == 0, res.stderr[-6000:]
     # the daemon's per-layer progress, inside the exporter's vertex
     assert f"exporting to nydus image {ref}" in res.stderr
-    assert "layer 7/7" in res.stderr
+    assert "layer 8/8" in res.stderr
 
     response = json.loads(meta.read_text())
     assert response["containerimage.digest"] == registry_digest(ref)
@@ -148,7 +160,9 @@ def test_pushed_image_equals_local_output(
     manifest = json.loads(raw_manifest(ref))
     assert manifest["mediaType"] == (OCI_MANIFEST if oci else DOCKER_MANIFEST)
     assert manifest["layers"][-1]["annotations"][NYDUS_BOOTSTRAP_ANNOTATION] == "true"
-    assert len(manifest["layers"]) == 8  # 7 blobs and the bootstrap
+    assert len(manifest["layers"]) == 9  # 8 blobs (WORKDIR makes one too) and the bootstrap
+    config = image_config(registry, ref, manifest)  # the Dockerfile's image config, carried over
+    assert "APP_MODE=nydus" in config["config"]["Env"] and config["config"]["WorkingDir"] == "/app"
 
     assert_same_tree(local, mounted_tree(ref, tmp_path))
 
