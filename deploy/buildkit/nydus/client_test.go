@@ -30,7 +30,7 @@ func (f *fakeDaemon) Resolve(_ context.Context, req *pb.ResolveRequest) (*pb.Res
 	return f.resolve(req)
 }
 
-func serve(t *testing.T, f *fakeDaemon) (string, func()) {
+func serve(t *testing.T, f pb.ExporterServer) (string, func()) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "d.sock")
 	lis, err := net.Listen("unix", sock)
