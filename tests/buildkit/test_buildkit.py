@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from tests.buildkit.conftest import (
 from tests.conftest import require
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available
 from tests.helpers.treesnap import Snapshot, diff_snapshots, snapshot_dir
-from tests.registry_fixtures import RegistryServer
+from tests.registry_fixtures import RegistryServer, start_registry
 
 NYDUS_BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -65,6 +65,34 @@ def app_context(directory: Path, base: str) -> Path:
     return directory
 
 
+def build_argv(
+    bk: BuildKit,
+    context: Path,
+    outputs: Sequence[str],
+    *,
+    metadata: Path | None = None,
+    opts: Sequence[str] = (),
+) -> list[str]:
+    argv = [
+        str(BUILDCTL),
+        "--addr",
+        bk.address,
+        "build",
+        "--progress",
+        "plain",
+        "--frontend",
+        "dockerfile.v0",
+    ]
+    argv += ["--local", f"context={context}", "--local", f"dockerfile={context}"]
+    for opt in opts:
+        argv += ["--opt", opt]
+    for output in outputs:
+        argv += ["--output", output]
+    if metadata is not None:
+        argv += ["--metadata-file", str(metadata)]
+    return argv
+
+
 def build(
     bk: BuildKit,
     context: Path,
@@ -74,15 +102,10 @@ def build(
     env: dict[str, str] | None = None,
     opts: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    argv = ["build", "--progress", "plain", "--frontend", "dockerfile.v0"]
-    for opt in opts:
-        argv += ["--opt", opt]
-    argv += ["--local", f"context={context}", "--local", f"dockerfile={context}"]
-    for output in outputs:
-        argv += ["--output", output]
-    if metadata is not None:
-        argv += ["--metadata-file", str(metadata)]
-    return bk.buildctl(argv, env=env)
+    argv = build_argv(bk, context, outputs, metadata=metadata, opts=opts)
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}
+    )
 
 
 def raw_manifest(ref: str, creds: str | None = None) -> bytes:
@@ -123,6 +146,39 @@ def assert_same_tree(local: Path, mounted: Snapshot) -> None:
     expected = {path: entry for path, entry in snapshot_dir(local).items() if path != b"/"}
     actual = {path: entry for path, entry in mounted.items() if path != b"/"}
     assert diff_snapshots(expected, actual, ignore={"mtime_nsec"}) == []
+
+
+def big_context(directory: Path, base: str) -> Path:
+    """A context whose export takes seconds: 160 MiB that do not compress."""
+    directory.mkdir()
+    with open(directory / "random.bin", "wb") as f:
+        for _ in range(160):
+            f.write(os.urandom(1 << 20))
+    (directory / "Dockerfile").write_text(f"FROM {base}\nCOPY random.bin /random.bin\n")
+    return directory
+
+
+def run_until_export(
+    argv: Sequence[str], act: Callable[[subprocess.Popen[str]], None]
+) -> subprocess.CompletedProcess[str]:
+    """Run buildctl; ``act`` on it once the exporter's vertex starts; wait for the end."""
+    seen = []
+    with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if "exporting to nydus image" in line:
+                act(proc)
+                break
+        seen.append(proc.stderr.read())
+        code = proc.wait(timeout=300)
+    return subprocess.CompletedProcess(argv, code, "", "".join(seen))
+
+
+def tag_link(registry: RegistryServer, repo: str, tag: str) -> str | None:
+    """The digest under a tag, read from the registry's storage (works with it stopped)."""
+    link = registry.root / "docker/registry/v2/repositories" / repo / "_manifests/tags" / tag / "current/link"
+    return link.read_text() if link.exists() else None
 
 
 @pytest.fixture
@@ -274,34 +330,12 @@ def test_interrupted_export_cancels_the_job(
 ) -> None:
     """SIGINT to buildctl while the layers stream: the daemon cancels the job, removes its
     files, pushes nothing, and serves the next export."""
-    context = tmp_path / "big"
-    context.mkdir()
-    with open(context / "random.bin", "wb") as f:
-        for _ in range(160):
-            f.write(os.urandom(1 << 20))
-    (context / "Dockerfile").write_text(f"FROM {base_image}\nCOPY random.bin /random.bin\n")
+    context = big_context(tmp_path / "big", base_image)
     ref = f"{registry.host}/app-interrupted:1"
     cancelled = nydus_daemon.metric("nydus_exporter_exports_total", outcome="cancelled")
-    argv = [str(BUILDCTL), "--addr", buildkitd.address, "build", "--progress", "plain"]
-    argv += [
-        "--frontend",
-        "dockerfile.v0",
-        "--local",
-        f"context={context}",
-        "--local",
-        f"dockerfile={context}",
-    ]
-    argv += ["--output", f"type=nydus,name={ref},push=true,registry.insecure=true"]
-    seen = []
-    with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True) as proc:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            seen.append(line)
-            if "exporting to nydus image" in line:
-                proc.send_signal(signal.SIGINT)
-                break
-        seen.append(proc.stderr.read())
-        assert proc.wait(timeout=120) != 0, "".join(seen)[-4000:]
+    argv = build_argv(buildkitd, context, [f"type=nydus,name={ref},push=true,registry.insecure=true"])
+    res = run_until_export(argv, lambda proc: proc.send_signal(signal.SIGINT))
+    assert res.returncode != 0, res.stderr[-4000:]
 
     wait_until(lambda: nydus_daemon.metric("nydus_exporter_exports_total", outcome="cancelled") > cancelled)
     wait_until(lambda: not any((nydus_daemon.state_dir / "jobs").glob("*")))
@@ -329,3 +363,24 @@ def test_attestations_and_unknown_keys_are_warnings(
     assert any("not attached to the nydus image" in w for w in warnings), res.stderr[-4000:]
     assert any("frobnicate" in w for w in warnings), res.stderr[-4000:]  # the daemon's Resolve warning
     assert json.loads(raw_manifest(ref))["layers"][-1]["annotations"][NYDUS_BOOTSTRAP_ANNOTATION] == "true"
+
+
+def test_registry_killed_mid_push_leaves_the_tag(
+    buildkitd: BuildKit, base_image: str, app: Path, tmp_path: Path
+) -> None:
+    target = start_registry(tmp_path / "registry")
+    try:
+        ref = f"{target.host}/app:1"
+        first = build(buildkitd, app, [f"type=nydus,name={ref},push=true,registry.insecure=true"])
+        assert first.returncode == 0, first.stderr[-4000:]
+        before = tag_link(target, "app", "1")
+        assert before is not None
+
+        context = big_context(tmp_path / "big", base_image)
+        argv = build_argv(buildkitd, context, [f"type=nydus,name={ref},push=true,registry.insecure=true"])
+        res = run_until_export(argv, lambda proc: target.stop())
+    finally:
+        target.stop()
+    assert res.returncode != 0, res.stderr[-4000:]
+    assert "nydus exporter" in res.stderr, res.stderr[-4000:]
+    assert tag_link(target, "app", "1") == before
