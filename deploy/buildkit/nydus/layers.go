@@ -39,6 +39,9 @@ func (l layerSources) chain(ctx context.Context, mode string, ref cache.Immutabl
 	if ref == nil { // a scratch image: no layers
 		return &layerChain{release: func() {}}, nil
 	}
+	if mode != LayersStream && l.workerRoot == "" {
+		return nil, errors.Errorf("nydus exporter: layers=%s needs buildkitd's OCI worker (use layers=stream)", mode)
+	}
 	switch mode {
 	case LayersSnapshot:
 		return l.snapshotChain(ctx, ref, g)

@@ -6,6 +6,7 @@ import (
 	"github.com/moby/buildkit/session"
 	"github.com/moby/buildkit/worker"
 	"github.com/moby/buildkit/worker/base"
+	"github.com/moby/buildkit/worker/label"
 )
 
 // Worker is a BuildKit worker with one more exporter type: Exporter("nydus") is ours, every
@@ -29,7 +30,11 @@ func WrapWorkers(ws []worker.Worker, client *Client, hosts docker.RegistryHosts)
 func WrapWorker(w worker.Worker, client *Client, hosts docker.RegistryHosts) *Worker {
 	nw := &Worker{Worker: w, client: client, hosts: hosts}
 	if bw, ok := w.(*base.Worker); ok {
-		nw.layers.workerRoot = bw.WorkerOpt.Root
+		// Blob paths and snapshot directories are the OCI worker's own; the containerd
+		// worker's live in containerd's root, so it streams.
+		if w.Labels()[label.Executor] == "oci" {
+			nw.layers.workerRoot = bw.WorkerOpt.Root
+		}
 		if bw.WorkerOpt.Snapshotter != nil {
 			nw.layers.snapshotter = bw.WorkerOpt.Snapshotter.Name()
 		}
