@@ -40,7 +40,7 @@ func (l layerSources) chain(ctx context.Context, mode string, ref cache.Immutabl
 		return &layerChain{release: func() {}}, nil
 	}
 	if mode != LayersStream && l.workerRoot == "" {
-		return nil, errors.Errorf("nydus exporter: layers=%s needs buildkitd's OCI worker (use layers=stream)", mode)
+		mode = LayersStream // not the OCI worker: its blobs and snapshots are not ours to name
 	}
 	switch mode {
 	case LayersSnapshot:
