@@ -3,10 +3,13 @@ package nydus
 import (
 	"context"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/moby/buildkit/exporter"
 	pb "github.com/nydus-exporter/nydus-exporter/deploy/buildkit/nydusv1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -136,5 +139,62 @@ func TestDaemonRestartBetweenCallsAsksGetInfoAgain(t *testing.T) {
 	}
 	if c.info != nil {
 		t.Fatal("an unreachable daemon's GetInfo answer must be forgotten")
+	}
+}
+
+// serveAt serves f on a given socket path (a restarted daemon comes back at the same path).
+func serveAt(t *testing.T, sock string, f pb.ExporterServer) func() {
+	t.Helper()
+	_ = os.Remove(sock)
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	pb.RegisterExporterServer(srv, f)
+	go func() { _ = srv.Serve(lis) }()
+	return srv.Stop
+}
+
+type forgetfulDaemon struct{ fakeDaemon }
+
+// Export of an instance this (restarted) daemon never resolved.
+func (forgetfulDaemon) Export(grpc.BidiStreamingServer[pb.ExportRequest, pb.ExportEvent]) error {
+	return status.Error(codes.NotFound, "unknown instance inst-1 (released, expired or from before a restart)")
+}
+
+func TestDaemonRestartBetweenResolveAndExport(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "d.sock")
+	first := &fakeDaemon{
+		info: &pb.GetInfoResponse{},
+		resolve: func(*pb.ResolveRequest) (*pb.ResolveResponse, error) {
+			return &pb.ResolveResponse{InstanceId: "inst-1"}, nil
+		},
+	}
+	stop := serveAt(t, sock, first)
+	e := &Exporter{client: clientFor("unix://" + sock)}
+	inst, err := e.Resolve(context.Background(), 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	stop = serveAt(t, sock, &forgetfulDaemon{fakeDaemon{info: &pb.GetInfoResponse{}}})
+	defer stop()
+	src := &exporter.Source{Metadata: map[string][]byte{"containerimage.config": []byte(`{"os":"linux","architecture":"amd64"}`)}}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, _, _, err = inst.Export(ctx, src, exporter.ExportBuildInfo{})
+	// The daemon's own answer once the channel reconnected; before that, the address.
+	switch status.Code(err) {
+	case codes.NotFound:
+		if !strings.Contains(err.Error(), "unknown instance") {
+			t.Fatalf("got %v", err)
+		}
+	case codes.Unavailable:
+		if !strings.Contains(err.Error(), sock) {
+			t.Fatalf("got %v", err)
+		}
+	default:
+		t.Fatalf("got %v", err)
 	}
 }

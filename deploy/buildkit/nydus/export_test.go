@@ -22,6 +22,7 @@ type exportDaemon struct {
 
 	mu       sync.Mutex
 	header   *pb.ExportHeader
+	chunks   map[string][]byte
 	released []string
 	final    []string
 }
@@ -46,6 +47,18 @@ func (d *exportDaemon) Export(stream grpc.BidiStreamingServer[pb.ExportRequest, 
 			return err
 		}
 		switch m := req.GetMsg().(type) {
+		case *pb.ExportRequest_MetadataChunk:
+			c := m.MetadataChunk
+			d.mu.Lock()
+			if d.chunks == nil {
+				d.chunks = map[string][]byte{}
+			}
+			if int64(len(d.chunks[c.GetKey()])) != c.GetOffset() || len(c.GetData()) > metadataChunk {
+				d.mu.Unlock()
+				return status.Error(codes.InvalidArgument, "bad metadata_chunk")
+			}
+			d.chunks[c.GetKey()] = append(d.chunks[c.GetKey()], c.GetData()...)
+			d.mu.Unlock()
 		case *pb.ExportRequest_PlatformBegin:
 			if len(m.PlatformBegin.GetLayers()) != 0 {
 				return status.Error(codes.InvalidArgument, "a scratch image has no layers")
@@ -81,6 +94,11 @@ func (d *exportDaemon) Release(_ context.Context, req *pb.ReleaseRequest) (*pb.R
 
 func scratchExport(t *testing.T, d *exportDaemon) (map[string]string, exporter.FinalizeFunc, error) {
 	t.Helper()
+	return scratchExportWith(t, d, nil)
+}
+
+func scratchExportWith(t *testing.T, d *exportDaemon, extra map[string][]byte) (map[string]string, exporter.FinalizeFunc, error) {
+	t.Helper()
 	d.info = &pb.GetInfoResponse{MaxChunkBytes: 1 << 20}
 	d.resolve = func(*pb.ResolveRequest) (*pb.ResolveResponse, error) {
 		return &pb.ResolveResponse{InstanceId: "inst-1", DisplayName: "exporting to nydus image r/x:1"}, nil
@@ -101,6 +119,9 @@ func scratchExport(t *testing.T, d *exportDaemon) (map[string]string, exporter.F
 		"containerimage.config": []byte(`{"os":"linux","architecture":"amd64"}`),
 		"unrelated.key":         []byte("not sent"),
 	}}
+	for k, v := range extra {
+		src.Metadata[k] = v
+	}
 	resp, finalize, ref, err := inst.Export(ctx, src, exporter.ExportBuildInfo{Ref: "build-1", SessionID: "s1"})
 	if ref != nil {
 		t.Fatal("no DescriptorReference goes back to BuildKit")
@@ -163,5 +184,21 @@ func TestExportStreamCutIsAnError(t *testing.T) {
 	_, _, err := scratchExport(t, d)
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "draining") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+func TestLargeMetadataGoesInChunks(t *testing.T) {
+	d := &exportDaemon{ending: func(stream grpc.BidiStreamingServer[pb.ExportRequest, pb.ExportEvent]) error {
+		return stream.Send(&pb.ExportEvent{Ev: &pb.ExportEvent_Result{Result: &pb.Result{}}})
+	}}
+	big := []byte(strings.Repeat("annotation value ", 200000)) // 3.4 MB: over the chunk size
+	if _, _, err := scratchExportWith(t, d, map[string][]byte{"annotation.big": big}); err != nil {
+		t.Fatal(err)
+	}
+	if _, inHeader := d.header.GetMetadata()["annotation.big"]; inHeader {
+		t.Fatal("a value over 1 MiB must not be in the header")
+	}
+	if string(d.chunks["annotation.big"]) != string(big) {
+		t.Fatalf("reassembled %d bytes, want %d", len(d.chunks["annotation.big"]), len(big))
 	}
 }
