@@ -156,13 +156,6 @@ func serveAt(t *testing.T, sock string, f pb.ExporterServer) func() {
 	return srv.Stop
 }
 
-type forgetfulDaemon struct{ fakeDaemon }
-
-// Export of an instance this (restarted) daemon never resolved.
-func (forgetfulDaemon) Export(grpc.BidiStreamingServer[pb.ExportRequest, pb.ExportEvent]) error {
-	return status.Error(codes.NotFound, "unknown instance inst-1 (released, expired or from before a restart)")
-}
-
 func TestDaemonRestartBetweenResolveAndExport(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "d.sock")
 	first := &fakeDaemon{
@@ -178,23 +171,32 @@ func TestDaemonRestartBetweenResolveAndExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop()
-	stop = serveAt(t, sock, &forgetfulDaemon{fakeDaemon{info: &pb.GetInfoResponse{}}})
+	// the restarted daemon knows nothing of inst-1: the exporter resolves again, once
+	restarted := &exportDaemon{known: "inst-2", ending: func(stream grpc.BidiStreamingServer[pb.ExportRequest, pb.ExportEvent]) error {
+		return stream.Send(&pb.ExportEvent{Ev: &pb.ExportEvent_Result{Result: &pb.Result{Response: map[string]string{"k": "v"}}}})
+	}}
+	restarted.info = &pb.GetInfoResponse{}
+	restarted.resolve = func(*pb.ResolveRequest) (*pb.ResolveResponse, error) {
+		return &pb.ResolveResponse{InstanceId: "inst-2"}, nil
+	}
+	stop = serveAt(t, sock, restarted)
 	defer stop()
 	src := &exporter.Source{Metadata: map[string][]byte{"containerimage.config": []byte(`{"os":"linux","architecture":"amd64"}`)}}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, _, _, err = inst.Export(ctx, src, exporter.ExportBuildInfo{})
-	// The daemon's own answer once the channel reconnected; before that, the address.
-	switch status.Code(err) {
-	case codes.NotFound:
-		if !strings.Contains(err.Error(), "unknown instance") {
-			t.Fatalf("got %v", err)
+	var resp map[string]string
+	for attempt := 0; ; attempt++ {
+		// a channel that has not seen the new daemon yet answers UNAVAILABLE, naming it
+		resp, _, _, err = inst.Export(ctx, src, exporter.ExportBuildInfo{})
+		if status.Code(err) != codes.Unavailable || attempt == 50 {
+			break
 		}
-	case codes.Unavailable:
 		if !strings.Contains(err.Error(), sock) {
 			t.Fatalf("got %v", err)
 		}
-	default:
-		t.Fatalf("got %v", err)
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil || resp["k"] != "v" || restarted.header.GetInstanceId() != "inst-2" {
+		t.Fatalf("got %v, %v", resp, err)
 	}
 }

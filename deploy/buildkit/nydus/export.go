@@ -20,6 +20,8 @@ import (
 	pb "github.com/nydus-exporter/nydus-exporter/deploy/buildkit/nydusv1"
 	digest "github.com/opencontainers/go-digest"
 	"github.com/pkg/errors"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // metadataChunk: metadata values above this size go in metadata_chunk messages, so that the
@@ -52,38 +54,17 @@ func (i *instance) Export(ctx context.Context, src *exporter.Source, buildInfo e
 		// them in the pushed index yet. They never fail a build.
 		writeWarning(pw, &pb.Warning{Level: 1, Short: fmt.Sprintf("%d attestation(s) (provenance, SBOM) are not attached to the nydus image", n)})
 	}
-	stub, err := i.exp.client.stub()
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(errors.WithStack(context.Canceled))
-	stream, err := stub.Export(ctx)
-	if err != nil {
-		return nil, nil, nil, i.exp.client.wrap("Export", err)
-	}
-	s := &exportStream{
-		inst:      i,
-		stream:    stream,
-		pw:        pw,
-		sessionID: buildInfo.SessionID,
-		accepted:  make(chan *pb.Accepted, 1),
-		wants:     map[string]chan []int32{},
-		done:      make(chan struct{}),
-	}
-	for _, p := range header.Platforms {
-		s.wants[p.Id] = make(chan []int32, 1)
-	}
-	go s.readEvents(ctx)
-
-	res, err := s.run(ctx, header, refs)
-	if err != nil {
-		cancel(err)
-		if jobID := s.jobID(); jobID != "" && ctx.Err() != nil {
-			// BuildKit cancelled the export (client gone, a sibling exporter failed). The
-			// stream's cancellation stops the job; Cancel covers a stream lost half-open.
-			i.cancelJob(jobID)
+	res, accepted, err := i.exportOnce(ctx, pw, header, refs, buildInfo.SessionID)
+	if err != nil && !accepted && status.Code(err) == codes.NotFound && ctx.Err() == nil {
+		// The daemon lost the instance between Resolve and Export (restarted, or the build
+		// outlived job_ttl): resolve the same attrs again, once.
+		if rerr := i.reresolve(ctx); rerr != nil {
+			return nil, nil, nil, rerr
 		}
+		header.InstanceId = i.resolved.GetInstanceId()
+		res, _, err = i.exportOnce(ctx, pw, header, refs, buildInfo.SessionID)
+	}
+	if err != nil {
 		return nil, nil, nil, err
 	}
 	for _, w := range res.GetWarnings() {
@@ -103,6 +84,46 @@ func (i *instance) Export(ctx context.Context, src *exporter.Source, buildInfo e
 		return i.finalize(ctx, token, buildInfo.SessionID)
 	}
 	return res.GetResponse(), finalize, nil, nil
+}
+
+// exportOnce runs one Export stream; accepted says whether the daemon took the job.
+func (i *instance) exportOnce(ctx context.Context, pw progress.Writer, header *pb.ExportHeader, refs []cache.ImmutableRef, sessionID string) (*pb.Result, bool, error) {
+	stub, err := i.exp.client.stub()
+	if err != nil {
+		return nil, false, err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(errors.WithStack(context.Canceled))
+	stream, err := stub.Export(ctx)
+	if err != nil {
+		return nil, false, i.exp.client.wrap("Export", err)
+	}
+	s := &exportStream{
+		inst:      i,
+		stream:    stream,
+		pw:        pw,
+		sessionID: sessionID,
+		accepted:  make(chan *pb.Accepted, 1),
+		wants:     map[string]chan []int32{},
+		done:      make(chan struct{}),
+	}
+	for _, p := range header.Platforms {
+		s.wants[p.Id] = make(chan []int32, 1)
+	}
+	go s.readEvents(ctx)
+
+	res, err := s.run(ctx, header, refs)
+	jobID := s.jobID()
+	if err != nil {
+		cancel(err)
+		if jobID != "" && ctx.Err() != nil {
+			// BuildKit cancelled the export (client gone, a sibling exporter failed). The
+			// stream's cancellation stops the job; Cancel covers a stream lost half-open.
+			i.cancelJob(jobID)
+		}
+		return nil, jobID != "", err
+	}
+	return res, true, nil
 }
 
 // header builds the ExportHeader and the platforms' refs (nil: a scratch image).

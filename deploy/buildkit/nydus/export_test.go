@@ -19,6 +19,8 @@ import (
 type exportDaemon struct {
 	fakeDaemon
 	ending func(stream grpc.BidiStreamingServer[pb.ExportRequest, pb.ExportEvent]) error
+	// known: the instances this daemon resolved ("" accepts any)
+	known string
 
 	mu       sync.Mutex
 	header   *pb.ExportHeader
@@ -37,6 +39,9 @@ func (d *exportDaemon) Export(stream grpc.BidiStreamingServer[pb.ExportRequest, 
 	d.mu.Unlock()
 	if d.header == nil {
 		return status.Error(codes.InvalidArgument, "the first message must be the header")
+	}
+	if d.known != "" && d.header.GetInstanceId() != d.known {
+		return status.Errorf(codes.NotFound, "unknown instance %s", d.header.GetInstanceId())
 	}
 	if err := stream.Send(&pb.ExportEvent{Ev: &pb.ExportEvent_Accepted{Accepted: &pb.Accepted{JobId: "j1"}}}); err != nil {
 		return err

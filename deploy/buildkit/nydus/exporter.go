@@ -65,12 +65,13 @@ func (e *Exporter) Resolve(ctx context.Context, id int, attrs map[string]string)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := stub.Resolve(ctx, &pb.ResolveRequest{
+	req := &pb.ResolveRequest{
 		ExporterIndex:      int32(id),
 		Attrs:              daemonAttrs,
 		BuildkitVersion:    version.Version,
 		ClientCapabilities: caps,
-	})
+	}
+	resp, err := stub.Resolve(ctx, req)
 	if err != nil {
 		return nil, e.client.wrap("Resolve", err)
 	}
@@ -87,6 +88,7 @@ func (e *Exporter) Resolve(ctx context.Context, id int, attrs map[string]string)
 		id:         id,
 		mode:       mode,
 		info:       info,
+		request:    req,
 		resolved:   resp,
 		attrs:      normalized,
 		resolvedAt: time.Now(),
@@ -98,6 +100,7 @@ type instance struct {
 	id         int
 	mode       string
 	info       *pb.GetInfoResponse
+	request    *pb.ResolveRequest
 	resolved   *pb.ResolveResponse
 	attrs      map[string]string
 	resolvedAt time.Time
@@ -123,4 +126,23 @@ func (i *instance) Name() string {
 func (i *instance) deferPush() bool {
 	a := i.resolved.GetNormalizedAttrs()
 	return !(a["push"] == "true" && a["merge-manifest"] == "true" && a["merge-manifest-source"] == "registry")
+}
+
+// reresolve asks the daemon for a new instance with the same attrs.
+func (i *instance) reresolve(ctx context.Context) error {
+	if t := i.exp.client.Config().ResolveTimeout.Duration; t > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
+	stub, err := i.exp.client.stub()
+	if err != nil {
+		return err
+	}
+	resp, err := stub.Resolve(ctx, i.request)
+	if err != nil {
+		return i.exp.client.wrap("Resolve", err)
+	}
+	i.resolved = resp
+	return nil
 }
