@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 RUN_DIR := .state/run
 DAEMON_DIR := .state/daemon
 PYTEST_ARGS ?=
+# make run's /metrics and /healthz endpoint (another port: make run METRICS_ADDR=127.0.0.1:9465)
+METRICS_ADDR ?= 127.0.0.1:9464
 
 # Debian packages the tests and the benchmark use:
 #   erofs-utils      mkfs.erofs / fsck.erofs / dump.erofs: independent readers of our images
@@ -20,7 +22,7 @@ PYTEST_ARGS ?=
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux mount procps kmod \
 	ca-certificates runc
 
-.PHONY: all venv system-deps buildkit buildkit-check test lint run sample bench bench-export bench-push bench-daemon bench-dedup bench-buildkit clean distclean
+.PHONY: all venv system-deps buildkit buildkit-check test lint proto run sample bench bench-export bench-push bench-daemon bench-dedup bench-buildkit clean distclean
 
 all: test
 
@@ -52,6 +54,10 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# Regenerate the committed gRPC modules (nydus_exporter/api/) after changing proto/.
+proto: venv
+	$(BIN)/python scripts/gen_proto.py
+
 # nydus-buildkitd and buildctl (BuildKit's release pinned in deploy/buildkit/go.mod) in bin/.
 # Needs Go >= 1.26; its module and build caches stay under $$HOME, so rebuilds only relink.
 buildkit:
@@ -75,7 +81,7 @@ test: system-deps venv buildkit buildkit-check
 #       tar:.state/run/sample.tar --output type=nydus,push=false,oci-layout=$(CURDIR)/.state/daemon/out,name=sample:1
 run: system-deps venv
 	mkdir -p $(DAEMON_DIR)
-	$(BIN)/nydus-exporter serve --state-dir $(CURDIR)/$(DAEMON_DIR) --http 127.0.0.1:9464 --log-format console
+	$(BIN)/nydus-exporter serve --state-dir $(CURDIR)/$(DAEMON_DIR) --http $(METRICS_ADDR) --log-format console
 
 # A small sample layer and an in-process pack + inspect of it (no daemon needed).
 sample: venv

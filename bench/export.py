@@ -9,7 +9,7 @@ On the first run it builds, and caches under bench/.cache/export/, an OCI image 
 2. a Python virtualenv at /opt/venv with a few pure-Python packages from the configured
    package index (requests, rich, pyyaml and their dependencies),
 3. a small config layer: files under /etc/app, the whiteout of layer 1's /etc/motd and an
-   opaque /etc/apt/apt.conf.d (so the export's overlay merge has work to do, §5).
+   opaque /etc/apt/apt.conf.d (so the export's overlay merge has work to do, [format §5]).
 
 The layout is written with the standard library only and checked with
 ``skopeo inspect oci:DIR:bench``. It then reports, as the median of --runs runs, the wall
@@ -178,7 +178,7 @@ _CONFIG_FILES: tuple[tuple[str, int, bytes | None], ...] = (
     ("etc/app/conf.d/20-site.conf", 0o644, b"timeout = 60\n"),
     ("etc/app/secrets", 0o700, None),
     ("etc/app/secrets/token", 0o600, b"not-a-real-token\n"),
-    # §5: an OCI whiteout deletes layer 1's /etc/motd ...
+    # [format §5]: an OCI whiteout deletes layer 1's /etc/motd ...
     ("etc/.wh.motd", 0o644, b""),
     # ... and an opaque marker hides everything layer 1 has in /etc/apt/apt.conf.d.
     ("etc/apt", 0o755, None),

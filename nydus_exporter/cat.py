@@ -1,10 +1,10 @@
 """``nydus-exporter cat``: one file of a Nydus image, reading only what that file needs.
 
-This is how nydusd serves a read lazily (spec §7.1), and what makes a Nydus image cheap to
+This is how nydusd serves a read lazily ([format §7.1]), and what makes a Nydus image cheap to
 start: after the manifest, the config and the bootstrap layer (the merged bootstrap), only
 the chunks of the file are fetched. For each chunk of the file the merged bootstrap's chunk
-table (§2.14) gives the blob index, whose blob table entry (§2.5) names the blob (its id is
-the hex of the blob layer's digest, §5.3) with its compressor and digester, and the chunk's
+table ([format §2.14]) gives the blob index, whose blob table entry ([format §2.5]) names the blob (its id is
+the hex of the blob layer's digest, [format §5.3]) with its compressor and digester, and the chunk's
 ``compressed_offset`` / ``compressed_size``: exactly that byte range is read
 (:meth:`~nydus_exporter.nydus_image_reader.ImageStore.read_at`: an HTTP ``Range`` GET on a
 registry, ``pread`` on an OCI layout), decompressed and checked against the chunk digest

@@ -4,22 +4,22 @@ What is checked, in this order (every problem found is collected; a part that ca
 stops only the checks that depend on it):
 
 1. manifest and config against their descriptors (done while opening, :mod:`.nydus_image_reader`),
-   the manifest shape (§6.1, §6.2: media types, ``nydus-blob`` / ``nydus-bootstrap`` /
+   the manifest shape ([format §6.1, §6.2]: media types, ``nydus-blob`` / ``nydus-bootstrap`` /
    ``nydus-fs-version`` annotations);
 2. every blob layer: the sha256 and size of the whole blob against its descriptor, the ToC
-   and every ToC section digest (§3.7), the ci header and array (§3.3, §3.4), every chunk
-   decompressed to its size and compared with its ``blob.digest`` entry (§3.5), the embedded
+   and every ToC section digest ([format §3.7]), the ci header and array ([format §3.3, §3.4]), every chunk
+   decompressed to its size and compared with its ``blob.digest`` entry ([format §3.5]), the embedded
    per-layer bootstrap parsed;
 3. the bootstrap layer: its digest and size, ``image/image.boot`` present, one
    ``image/<hex>.blob.meta`` per blob of the merged blob table, equal to the blob's own ci
-   data (§3.10), no stray ones;
+   data ([format §3.10]), no stray ones;
 4. the config: ``rootfs.diff_ids`` = blob digests + the bootstrap tar's diff_id, the Nydus
-   history entry last (§6.3);
+   history entry last ([format §6.3]);
 5. the merged bootstrap: it parses; its blob table names blob layers with chunks, each once;
    each entry equals what the blob itself says (its embedded bootstrap's entry with the layer
-   digest as id, §5.3, and its ci header); the device table matches the blob table (§2.4);
+   digest as id, [format §5.3], and its ci header); the device table matches the blob table ([format §2.4]);
    every chunk an inode references is the chunk at that ci index of that blob, with the same
-   offsets, sizes and digest, and the chunks of a file cover exactly its size (§2.11);
+   offsets, sizes and digest, and the chunks of a file cover exactly its size ([format §2.11]);
 6. with ``source=``: the merged tree equals the tree the source's layers give when applied
    with OCI overlay semantics. That reference is computed here from the source tars with the
    stdlib :mod:`tarfile` (never with the project's layer reader or merge), so both sides are
@@ -33,7 +33,7 @@ and containerd do): per layer, whiteouts (``.wh.<name>``) and opaque markers
 ``.wh..wh.*`` names are ignored; then entries are applied in tar order: a later entry replaces
 an earlier one, a directory over a directory only changes its metadata, anything else over a
 directory drops the subtree; missing parent directories are created with mode 0755, uid/gid
-0, mtime 0 (spec §5.1) and existing ones are left alone; a hardlink shares its target's inode.
+0, mtime 0 ([format §5.1]) and existing ones are left alone; a hardlink shares its target's inode.
 The paths nydus never stores (``/stargz.index.json``, ``/.prefetch.landmark``,
 ``/.no.prefetch.landmark``) are left out.
 """
@@ -258,7 +258,7 @@ class _Checker:
         layered = [h for h in history if isinstance(h, dict) and not h.get("empty_layer")]
         if len(layered) != len(diff_ids):
             # History is optional in image configs and often incomplete in the source; the
-            # converter appends its entry whatever it finds (§6.3), so this is no defect.
+            # converter appends its entry whatever it finds ([format §6.3]), so this is no defect.
             self.note(
                 f"config history has {len(layered)} non-empty-layer entries for {len(diff_ids)} diff_ids"
             )
@@ -307,7 +307,7 @@ class _Checker:
         return facts
 
     def _check_sections(self, reader: BlobReader, layer: Descriptor, name: str) -> None:
-        """Every ToC section against its digest (§3.7); the chunk data one covers the
+        """Every ToC section against its digest ([format §3.7]); the chunk data one covers the
         chunks and H(image.blob)."""
         for entry in reader.toc():
             section = reader.section(entry.name)
@@ -426,7 +426,7 @@ class _Checker:
             elif facts.blob_meta is not None and meta != facts.blob_meta:
                 self.problem(
                     f"{name}: image/{hex_id}.blob.meta differs from the ci data "
-                    f"of blob layer sha256:{hex_id} (§3.10)"
+                    f"of blob layer sha256:{hex_id} ([format §3.10])"
                 )
         for hex_id in sorted(set(contents.blob_metas) - table):
             self.problem(f"{name}: image/{hex_id}.blob.meta names a blob the merged bootstrap does not use")
@@ -496,7 +496,8 @@ class _Checker:
                 have, want = getattr(blob, f.name), getattr(expected, f.name)
                 if have != want and f.name not in {c[0] for c in checks}:
                     self.problem(
-                        f"{where}: {f.name} is {have!r}, the blob's own bootstrap says {want!r} (§5.3)"
+                        f"{where}: {f.name} is {have!r}, "
+                        f"the blob's own bootstrap says {want!r} ([format §5.3])"
                     )
 
     def _check_inode_chunks(self, boot: Bootstrap) -> None:
@@ -872,7 +873,7 @@ def _tar_xattrs(pax: Mapping[str, str]) -> dict[bytes, bytes]:
             encoded = _raw(value).strip()
             with contextlib.suppress(binascii.Error, ValueError):
                 out[name] = base64.b64decode(encoded + b"=" * (-len(encoded) % 4), validate=True)
-    for key, value in pax.items():  # SCHILY wins, as for nydus (§5.1)
+    for key, value in pax.items():  # SCHILY wins, as for nydus ([format §5.1])
         if key.startswith("SCHILY.xattr."):
             out[_raw(key[len("SCHILY.xattr.") :])] = _raw(value)
     return out

@@ -5,7 +5,7 @@ shared store: there is no other distribution layer.
 
 The image is a regular Nydus image whose blob layers are the repository's blobs the store
 knows (verified there first, never re-uploaded) and whose bootstrap holds one file per chunk,
-``/chunks/<blob>/<ci index>``, so every recorded chunk is in its chunk table (§2.14) and the
+``/chunks/<blob>/<ci index>``, so every recorded chunk is in its chunk table ([format §2.14]) and the
 image mounts and ``check``s like any other.
 """
 

@@ -113,3 +113,25 @@ class RegistryNotFoundError(RegistryError):
 
 class RegistryUnavailableError(RegistryError):
     """The registry could not be reached or kept failing until the retry deadline ran out."""
+
+
+EXCERPT_CHARS = 200
+
+
+def shorten(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """A user-supplied value quoted for an error message (like ``{value!r}``), bounded.
+
+    A message quoting a client's value whole could be megabytes long (a 1 MB ``name=``) and
+    then no longer fit gRPC's metadata limit: every error quotes user values through this.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text) - limit} more characters)"

@@ -2,7 +2,7 @@
 
 Per platform: pack every layer into a Nydus blob (layers in parallel, bounded), merge the
 per-layer bootstraps with overlay semantics, build the bootstrap layer, the config and the
-manifest (§6), then write everything into an OCI image layout. The top-level result is the
+manifest ([format §6]), then write everything into an OCI image layout. The top-level result is the
 manifest (one platform) or an index (several platforms, or ``merge-manifest``).
 
 Only this module knows both the format (rafs, pack) and the image shape (oci).
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from nydus_exporter import __version__
-from nydus_exporter.errors import ConfigError, ExporterError, FormatError
+from nydus_exporter.errors import ConfigError, ExporterError, FormatError, excerpt
 from nydus_exporter.layer.directory import iter_directory
 from nydus_exporter.nydus_image_reader import NydusImage, open_image
 from nydus_exporter.oci import mediatypes as mt
@@ -76,12 +76,12 @@ def parse_bool(key: str, value: str) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise ConfigError(f"{key}={value!r} is not a boolean")
+    raise ConfigError(f"{key}={excerpt(value)} is not a boolean")
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What ``--output type=nydus,...`` says (buildkit-exporter-contract §5.4)."""
+    """What ``--output type=nydus,...`` says ([contract §5.4])."""
 
     names: tuple[str, ...] = ()
     push: bool = True
@@ -92,8 +92,8 @@ class ExportOptions:
     merge_manifest_source: str = "registry"  # "registry" (the tag's current image) | "build" (the source)
     insecure: bool = False  # registry.insecure: plain HTTP or unverified TLS for the named registries
     ca_file: Path | None = None
-    chunk_dedup: bool = False  # layers reference chunks their lower layers stored (§4.2)
-    chunk_dict: str | None = None  # a Nydus image whose chunks layers reference (§4.2)
+    chunk_dedup: bool = False  # layers reference chunks their lower layers stored ([format §4.2])
+    chunk_dict: str | None = None  # a Nydus image whose chunks layers reference ([format §4.2])
     chunk_store: bool = False  # reference chunks the state dir's chunk store knows in the target
     platforms: tuple[Platform, ...] = ()
     pack: PackOptions = field(default_factory=PackOptions)
@@ -110,7 +110,7 @@ class ExportOptions:
         for key, value in attrs.items():
             if key == "type":
                 if value != "nydus":
-                    raise ConfigError(f"type={value!r}: this exporter writes type=nydus")
+                    raise ConfigError(f"type={excerpt(value)}: this exporter writes type=nydus")
             elif key == "name":
                 names = tuple(n.strip() for n in value.split(",") if n.strip())
                 for name in names:
@@ -127,11 +127,11 @@ class ExportOptions:
             elif key == "merge-manifest-mode":
                 mode = {"nydus-config": "artifact"}.get(value, value)
                 if mode not in ("artifact", "legacy"):
-                    raise ConfigError(f"merge-manifest-mode={value!r}: expected artifact or legacy")
+                    raise ConfigError(f"merge-manifest-mode={excerpt(value)}: expected artifact or legacy")
                 kw["merge_manifest_mode"] = mode
             elif key == "merge-manifest-source":
                 if value not in ("registry", "build"):
-                    raise ConfigError(f"merge-manifest-source={value!r}: expected registry or build")
+                    raise ConfigError(f"merge-manifest-source={excerpt(value)}: expected registry or build")
                 kw["merge_manifest_source"] = value
             elif key == "registry.insecure":
                 kw["insecure"] = parse_bool(key, value)
@@ -149,29 +149,31 @@ class ExportOptions:
                 if value == "nydus":
                     continue  # accepted for image-exporter symmetry
                 if "compressor" in pack and pack["compressor"] != value:
-                    raise ConfigError(f"{key}={value!r} conflicts with compressor={pack['compressor']!r}")
+                    raise ConfigError(
+                        f"{key}={excerpt(value)} conflicts with compressor={excerpt(pack['compressor'])}"
+                    )
                 pack["compressor"] = value
             elif key in ("fs-version", "nydus-fs-version"):
                 if value != "6":
-                    raise ConfigError(f"{key}={value!r}: only RAFS v6 is supported")
+                    raise ConfigError(f"{key}={excerpt(value)}: only RAFS v6 is supported")
             elif key == "chunk-size":
                 try:
                     pack["chunk_size"] = int(value, 0)
                 except ValueError:
-                    raise ConfigError(f"chunk-size={value!r} is not a number") from None
+                    raise ConfigError(f"chunk-size={excerpt(value)} is not a number") from None
             elif key == "digester":
                 pack["digester"] = value
             elif key == "parallel-layers":
                 try:
                     kw["parallel_layers"] = max(1, int(value))
                 except ValueError:
-                    raise ConfigError(f"parallel-layers={value!r} is not a number") from None
+                    raise ConfigError(f"parallel-layers={excerpt(value)} is not a number") from None
             elif key.startswith("annotation."):
                 annotations[key.removeprefix("annotation.")] = value
             elif key in ("source-date-epoch", "standard-response-keys"):
                 pass  # meaningful for registry pushes and the daemon; accepted here
             else:
-                warnings.append(f"unknown exporter key {key!r} ignored")
+                warnings.append(f"unknown exporter key {excerpt(key)} ignored")
         if annotations:
             kw["annotations"] = annotations
         options = cls(pack=PackOptions(**pack).validated(), **kw)  # type: ignore[arg-type]
@@ -219,7 +221,7 @@ def _no_progress(event: ProgressEvent) -> None:
 
 @dataclass
 class Dictionary:
-    """Chunks stored in blobs outside the image (§4.2), with what the image needs of a blob it
+    """Chunks stored in blobs outside the image ([format §4.2]), with what the image needs of a blob it
     references: its layer descriptor, its blob.meta file, and where its bytes are."""
 
     chunks: ChunkDict = field(default_factory=ChunkDict)
@@ -278,7 +280,7 @@ class PlatformResult:
 
 @dataclass
 class DedupStats:
-    """Chunk references of an image's layers and where their bytes are (§4.2)."""
+    """Chunk references of an image's layers and where their bytes are ([format §4.2])."""
 
     chunks: int = 0  # chunk references of all files (a hardlinked file counts once)
     stored: int = 0  # chunks the layers stored themselves
@@ -698,7 +700,7 @@ class _Converter:
         dict_image = self._chunk_dicts(platform) if self._chunk_dicts is not None else None
         base = dict_image.chunks if dict_image is not None else None
         if self._options.chunk_dedup:
-            # Each layer references the chunks its lower layers stored (§4.2): one at a time.
+            # Each layer references the chunks its lower layers stored ([format §4.2]): one at a time.
             chunk_dict = base.copy() if base is not None else ChunkDict()
             blobs = []
             for i, layer in enumerate(image.layers):
@@ -733,7 +735,7 @@ class _Converter:
             if blob.blob_meta is not None and hex_id in merged.blob_ids and hex_id not in seen:
                 seen.add(hex_id)
                 blob_metas.append((hex_id, blob.blob_meta))
-        # Dictionary-only blobs become extra blob layers after the image's own (§6.3), copied
+        # Dictionary-only blobs become extra blob layers after the image's own ([format §6.3]), copied
         # into the output so the image is complete.
         extra_layers = []
         for hex_id in merged.blob_ids:

@@ -1,9 +1,9 @@
-"""``nydus-exporter mount`` / ``umount``: kernel EROFS mount of a Nydus image, no nydusd (§7.3).
+"""``nydus-exporter mount`` / ``umount``: kernel EROFS mount of a Nydus image, no nydusd ([format §7.3]).
 
 The merged bootstrap is the primary device; each blob-table entry gets one extra device, in
 device-table order, holding the blob's *uncompressed* image: every chunk's bytes at its
 uncompressed offset, holes elsewhere, the file truncated to the blob's ``uncompressed_size``
-(the ``<blob_id>.blob.data`` layout of §3.10). All devices are read-only loop devices::
+(the ``<blob_id>.blob.data`` layout of [format §3.10]). All devices are read-only loop devices::
 
     losetup --find --show --read-only FILE
     mount -t erofs -o ro,device=/dev/loopB1,device=/dev/loopB2 /dev/loopA MOUNTPOINT

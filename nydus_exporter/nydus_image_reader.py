@@ -8,10 +8,10 @@ streams blobs and reads byte ranges of them. Two wrappers: :class:`SpooledStore`
 remote blob once when it is read at random (for tools that read every byte, e.g. ``check``),
 :class:`CountingStore` counts what a tool read (``cat --stats``).
 
-:func:`open_image` picks the platform (spec §6.4: a manifest whose last layer carries
+:func:`open_image` picks the platform ([format §6.4]: a manifest whose last layer carries
 ``nydus-bootstrap``; in an index, entries marked Nydus first), reads and checks the manifest
 and the config against their descriptors, and splits the layers into blob layers and the
-bootstrap layer. The bootstrap layer (merged bootstrap + ``*.blob.meta`` files, §6.3) is read
+bootstrap layer. The bootstrap layer (merged bootstrap + ``*.blob.meta`` files, [format §6.3]) is read
 on first use, hashing both its compressed and uncompressed bytes on the way. Every problem
 raises :class:`~nydus_exporter.errors.FormatError` (bad content) or
 :class:`~nydus_exporter.errors.ConfigError` (bad argument) naming it.
@@ -375,13 +375,13 @@ class NydusImage:
         return self.bootstrap_layer_contents().bootstrap
 
     def blob_metas(self) -> dict[str, bytes]:
-        """``{blob hex: blob.meta bytes}`` of the bootstrap layer (§3.10)."""
+        """``{blob hex: blob.meta bytes}`` of the bootstrap layer ([format §3.10])."""
         return self.bootstrap_layer_contents().blob_metas
 
     # -- blobs ------------------------------------------------------------------------------
 
     def blob_layer(self, blob_id: str) -> Descriptor:
-        """The blob layer whose digest hex is ``blob_id`` (a merged blob table id, §5.3)."""
+        """The blob layer whose digest hex is ``blob_id`` (a merged blob table id, [format §5.3])."""
         for layer in self.blob_layers:
             if layer.hex == blob_id:
                 return layer
@@ -590,7 +590,7 @@ def _open(store: ImageStore, spec: str, tag: str | None, platform: Platform | No
 class FileContent:
     """Reads regular files of a merged bootstrap chunk by chunk from the image's blobs.
 
-    Chunks are located through each blob's own ci array (what nydusd uses, §7.1) at the ci
+    Chunks are located through each blob's own ci array (what nydusd uses, [format §7.1]) at the ci
     index the bootstrap records; a chunk whose sizes disagree with the bootstrap's chunk table
     entry raises :class:`FormatError`. One chunk (<= the chunk size) is in memory at a time.
     """

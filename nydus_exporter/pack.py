@@ -58,7 +58,7 @@ class PackOptions:
         return self
 
     def super_flags(self) -> int:
-        """RafsSuperFlags of a per-layer bootstrap (§8.1 step 6); HAS_XATTR is added by the writer."""
+        """RafsSuperFlags of a per-layer bootstrap ([format §8.1] step 6); the writer adds HAS_XATTR."""
         return (
             codecs.thread_compressor(self.compressor).super_flag
             | codecs.digester(self.digester).super_flag
@@ -104,7 +104,7 @@ def pack_entries(
     """Convert a layer given as entries in stream order (a tar, a directory walk) into a blob.
 
     With ``chunk_dict``, chunks it knows are referenced in their blobs instead of stored again
-    (§4.2); those blobs join the layer bootstrap's blob table after the layer's own blob.
+    ([format §4.2]); those blobs join the layer bootstrap's blob table after the layer's own blob.
     """
     options = (options or PackOptions()).validated()
     writer = BlobWriter(

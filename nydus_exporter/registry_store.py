@@ -15,7 +15,7 @@ so the verification tools (``check``, ``unpack``, ``cat``) work on registries un
   transfer. Like the OCI layout store the stream is not verified (the readers hash what they
   read), unless ``verify=True``;
 * :meth:`RegistryStore.read_at` — one HTTP ``Range`` GET per call (what nydusd does for a
-  chunk, spec §7.1); :meth:`RegistryStore.blob_size` — ``HEAD`` (cached).
+  chunk, [format §7.1]); :meth:`RegistryStore.blob_size` — ``HEAD`` (cached).
 
 A blob the registry does not have raises :class:`~nydus_exporter.errors.FormatError` naming
 it, as a missing file of an OCI layout does; other registry failures are

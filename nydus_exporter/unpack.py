@@ -5,10 +5,10 @@ The tar is what a user would get from the image's rootfs: written with the stdli
 contents, siblings in byte order, the root as ``./``), and
 
 * permission bits, uid/gid (no user/group names), PAX ``mtime`` records with nanoseconds
-  when the inode has any (§2.7.2 extended inodes keep them);
+  when the inode has any ([format §2.7.2] extended inodes keep them);
 * xattrs as ``SCHILY.xattr.<name>`` records (raw value bytes);
 * hardlinks: the members sharing one :class:`~nydus_exporter.rafs.model.Inode` are one file
-  and ``LNKTYPE`` entries naming it (§2.12);
+  and ``LNKTYPE`` entries naming it ([format §2.12]);
 * symlinks, character/block devices (major/minor), FIFOs. Sockets cannot be in a tar and are
   skipped (reported as warnings, as docker/containerd archivers do).
 

@@ -16,7 +16,8 @@ import pytest
 pytest_plugins = ["tests.registry_fixtures"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = (PROJECT_ROOT.parent / "shared" / "fixtures").resolve()
+# Golden files of the real Nydus toolchain, committed with their provenance (tests/fixtures/README.md).
+FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
 NYDUS_FIXTURES = FIXTURES / "nydus"
 
 
@@ -33,7 +34,17 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def nydus_fixture(relative: str) -> Path:
+    """The committed golden file ``relative`` (under tests/fixtures/nydus/); a missing one is a
+    failure, never a skip: the fixtures are part of the repository."""
+    path = NYDUS_FIXTURES / relative
+    if not path.is_file():
+        pytest.fail(f"golden fixture missing from the repository: {path}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def nydus_fixtures() -> Path:
-    require(NYDUS_FIXTURES.is_dir(), f"fixtures not found at {NYDUS_FIXTURES}")
+    if not NYDUS_FIXTURES.is_dir():
+        pytest.fail(f"golden fixtures missing from the repository: {NYDUS_FIXTURES}")
     return NYDUS_FIXTURES

@@ -382,7 +382,7 @@ def test_bootstrap_naming_a_wrong_blob(exported: Path, tmp_path: Path) -> None:
     boot = read_bootstrap(bootstrap)
     real = boot.blobs[0].blob_id
     fake = hashlib.sha256(b"some other blob").hexdigest()
-    # The id is in the blob table and in the device slot (§2.4, §2.5); swap it in both.
+    # The id is in the blob table and in the device slot ([format §2.4, §2.5]); swap it in both.
     assert bootstrap.count(real.encode()) == 2
     patched = bootstrap.replace(real.encode(), fake.encode())
     assert read_bootstrap(patched).blobs[0].blob_id == fake
@@ -400,7 +400,7 @@ def test_wrong_chunk_reference_in_bootstrap(exported: Path, tmp_path: Path) -> N
     _index, manifest, _config = load_image(layout)
     bootstrap, metas = read_bootstrap_layer(layout, manifest)
     boot = read_bootstrap(bootstrap)
-    # Shift the compressed offset of one chunk-table entry (§2.14); nothing checks it but us.
+    # Shift the compressed offset of one chunk-table entry ([format §2.14]); nothing checks it but us.
     entry = rafs_layout.CHUNK_TABLE_ENTRY
     target = max(range(len(boot.chunk_table)), key=lambda i: boot.chunk_table[i].compressed_offset)
     at = boot.chunk_table_offset + entry.size * target

@@ -1,6 +1,6 @@
 """Cross-layer chunk dedup (``chunk-dedup=true``): a file copied unchanged into a later layer
 costs no chunk bytes in that layer; it references the lower layer's blob (chunk-dict
-semantics, §4.2). The image still mounts through the kernel like ``umoci unpack`` of the same
+semantics, [format §4.2]). The image still mounts through the kernel like ``umoci unpack`` of the same
 layers, and ``check`` passes."""
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def test_deduplicated_image_mounts_like_umoci_unpack(tmp_path: Path) -> None:
         actual = snapshot_dir(mnt)
     finally:
         umount_image(mnt, state_dir=state)
-    # umoci stamps directories no layer lists with the unpack time; the image keeps 0 (§5.1).
+    # umoci stamps directories no layer lists with the unpack time; the image keeps 0 ([format §5.1]).
     implied = [p for p in (b"/", b"/srv", b"/etc") if p in expected]
     for path in implied:
         expected[path] = dataclasses.replace(
@@ -139,7 +139,7 @@ def test_bad_value_is_a_config_error(tmp_path: Path, value: str, capsys: pytest.
 
 def test_chunk_dict_image_from_an_earlier_build(tmp_path: Path) -> None:
     """``chunk-dict=IMAGE`` (nydusify's ``--chunk-dict``): chunks an earlier Nydus image stored
-    are referenced, and its blob becomes an extra blob layer of the new image (§4.2, §6.3)."""
+    are referenced, and its blob becomes an extra blob layer of the new image ([format §4.2, §6.3])."""
     base = tmp_path / "base.tar"
     base.write_bytes(tb.tar_of(tb.file("opt/big.bin", BIG)))
     dict_out = tmp_path / "dict"

@@ -117,7 +117,7 @@ def test_convert_and_mount_every_platform(
         try:
             actual = snapshot_dir(mnt)
             # Directories no layer lists: umoci stamps them with the time of the unpack, the
-            # Nydus image keeps mtime 0 (§5.1). Compare them on everything else.
+            # Nydus image keeps mtime 0 ([format §5.1]). Compare them on everything else.
             for path in _implied_dirs(layer_tars):
                 assert expected[path].mtime >= started - 1
                 expected[path] = dataclasses.replace(

@@ -83,7 +83,7 @@ def run_export(source: str, out: Path, *attrs: str, extra: list[str] | None = No
 def check_nydus_manifest(
     root: Path, manifest_digest: str, source_layers: int, *, oci: bool
 ) -> dict[str, Any]:
-    """The §6 shape, checked from the raw JSON and the blobs themselves."""
+    """The [format §6] shape, checked from the raw JSON and the blobs themselves."""
     raw = blob(root, manifest_digest)
     assert "sha256:" + hashlib.sha256(raw).hexdigest() == manifest_digest
     manifest = json.loads(raw)

@@ -63,7 +63,7 @@ def make_tar(build: Callable[[AddFn], None], *, compress: bool = False) -> bytes
 
 
 def rich_layer(add: AddFn) -> None:
-    """Every entry kind a layer can carry, plus the replacement rules of §5.1."""
+    """Every entry kind a layer can carry, plus the replacement rules of [format §5.1]."""
     add("./", tarfile.DIRTYPE, 0o751)
     add(
         "d",
@@ -91,7 +91,7 @@ def rich_layer(add: AddFn) -> None:
     add("r/dup", tarfile.REGTYPE, 0o644, b"first")
     add("r/dup", tarfile.REGTYPE, 0o644, b"second")
     # GNU tar keeps the xattrs of a re-declared directory while a layer replaces the node
-    # (§5.1), so the re-declaration repeats the xattr to keep the comparison meaningful.
+    # ([format §5.1]), so the re-declaration repeats the xattr to keep the comparison meaningful.
     add("d", tarfile.DIRTYPE, 0o750, uid=7, gid=8, pax_headers={"SCHILY.xattr.user.dir": "x"})
 
 
@@ -114,7 +114,7 @@ def require_mkfs_erofs() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# snapshot_tar semantics, pinned to the spec (§5.1) with hand-written expectations
+# snapshot_tar semantics, pinned to the spec ([format §5.1]) with hand-written expectations
 
 
 def test_root_and_missing_parents_get_spec_defaults() -> None:

@@ -2,7 +2,7 @@
 
 For every layer of a corpus covering the tar features we claim to handle: pack it, take the
 embedded bootstrap out of the blob, write the blob's uncompressed image (one chunk at each
-uncompressed offset, §7.3), loop-mount the bootstrap with ``-t erofs -o device=…`` and
+uncompressed offset, [format §7.3]), loop-mount the bootstrap with ``-t erofs -o device=…`` and
 compare the mounted tree with a reference read of the same tar by stdlib ``tarfile``
 (``tests/helpers/treesnap.py``): names, types, modes, owners, sizes, content, symlink
 targets, xattrs, rdev, mtime with nanoseconds, hardlink identity and nlink.
@@ -26,7 +26,7 @@ import zstandard
 from nydus_exporter.pack import PackOptions, pack_layer_to_file
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
-from tests.conftest import NYDUS_FIXTURES, require
+from tests.conftest import nydus_fixture, require
 from tests.helpers import tarbuild as tb
 from tests.helpers.erofs import (
     FSCK_EROFS_REASON,
@@ -43,7 +43,8 @@ pytestmark = pytest.mark.kernel
 
 _rng = random.Random(20261128)
 NOISE = _rng.randbytes((3 << 20) + 12345)  # incompressible, > 1 MiB and not chunk aligned
-CONTIGUOUS = _rng.randbytes(3_800_000)  # > chunk size, contiguous chunks: §2.11 chunk-size optimisation
+# > chunk size, contiguous chunks: the chunk-size optimisation of [format §2.11]
+CONTIGUOUS = _rng.randbytes(3_800_000)
 TEXT = b"".join(b"%06d the same line again and again\n" % (i % 997) for i in range(60_000))
 CAPABILITY = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_raw+ep, NULs inside
 EMOJI_NAME = "\U0001f600" * 63 + "abc"  # 255 bytes of UTF-8
@@ -198,7 +199,7 @@ def pack_for_kernel(layer: Path | io.BufferedIOBase, tmp: Path, options: PackOpt
 
 
 def mountable(blob: Path, tmp: Path) -> Packed:
-    """The embedded bootstrap of ``blob`` and its uncompressed image (§7.3), written into ``tmp``."""
+    """The embedded bootstrap of ``blob`` and its uncompressed image ([format §7.3]), written into ``tmp``."""
     with blob.open("rb") as f:
         fd = f.fileno()
         reader = BlobReader(lambda off, n: os.pread(fd, n, off), os.fstat(fd).st_size)
@@ -275,8 +276,7 @@ def test_kernel_reads_every_chunking_option(options: PackOptions, tmp_path: Path
 
 @pytest.mark.parametrize("name", ["all-entry-type.tar", "all-entry-type-macos.tar"])
 def test_kernel_reads_the_fixture_tars(name: str, tmp_path: Path) -> None:
-    tar = NYDUS_FIXTURES / "tar" / name
-    require(tar.is_file(), f"fixture {tar} missing")
+    tar = nydus_fixture(f"tar/{name}")
     check_against_kernel(tar, tmp_path)
 
 

@@ -3,7 +3,7 @@
 For every multi-layer corpus below: each layer tar is packed into a blob file with
 ``pack_layer_to_file``; the per-layer bootstraps (taken back out of the blob files) are merged
 with ``merge_layers``; each blob of the merged blob table is written as its uncompressed image
-(one chunk at each uncompressed offset, §7.3) and the merged bootstrap is loop-mounted with
+(one chunk at each uncompressed offset, [format §7.3]) and the merged bootstrap is loop-mounted with
 those devices, in blob-table order. The mounted tree must equal the rootfs that ``umoci
 unpack`` produces from an OCI image built independently from the same layer tars
 (``umoci init`` / ``new`` / ``raw add-layer`` per layer / ``unpack``): names, types, modes,
@@ -21,7 +21,7 @@ And for every corpus, automatically, mtimes that umoci takes from the wall clock
 directory that no layer tar lists (an implied parent such as ``usr/`` of ``usr/bin/ping``, or
 the root when no layer has ``./``) is created by umoci at unpack time, and creating it also
 stamps its parent with the unpack time (umoci restores a parent's mtime only around entries
-the tar lists). The merged image gives implied directories mtime 0 like nydus-image (§5.1),
+the tar lists). The merged image gives implied directories mtime 0 like nydus-image ([format §5.1]),
 the only reproducible choice, and keeps the tar mtime of listed directories (containerd also
 re-applies listed directories' mtimes at the end of a layer). So for implied directories and
 the parents of implied directories, ``mtime``/``mtime_nsec`` are not compared when, and only

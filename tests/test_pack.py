@@ -86,7 +86,7 @@ def test_digest_and_blob_id_describe_the_written_bytes(sample_tar: bytes) -> Non
     reader = BlobReader(lambda off, n: blob[off : off + n], len(blob))
     digests = reader.chunk_digests()
     assert digests is not None
-    # §3.9: the blob id hashes every byte except the chunk-digest array payload.
+    # [format §3.9]: the blob id hashes every byte except the chunk-digest array payload.
     payload = b"".join(digests)
     start = blob.index(payload)
     assert result.blob_id == hashlib.sha256(blob[:start] + blob[start + len(payload) :]).hexdigest()  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""The persistent chunk store: which registry blob holds which chunk, across builds (§4.2).
+"""The persistent chunk store: which registry blob holds which chunk, across builds ([format §4.2]).
 
 A build that pushed a blob to ``HOST/REPOSITORY`` records it here (its chunks, its merged
 bootstrap blob-table entry, its blob.meta file); a later build for the same repository with
@@ -75,7 +75,7 @@ _SCHEMA = (
         digester TEXT NOT NULL,
         compressor TEXT NOT NULL,
         info TEXT NOT NULL,              -- JSON of BlobInfo as a merged bootstrap names the blob
-        blob_meta BLOB,                  -- the blob.meta cache file (§3.10), if any
+        blob_meta BLOB,                  -- the blob.meta cache file ([format §3.10]), if any
         chunk_count INTEGER NOT NULL,    -- rows in chunks
         checksum BLOB NOT NULL,          -- codec.record_checksum of all of the above + chunks
         recorded_at INTEGER NOT NULL,    -- unix seconds (informational)
@@ -133,7 +133,7 @@ class StoredBlob:
     digest: str  # "sha256:<hex>", the blob layer digest
     size: int  # bytes of the blob layer
     info: BlobInfo  # as a merged bootstrap names it (blob_id = digest hex)
-    blob_meta: bytes | None  # the blob.meta file (§3.10)
+    blob_meta: bytes | None  # the blob.meta file ([format §3.10])
 
 
 @dataclass

@@ -9,7 +9,7 @@ and zstandard release the GIL while they work.
 Corruption is reported as :class:`~nydus_exporter.errors.CorruptLayerError` naming the codec:
 a bad deflate/zstd block, a CRC/checksum mismatch, a stream that ends inside a gzip member or
 a zstd frame, or non-zero bytes after the last gzip member. (nydus itself auto-detects gzip
-by ``1F 8B 08``, spec §5.1; we accept zstd too because OCI layers may be ``+zstd``.)
+by ``1F 8B 08``, [format §5.1]; we accept zstd too because OCI layers may be ``+zstd``.)
 """
 
 from __future__ import annotations

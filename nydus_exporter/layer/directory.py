@@ -2,7 +2,7 @@
 
 The tree is a root filesystem or a snapshot's upper directory (what BuildKit hands an
 exporter); the entries go to :func:`nydus_exporter.pack.pack_entries` exactly like the entries
-of a tar layer (spec §5.1, "Directory sources").
+of a tar layer ([format §5.1], "Directory sources").
 
 Walk order and paths
     Depth first, a directory before its contents, siblings in byte order of their (emitted)
@@ -17,7 +17,7 @@ Metadata (from ``lstat``; for regular files from ``fstat`` of the opened file)
     permission bits (12), uid, gid, mtime with nanoseconds, symlink targets (raw
     ``readlink`` bytes), device numbers, and every xattr as raw bytes (``llistxattr``).
     The root keeps its own metadata, mtime included; nydus-image zeroes the root mtime of
-    directory builds (§5.1) -- a caller that wants that can overwrite the first entry.
+    directory builds ([format §5.1]) -- a caller that wants that can overwrite the first entry.
 
 Hardlinks
     Non-directories with ``st_nlink > 1`` are grouped by ``(st_dev, st_ino)``. The first path
@@ -41,7 +41,7 @@ Sockets
 
 Whiteouts (``whiteouts=``)
     ``"oci"``: names ``.wh.*`` are ordinary entries (they already are OCI whiteouts and are
-    applied when layers are merged, §5.2); everything else, overlayfs xattrs included, is
+    applied when layers are merged, [format §5.2]); everything else, overlayfs xattrs included, is
     passed through unchanged.
 
     ``"overlayfs"``: the tree is an overlayfs upper directory (BuildKit's snapshot layout)
@@ -95,7 +95,7 @@ WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
 
 # Overlayfs keeps its private xattrs under one of two prefixes: "trusted." normally, "user."
-# on "userxattr" (rootless) mounts (peers-and-pitfalls §4).
+# on "userxattr" (rootless) mounts ([pitfalls §4]).
 _OVERLAY_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
 _OVERLAY_FATAL = (b"redirect", b"metacopy")
 

@@ -17,7 +17,7 @@ What is understood (POSIX.1-2001 ustar/pax, GNU tar formats):
   name>`` (base64 value; padding optional, as libarchive writes it), ``SCHILY.devmajor`` /
   ``SCHILY.devminor``, and the GNU sparse keywords of formats 0.0, 0.1 and 1.0. When both
   xattr spellings name the same attribute, the ``SCHILY`` value wins (it is the one nydus
-  reads, spec §5.1). A record with an empty value deletes a standard keyword (POSIX), except
+  reads, [format §5.1]). A record with an empty value deletes a standard keyword (POSIX), except
   for xattrs, where an empty value is a legitimate empty attribute.
 * PAX global headers (``g``): per POSIX their ``uid``, ``gid``, ``mtime`` and xattr records
   apply to every following entry unless overridden; ``path``, ``linkpath``, ``size`` and
@@ -26,7 +26,7 @@ What is understood (POSIX.1-2001 ustar/pax, GNU tar formats):
 * Numeric header fields: octal (NUL/space terminated) or GNU base-256 (sizes > 8 GiB,
   ids > 2097151, negative mtimes).
 
-Rules (spec §5.1, peers-and-pitfalls §4):
+Rules ([format §5.1], [pitfalls §4]):
 
 * Paths are made absolute and normalised by :func:`normalize_path`; ``..`` climbing above
   the root, a bare ``.wh.`` component, NUL bytes and empty names raise

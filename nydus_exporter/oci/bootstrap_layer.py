@@ -1,16 +1,16 @@
-"""The Nydus bootstrap layer: a gzip'd tar carrying the merged bootstrap (spec §6.3, §3.10).
+"""The Nydus bootstrap layer: a gzip'd tar carrying the merged bootstrap ([format §6.3, §3.10]).
 
 Layout of the tar (what nydus-snapshotter ``packToTar`` writes and unpacks at pull time)::
 
     image/                       directory, mode 0755
     image/image.boot             the merged RAFS bootstrap, mode 0444
-    image/<blob-hex>.blob.meta   one per blob layer with chunks, mode 0444 (§3.10 cache file)
+    image/<blob-hex>.blob.meta   one per blob layer with chunks, mode 0444 ([format §3.10] cache file)
 
 uid/gid 0, empty uname/gname, mtime 0, USTAR headers, ended by two zero blocks without
 record padding (as Go ``archive/tar`` does). The gzip stream has mtime 0, no file name, OS
 "unknown" (255) and default level 6 like Go ``compress/gzip`` — same input, same bytes. The
 Go *deflate* output cannot be reproduced from Python, so only ``diff_id`` (sha256 of the
-uncompressed tar) may match the real toolchain, never ``digest`` (§10 open question 6).
+uncompressed tar) may match the real toolchain, never ``digest`` ([format §10] open question 6).
 Both digests are computed while the bytes stream out; nothing is buffered beyond one entry.
 """
 
@@ -32,12 +32,12 @@ from nydus_exporter.oci.descriptor import Descriptor
 
 BOOTSTRAP_DIR = "image"
 BOOTSTRAP_PATH = "image/image.boot"
-LEGACY_BOOTSTRAP_PATH = "image.boot"  # older converters put it at the tar root (§6.3)
+LEGACY_BOOTSTRAP_PATH = "image.boot"  # older converters put it at the tar root ([format §6.3])
 BLOB_META_SUFFIX = ".blob.meta"
 _DIR_MODE = 0o755
 _FILE_MODE = 0o444
 _BLOCK = tarfile.BLOCKSIZE  # 512
-_META_ALIGN = 4096  # a blob.meta file is ci data padded to 4 KiB + the 4 KiB header (§3.10)
+_META_ALIGN = 4096  # a blob.meta file is ci data padded to 4 KiB + the 4 KiB header ([format §3.10])
 _GZIP_LEVEL = 6  # Go compress/gzip DefaultCompression
 # RFC 1952 member header: ID1 ID2, CM=8 (deflate), FLG=0, MTIME=0, XFL=0, OS=255 (unknown).
 _GZIP_HEADER = b"\x1f\x8b\x08\x00" + b"\x00\x00\x00\x00" + b"\x00\xff"
@@ -61,7 +61,7 @@ class BootstrapLayerInfo:
     size: int  # number of gzip bytes written
 
     def descriptor(self, *, oci: bool) -> Descriptor:
-        """The manifest layer descriptor (bootstrap annotations included, §6.2)."""
+        """The manifest layer descriptor (bootstrap annotations included, [format §6.2])."""
         return Descriptor(
             mt.gzip_layer_media_type(oci=oci),
             self.digest,
@@ -76,7 +76,7 @@ def write_bootstrap_layer(
     """Write the gzip'd bootstrap layer tar to ``out``.
 
     ``blob_metas`` are ``(blob digest or hex, blob.meta bytes)`` in blob layer order, for the
-    layers that have chunks; each must be a §3.10 cache file (a non-empty 4 KiB multiple).
+    layers that have chunks; each must be a [format §3.10] cache file (a non-empty 4 KiB multiple).
     """
     if not bootstrap:
         raise FormatError("bootstrap is empty")

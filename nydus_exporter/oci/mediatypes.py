@@ -3,7 +3,7 @@
 Strings mirror opencontainers/image-spec ``specs-go/v1/mediatype.go`` and
 ``annotations.go`` (v1.1), the Docker distribution schema2 / manifest list types, and the
 Nydus constants of nydus-snapshotter ``pkg/converter/constant.go`` and nydusify
-``pkg/utils/constant.go`` (spec §6.1, §6.2). ``tests/oci/test_mediatypes.py`` pins every
+``pkg/utils/constant.go`` ([format §6.1, §6.2]). ``tests/oci/test_mediatypes.py`` pins every
 string: a typo here would make registries or snapshotters ignore our images silently.
 """
 
@@ -35,7 +35,7 @@ MEDIA_TYPE_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzi
 MEDIA_TYPE_DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"  # moby/containerd
 MEDIA_TYPE_DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 
-# --- Nydus (§6.1) -----------------------------------------------------------------------------
+# --- Nydus ([format §6.1]) -----------------------------------------------------------------------------
 # A Nydus data blob layer: not a tar, never unpacked; "nydus.blob.v1" even in Docker manifests.
 MEDIA_TYPE_NYDUS_BLOB = "application/vnd.oci.image.layer.nydus.blob.v1"
 # Config media type of the Nydus manifest when merged into an index in "nydus-config" mode, so
@@ -52,9 +52,9 @@ ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_BASE_IMAGE_NAME = "org.opencontainers.image.base.name"
 ANNOTATION_BASE_IMAGE_DIGEST = "org.opencontainers.image.base.digest"
-# containerd: uncompressed digest of a layer (used internally by converters, §6.2)
+# containerd: uncompressed digest of a layer (used internally by converters, [format §6.2])
 ANNOTATION_UNCOMPRESSED = "containerd.io/uncompressed"
-# Nydus layer annotations (§6.2); containerd copies ``containerd.io/snapshot/*`` layer
+# Nydus layer annotations ([format §6.2]); containerd copies ``containerd.io/snapshot/*`` layer
 # annotations into snapshot labels, which is how nydus-snapshotter sees them at pull time.
 ANNOTATION_NYDUS_BLOB = "containerd.io/snapshot/nydus-blob"
 ANNOTATION_NYDUS_BOOTSTRAP = "containerd.io/snapshot/nydus-bootstrap"
@@ -64,7 +64,7 @@ ANNOTATION_NYDUS_ENCRYPTED_BLOB = "containerd.io/snapshot/nydus-encrypted-blob"
 ANNOTATION_NYDUS_REFERENCE_BLOB_IDS = "containerd.io/snapshot/nydus-reference-blob-ids"
 ANNOTATION_NYDUS_BLOB_IDS = "containerd.io/snapshot/nydus-blob-ids"  # deprecated (nydusify <= 2.1)
 ANNOTATION_NYDUS_EMPTY_LAYER = "containerd.io/snapshot/nydus-empty-layer"
-# Nydus manifest annotations added by acceleration-service / nydusify (§6.2)
+# Nydus manifest annotations added by acceleration-service / nydusify ([format §6.2])
 ANNOTATION_NYDUS_SOURCE_DIGEST = "containerd.io/snapshot/nydus-source-digest"
 ANNOTATION_NYDUS_SOURCE_REFERENCE = "containerd.io/snapshot/nydus-source-reference"
 ANNOTATION_NYDUS_BUILDER_VERSION = "containerd.io/snapshot/nydus-builder-version"
@@ -131,7 +131,7 @@ def layer_compression(media_type: str) -> LayerCompression | None:
 
 
 def gzip_layer_media_type(*, oci: bool) -> str:
-    """The tar+gzip layer media type of an OCI or a Docker manifest (bootstrap layer, §6.1)."""
+    """The tar+gzip layer media type of an OCI or a Docker manifest (bootstrap layer, [format §6.1])."""
     return MEDIA_TYPE_IMAGE_LAYER_GZIP if oci else MEDIA_TYPE_DOCKER_LAYER_GZIP
 
 

@@ -1,6 +1,6 @@
-"""The OCI shape of a Nydus image (spec §6): config, manifest, merged index, and detection.
+"""The OCI shape of a Nydus image ([format §6]): config, manifest, merged index, and detection.
 
-What nydusify / nydus-snapshotter produce and what consumers check (§6.1-§6.4):
+What nydusify / nydus-snapshotter produce and what consumers check ([format §6.1-§6.4]):
 
 * manifest ``layers`` = one Nydus blob layer per source layer (mediaType
   ``application/vnd.oci.image.layer.nydus.blob.v1`` even in Docker manifests, annotation
@@ -41,7 +41,7 @@ from nydus_exporter.oci.platform import Platform
 
 MergeMode = Literal["artifact", "legacy"]
 
-# §6.3: appended to the source history (no "created": the converter does not set one).
+# [format §6.3]: appended to the source history (no "created": the converter does not set one).
 BOOTSTRAP_HISTORY_ENTRY: Mapping[str, str] = {
     "created_by": "Nydus Converter",
     "comment": "Nydus Bootstrap Layer",
@@ -54,7 +54,7 @@ _MAX_INDEX_DEPTH = 2  # an index may point at an index; deeper nesting is not an
 
 
 def build_nydus_config(source_config: bytes, blob_digests: Sequence[str], bootstrap_diff_id: str) -> bytes:
-    """The Nydus image config derived from ``source_config`` (§6.3).
+    """The Nydus image config derived from ``source_config`` ([format §6.3]).
 
     Only ``rootfs.diff_ids`` (= ``blob_digests`` + ``bootstrap_diff_id``) and ``history``
     (+ the Nydus entry) change; every other key keeps its value and its position. The result
@@ -84,7 +84,7 @@ def build_nydus_config(source_config: bytes, blob_digests: Sequence[str], bootst
 def nydus_blob_layer(descriptor: Descriptor) -> Descriptor:
     """``descriptor`` as a Nydus blob layer: blob media type, ``nydus-blob: "true"``.
 
-    The converter-internal ``containerd.io/uncompressed`` annotation is dropped (§6.2).
+    The converter-internal ``containerd.io/uncompressed`` annotation is dropped ([format §6.2]).
     """
     if mt.is_tar_layer(descriptor.media_type):
         raise FormatError(
@@ -98,7 +98,7 @@ def nydus_blob_layer(descriptor: Descriptor) -> Descriptor:
 
 
 def nydus_bootstrap_layer(descriptor: Descriptor, *, oci: bool) -> Descriptor:
-    """``descriptor`` as the bootstrap layer of an OCI or Docker manifest (§6.1, §6.2)."""
+    """``descriptor`` as the bootstrap layer of an OCI or Docker manifest ([format §6.1, §6.2])."""
     if mt.layer_compression(descriptor.media_type) != "gzip":
         raise FormatError(
             f"bootstrap layer {descriptor.digest} must be a tar+gzip layer, got {descriptor.media_type}"
@@ -174,7 +174,7 @@ def build_merged_index(
 
     ``mode="artifact"`` marks the entry with ``artifactType`` (nydus >= 2.3.5);
     ``mode="legacy"`` adds ``nydus.remoteimage.v1`` to ``platform.os.features`` (rejected by
-    ECR, §4 of the pitfalls).
+    ECR, [pitfalls §4]).
 
     Index media type: OCI image index, except a Docker manifest list when ``oci`` is false,
     ``mode`` is legacy and ``existing`` is absent or Docker-typed. ``artifactType`` only exists
@@ -263,7 +263,7 @@ def _kept_single_manifest(
 
 
 def _nydus_entry(manifest: Descriptor, platform: Platform, mode: MergeMode) -> Descriptor:
-    """The index entry of a Nydus manifest, marked per ``mode`` (§6.1)."""
+    """The index entry of a Nydus manifest, marked per ``mode`` ([format §6.1])."""
     if mode == "artifact":
         return Descriptor(
             manifest.media_type,
@@ -286,7 +286,7 @@ def _nydus_entry(manifest: Descriptor, platform: Platform, mode: MergeMode) -> D
 
 
 def is_nydus_manifest(raw: bytes) -> bool:
-    """Whether ``raw`` is an image manifest whose last layer carries ``nydus-bootstrap`` (§6.4).
+    """Whether ``raw`` is an image manifest whose last layer carries ``nydus-bootstrap`` ([format §6.4]).
 
     A document that is not a manifest at all is not a Nydus manifest (``False``); a manifest
     that does not parse raises :class:`FormatError`.
@@ -329,7 +329,7 @@ def resolve_nydus_manifest(data: bytes, fetch: FetchManifest, platform: Platform
     """The Nydus manifest for ``platform`` reachable from ``data`` and its verified bytes.
 
     ``data`` is a manifest (then it must be Nydus itself) or an index. In an index, entries of
-    the platform marked as Nydus (§6.4 index detection) are tried first, then the other
+    the platform marked as Nydus ([format §6.4] index detection) are tried first, then the other
     entries of the platform (a plain Nydus image pushed as a list). ``fetch`` returns the
     bytes of a descriptor; they are checked against its digest and size.
     """

@@ -5,7 +5,7 @@ pick a manifest out of an index): ``x86_64``/``x86-64`` are ``amd64``, ``aarch64
 ``arm64``, ``arm64`` without a variant is ``arm64/v8``, ``arm`` without a variant is
 ``arm/v7``, and ``amd64/v1`` is plain ``amd64``. Matching compares the normalised
 ``os/architecture/variant`` (and ``os.version`` when both sides name one); ``os.features``
-are not part of a platform's identity (legacy Nydus index entries add one, §6.1).
+are not part of a platform's identity (legacy Nydus index entries add one, [format §6.1]).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from platform import machine as _host_machine
 
-from nydus_exporter.errors import ConfigError, FormatError
+from nydus_exporter.errors import ConfigError, FormatError, excerpt
 
 _ARCH_ALIASES = {
     "x86_64": "amd64",
@@ -47,7 +47,7 @@ class Platform:
         """``linux/arm64/v8`` -> Platform; raises :class:`ConfigError` (a user-given option)."""
         parts = text.strip().split("/")
         if not 2 <= len(parts) <= 3 or not all(_COMPONENT.match(p) for p in parts):
-            raise ConfigError(f"invalid platform {text!r}: expected os/architecture[/variant]")
+            raise ConfigError(f"invalid platform {excerpt(text)}: expected os/architecture[/variant]")
         return cls(os=parts[0], architecture=parts[1], variant=parts[2] if len(parts) == 3 else None)
 
     @classmethod
@@ -150,5 +150,5 @@ def _optional_str(obj: Mapping[str, object], key: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise FormatError(f"platform {key!r} must be a string")
+        raise FormatError(f"platform {excerpt(key)} must be a string")
     return value

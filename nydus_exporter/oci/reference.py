@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nydus_exporter.errors import ConfigError, FormatError
+from nydus_exporter.errors import ConfigError, FormatError, excerpt
 from nydus_exporter.oci.descriptor import validate_digest
 
 DEFAULT_REGISTRY = "docker.io"
@@ -95,7 +95,9 @@ def parse_reference(text: str) -> Reference:
     if not text:
         raise ConfigError("image reference is empty")
     if _ANCHORED_IDENTIFIER_RE.match(text):
-        raise ConfigError(f"invalid reference {text!r}: cannot use a 64-hex identifier as a repository name")
+        raise ConfigError(
+            f"invalid reference {excerpt(text)}: cannot use a 64-hex identifier as a repository name"
+        )
     remainder, at, digest = text.partition("@")
     if at:
         _check_digest(digest, text)
@@ -108,10 +110,12 @@ def parse_reference(text: str) -> Reference:
     registry, path = _split_domain(name, text)
     if not path or not _PATH_RE.match(path):
         if path.lower() != path:
-            raise ConfigError(f"invalid reference {text!r}: repository name must be lowercase")
-        raise ConfigError(f"invalid reference {text!r}: bad repository name {path!r}")
+            raise ConfigError(f"invalid reference {excerpt(text)}: repository name must be lowercase")
+        raise ConfigError(f"invalid reference {excerpt(text)}: bad repository name {excerpt(path)}")
     if len(registry) + 1 + len(path) > _NAME_TOTAL_LENGTH_MAX:
-        raise ConfigError(f"invalid reference {text!r}: name longer than {_NAME_TOTAL_LENGTH_MAX} characters")
+        raise ConfigError(
+            f"invalid reference {excerpt(text)}: name longer than {_NAME_TOTAL_LENGTH_MAX} characters"
+        )
     return Reference(registry, path, tag, digest or None)
 
 
@@ -122,7 +126,7 @@ def _split_domain(name: str, text: str) -> tuple[str, str]:
         registry, path = DEFAULT_REGISTRY, name
     else:
         if not _DOMAIN_RE.match(first):
-            raise ConfigError(f"invalid reference {text!r}: bad registry {first!r}")
+            raise ConfigError(f"invalid reference {excerpt(text)}: bad registry {excerpt(first)}")
         registry, path = first, rest
     if registry == _LEGACY_DEFAULT_REGISTRY:
         registry = DEFAULT_REGISTRY
@@ -133,7 +137,7 @@ def _split_domain(name: str, text: str) -> tuple[str, str]:
 
 def _check_tag(tag: str, text: str) -> None:
     if not _TAG_RE.match(tag):
-        raise ConfigError(f"invalid reference {text!r}: bad tag {tag!r}")
+        raise ConfigError(f"invalid reference {excerpt(text)}: bad tag {excerpt(tag)}")
 
 
 def _check_digest(digest: str, text: str) -> None:
@@ -145,4 +149,4 @@ def _check_digest(digest: str, text: str) -> None:
         except FormatError:
             valid = False
     if not valid:
-        raise ConfigError(f"invalid reference {text!r}: bad digest {digest!r}")
+        raise ConfigError(f"invalid reference {excerpt(text)}: bad digest {excerpt(digest)}")

@@ -1,4 +1,4 @@
-"""Streaming writer of a production Nydus data blob (§3.1 "inline + toc", §3.8, §8.1).
+"""Streaming writer of a production Nydus data blob ([format §3.1] "inline + toc", [format §3.8, §8.1]).
 
 ``nydus-image create --type tar-rafs --blob-inline-meta --features blob-toc --fs-version 6``
 emits, for a layer with chunks::
@@ -25,7 +25,7 @@ from nydus_exporter.rafs.model import BlobInfo, ChunkRef
 from nydus_exporter.rafs.tarheader import build_header
 from nydus_exporter.rafs.toc import TocEntry, encode_toc
 
-# Features of a per-layer blob with >= 1 chunk (§2.5: 0x7000_0023). Chunk-less blobs write no
+# Features of a per-layer blob with >= 1 chunk ([format §2.5]: 0x7000_0023). Chunk-less blobs write no
 # ci header and are absent from the bootstrap, so they have no features at all.
 BLOB_FEATURES_INLINE_TOC = (
     layout.BLOB_FEATURE_ALIGNED
@@ -36,9 +36,9 @@ BLOB_FEATURES_INLINE_TOC = (
     | layout.BLOB_FEATURE_CAP_TAR_TOC
 )
 _DIGEST_SIZE = 32
-_MAX_COMPRESSED_OFFSET = 1 << 40  # ci comp_info: 40-bit offset (§3.4)
+_MAX_COMPRESSED_OFFSET = 1 << 40  # ci comp_info: 40-bit offset ([format §3.4])
 _MAX_UNCOMPRESSED_OFFSET = 1 << 44  # V1 uncomp_info bits 12-43
-_BOOTSTRAP_COMPRESSOR = "zstd"  # image.boot is always zstd, whatever the chunk compressor (§3.8)
+_BOOTSTRAP_COMPRESSOR = "zstd"  # image.boot is always zstd, whatever the chunk compressor ([format §3.8])
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,7 @@ class PreparedChunk:
 
 
 def prepare_chunk(raw: bytes, *, compressor: str, digester: str) -> PreparedChunk:
-    """Digest, CRC-32C and compress one chunk (§3.2). Pure and thread-safe."""
+    """Digest, CRC-32C and compress one chunk ([format §3.2]). Pure and thread-safe."""
     if not raw:
         raise ValueError("a chunk cannot be empty (zero-size files have no chunks)")
     data, compressed = codecs.compress_if_smaller(codecs.thread_compressor(compressor), raw)
@@ -70,15 +70,17 @@ def prepare_chunk(raw: bytes, *, compressor: str, digester: str) -> PreparedChun
 class BlobResult:
     """What :meth:`BlobWriter.finish` produced."""
 
-    blob_id: str  # native nydus blob id: sha256 of everything but the digest payload (§3.9)
+    blob_id: str  # native nydus blob id: sha256 of everything but the digest payload ([format §3.9])
     digest: str  # "sha256:<hex>" of the whole file = the OCI layer digest
     size: int  # bytes written to the sink
     chunk_count: int
     uncompressed_size: int
-    blob_info: BlobInfo | None  # as a merged bootstrap must describe the blob (§5.3); None without chunks
+    # As a merged bootstrap must describe the blob ([format §5.3]); None without chunks.
+    blob_info: BlobInfo | None
     bootstrap: bytes  # the uncompressed embedded bootstrap (image.boot)
     toc: list[TocEntry]
-    blob_meta: bytes | None = None  # the `<blob_id>.blob.meta` cache file (§3.10); None without chunks
+    # The `<blob_id>.blob.meta` cache file ([format §3.10]); None without chunks.
+    blob_meta: bytes | None = None
 
 
 class BlobWriter:
@@ -97,14 +99,14 @@ class BlobWriter:
         self._compressor_name = compressor
         self._compressor_id = codecs.thread_compressor(compressor).algorithm_id  # validates the name
         self._digester = codecs.digester(digester)
-        # Two running hashes (§3.9): the blob id skips the digest-array payload, the OCI layer
+        # Two running hashes ([format §3.9]): the blob id skips the digest-array payload, the OCI layer
         # digest covers every byte. They agree up to that payload, so the file hash is forked
         # from the blob hash there instead of hashing every chunk twice.
         self._blob_hash = hashlib.sha256()
         self._file_hash: hashlib._Hash | None = None  # None while equal to _blob_hash
         self._position = 0  # == current compressed offset (--blob-offset 0)
         self._uncompressed_size = 0  # running 4 KiB-aligned uncompressed cursor
-        self._by_digest: dict[bytes, ChunkRef] = {}  # in-layer dedup, first insert wins (§4.2)
+        self._by_digest: dict[bytes, ChunkRef] = {}  # in-layer dedup, first insert wins ([format §4.2])
         self._ci = bytearray()  # V1 entries in ci order
         self._digests = bytearray()  # chunk digests in ci order
         self._finished = False
@@ -119,7 +121,7 @@ class BlobWriter:
         return self._position
 
     def add_chunk(self, chunk: PreparedChunk, *, file_offset: int) -> ChunkRef:
-        """Append ``chunk`` unless an identical one is already in this blob (§3.2, §4.2)."""
+        """Append ``chunk`` unless an identical one is already in this blob ([format §3.2, §4.2])."""
         if self._finished:
             raise RuntimeError("BlobWriter.add_chunk after finish")
         self._check_chunk(chunk)
@@ -169,7 +171,7 @@ class BlobWriter:
         return ref
 
     def finish(self, make_bootstrap: Callable[[BlobInfo | None], bytes]) -> BlobResult:
-        """Write everything after the chunks, exactly in the order of §3.8."""
+        """Write everything after the chunks, exactly in the order of [format §3.8]."""
         if self._finished:
             raise RuntimeError("BlobWriter.finish called twice")
         self._finished = True
@@ -185,7 +187,7 @@ class BlobWriter:
         )
         boot_flag = layout.TOC_FLAG_ZSTD if compressed else layout.TOC_FLAG_NONE
         toc.append(self._section(layout.TOC_NAME_IMAGE_BOOT, stored, boot_flag, bootstrap))
-        # ToC entries + H(rafs.blob.toc), both hashed (§3.8 step 6).
+        # ToC entries + H(rafs.blob.toc), both hashed ([format §3.8] step 6).
         self._write(encode_toc(toc))
 
         blob_id = self._blob_hash.hexdigest()
@@ -193,7 +195,7 @@ class BlobWriter:
         merged_info = None
         if info is not None:
             # A merged bootstrap names the blob by its OCI layer digest and clears
-            # INLINED_FS_META; everything else is copied (§5.3).
+            # INLINED_FS_META; everything else is copied ([format §5.3]).
             merged_info = dataclasses.replace(
                 info, blob_id=digest_hex, features=info.features & ~layout.BLOB_FEATURE_INLINED_FS_META
             )
@@ -245,7 +247,7 @@ class BlobWriter:
         )
 
     def _write_chunk_sections(self, toc: list[TocEntry]) -> tuple[BlobInfo, bytes]:
-        """H(image.blob), ci ‖ header ‖ H(blob.meta), digests ‖ H(blob.digest) (§3.8 steps 3-4)."""
+        """H(image.blob), ci ‖ header ‖ H(blob.meta), digests ‖ H(blob.digest) ([format §3.8] steps 3-4)."""
         chunk_bytes = self._position
         self._write_header(layout.TOC_NAME_IMAGE_BLOB, chunk_bytes)
         # ToC #1 digest: the running blob hash right after H(image.blob) (= sha256 of chunk data
@@ -300,7 +302,8 @@ class BlobWriter:
             )
         )
 
-        # The digest payload bypasses the blob-id hash (a nydus quirk, §3.5/§3.9); its header does not.
+        # The digest payload bypasses the blob-id hash (a nydus quirk, [format §3.5/§3.9]); its
+        # header does not.
         digests = bytes(self._digests)
         digests_offset = self._position
         self._write(digests, blob_hashed=False)
@@ -323,7 +326,7 @@ class BlobWriter:
             compressor=self._compressor_id,
             digester=self._digester.algorithm_id,
             features=BLOB_FEATURES_INLINE_TOC,
-            compressed_size=self._position,  # position before image.boot (§2.5, §3.8 step 5)
+            compressed_size=self._position,  # position before image.boot ([format §2.5, §3.8] step 5)
             uncompressed_size=self._uncompressed_size,
             ci_compressor=ci_compressor,
             ci_offset=ci_offset,

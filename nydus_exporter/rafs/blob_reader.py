@@ -1,9 +1,9 @@
-"""Random-access reader of Nydus data blobs with a ToC (§3.1, §3.7).
+"""Random-access reader of Nydus data blobs with a ToC ([format §3.1, §3.7]).
 
-The ToC is found from the end (the last 512 bytes must be ``H(rafs.blob.toc)``, §3.7) and
+The ToC is found from the end (the last 512 bytes must be ``H(rafs.blob.toc)``, [format §3.7]) and
 every section is located through it. Besides the production format this reads the two older
-layouts of the fixtures (§9): a separate-bootstrap blob whose ``image.blob`` ToC entry holds
-the END offset of the chunk data (pre-v2.2.0 bug, §3.7), and a Dec-2022 inline-meta blob
+layouts of the fixtures ([format §9]): a separate-bootstrap blob whose ``image.blob`` ToC entry holds
+the END offset of the chunk data (pre-v2.2.0 bug, [format §3.7]), and a Dec-2022 inline-meta blob
 without ``blob.digest``.
 
 Every size is checked against the blob size before anything is read or allocated, so corrupt
@@ -163,7 +163,7 @@ class BlobReader:
 
     def _locate_image_blob(self, entry: TocEntry) -> _Section:
         # Current builders store the START of the chunk data (0); builders before v2.2.0 stored
-        # its END (§3.7). Accept whichever has H(image.blob, size) right after the data.
+        # its END ([format §3.7]). Accept whichever has H(image.blob, size) right after the data.
         size = entry.compressed_size
         candidates = [entry.compressed_offset]
         if entry.compressed_offset >= size and entry.compressed_offset != 0:
@@ -180,7 +180,7 @@ class BlobReader:
         )
 
     def _check_section_headers(self, sections: dict[bytes, _Section]) -> None:
-        """Each section must be followed by its tar header (§3.1, §3.6)."""
+        """Each section must be followed by its tar header ([format §3.1, §3.6])."""
         for name in (layout.TOC_NAME_BLOB_DIGEST, layout.TOC_NAME_IMAGE_BOOT):
             section = sections.get(name)
             if section is not None:
@@ -195,7 +195,7 @@ class BlobReader:
                 or meta_header.entry.compressed_size != layout.BLOB_META_HEADER_SIZE
             ):
                 raise FormatError("blob.meta.header does not directly follow blob.meta with 4096 bytes")
-            # H(blob.meta) covers ci ‖ ci-header (§3.1).
+            # H(blob.meta) covers ci ‖ ci-header ([format §3.1]).
             self._expect_header(meta_header.end, layout.TOC_NAME_BLOB_META, meta_header.end - meta.start)
 
     def _expect_header(self, offset: int, name: bytes, size: int) -> None:
@@ -309,7 +309,7 @@ class BlobReader:
         return [raw[off : off + _DIGEST_SIZE] for off in range(0, len(raw), _DIGEST_SIZE)]
 
     def blob_meta_file(self) -> bytes | None:
-        """The ``<blob_id>.blob.meta`` cache file of §3.10, or None without chunks."""
+        """The ``<blob_id>.blob.meta`` cache file of [format §3.10], or None without chunks."""
         if not self.ci_data():
             return None
         return blob_meta_file(self.meta_header(), self.ci_data())
@@ -355,7 +355,7 @@ class BlobReader:
         for name, section in self._sections.items():
             entry = section.entry
             if name == layout.TOC_NAME_IMAGE_BLOB:
-                # The digest covers chunk data ‖ H(image.blob) (§3.7).
+                # The digest covers chunk data ‖ H(image.blob) ([format §3.7]).
                 actual = self._hash_range(section.start, entry.compressed_size + layout.TAR_BLOCK_SIZE)
             elif name == layout.TOC_NAME_BLOB_META:
                 actual = hashlib.sha256(self.ci_data()).digest()
@@ -375,7 +375,7 @@ class BlobReader:
                 raise FormatError(f"chunk {info.index} does not match its digest")
 
     def native_blob_id(self) -> str:
-        """sha256 hex of every byte except the blob.digest payload: nydus's own blob id (§3.9)."""
+        """sha256 hex of every byte except the blob.digest payload: nydus's own blob id ([format §3.9])."""
         self.toc()
         h = hashlib.sha256()
         skip = self._sections.get(layout.TOC_NAME_BLOB_DIGEST)
@@ -425,7 +425,8 @@ class BlobReader:
         return h.digest()
 
     def _embedded_algorithms(self) -> tuple[int, int] | None:
-        """(compression_algo, digest_algo) of blob 0 in the embedded bootstrap's blob table (§2.5)."""
+        """(compression_algo, digest_algo) of blob 0 in the embedded bootstrap's blob table
+        ([format §2.5])."""
         if self._algorithms is None:
             self._algorithms = (self._parse_embedded_algorithms(),)
         return self._algorithms[0]
@@ -445,7 +446,7 @@ class BlobReader:
         if self._compressor is None:
             header = self.meta_header()
             if header.ci_compressor != layout.COMPRESSOR_ID_NONE:
-                # The ci array is compressed with the blob's compressor when that helps (§3.3).
+                # The ci array is compressed with the blob's compressor when that helps ([format §3.3]).
                 comp = codecs.compressor_by_id(header.ci_compressor)
             elif (algorithms := self._embedded_algorithms()) is not None:
                 comp = codecs.compressor_by_id(algorithms[0])
@@ -504,7 +505,7 @@ def blob_result(reader: BlobReader, digest: str) -> BlobResult:
     infos = reader.chunk_infos()
     merged = None
     if blobs:
-        # As a merged bootstrap names it (§5.3): by the OCI digest, without INLINED_FS_META.
+        # As a merged bootstrap names it ([format §5.3]): by the OCI digest, without INLINED_FS_META.
         merged = dataclasses.replace(
             blobs[0],
             blob_id=digest.removeprefix("sha256:"),

@@ -1,4 +1,4 @@
-"""The RAFS v6 bootstrap writer: metadata allocation (§2.15) and dump (§2.16).
+"""The RAFS v6 bootstrap writer: metadata allocation ([format §2.15]) and dump ([format §2.16]).
 
 :func:`plan_layout` reproduces nydus-image's placement of every inode, inline tail, chunk-index
 array and directory block exactly (it matches the 3517 inodes of a real image); it only needs
@@ -27,13 +27,13 @@ _INODE_SIZE = layout.EROFS_INODE_EXTENDED_SIZE
 _DOT = b"."
 _DOTDOT = b".."
 MAX_NAME_LEN = 255  # EROFS_NAME_LEN
-_CI_INDEX_LIMIT = 1 << 24  # 24 bits split over c_blob_addr_lo and the high byte of _hi (§2.11)
+_CI_INDEX_LIMIT = 1 << 24  # 24 bits split over c_blob_addr_lo and the high byte of _hi ([format §2.11])
 _SUPPORTED_BLOCK_SIZES = (512, layout.EROFS_BLOCK_SIZE)
 
 
 @dataclass(slots=True, eq=False)
 class NodePlan:
-    """Where one tree node lands in the metadata (§2.15)."""
+    """Where one tree node lands in the metadata ([format §2.15])."""
 
     node: Node
     index: int  # sequential inode index; root = 1 (i_ino of the first hardlink member)
@@ -60,7 +60,7 @@ class NodePlan:
 
 @dataclass(slots=True)
 class LayoutPlan:
-    """The §2.15 allocation of a whole tree."""
+    """The [format §2.15] allocation of a whole tree."""
 
     block_size: int
     nodes: list[NodePlan]  # in index order: nodes[0] is the root (index 1)
@@ -82,11 +82,11 @@ class LayoutPlan:
 
 
 class _Allocator:
-    """nydus's BootstrapContext: a cursor plus FIFO queues of partly used blocks (§2.15)."""
+    """nydus's BootstrapContext: a cursor plus FIFO queues of partly used blocks ([format §2.15])."""
 
     def __init__(self, block_size: int) -> None:
         self.bs = block_size
-        self.off = layout.EROFS_BLOCK_SIZE  # root at relative 4096 -> nid 128 (§2.1)
+        self.off = layout.EROFS_BLOCK_SIZE  # root at relative 4096 -> nid 128 ([format §2.1])
         self.avail: list[collections.deque[int]] = [
             collections.deque() for _ in range(layout.EROFS_BLOCK_SIZE // _SLOT)
         ]
@@ -121,7 +121,7 @@ class _Allocator:
         return offset
 
     def place_with_tail(self, plan: NodePlan, dsize: int) -> None:
-        """Directories and symlinks: FLAT_INLINE if the tail fits next to the inode (§2.15)."""
+        """Directories and symlinks: FLAT_INLINE if the tail fits next to the inode ([format §2.15])."""
         bs = self.bs
         isz = plan.inode_size
         tail = dsize % bs
@@ -164,7 +164,7 @@ class _Allocator:
         plan.offset = offset
 
     def place_special(self, plan: NodePlan) -> None:
-        # Devices, fifos, sockets never reuse partly used blocks (nydus quirk, §2.15).
+        # Devices, fifos, sockets never reuse partly used blocks (nydus quirk, [format §2.15]).
         plan.layout = layout.EROFS_INODE_FLAT_PLAIN
         plan.offset = self.off
         self.off += plan.inode_size
@@ -178,7 +178,7 @@ def _check_name(name: bytes) -> None:
 
 
 def dirent_size(names: Sequence[bytes], block_size: int) -> int:
-    """Directory ``i_size`` for ``names`` in dirent order, "." and ".." included (§2.8)."""
+    """Directory ``i_size`` for ``names`` in dirent order, "." and ".." included ([format §2.8])."""
     size = 0
     for name in names:
         cost = layout.DIRENT_SIZE + len(name)
@@ -189,7 +189,7 @@ def dirent_size(names: Sequence[bytes], block_size: int) -> int:
 
 
 def plan_layout(root: Node, *, block_size: int = layout.EROFS_BLOCK_SIZE) -> LayoutPlan:
-    """Assign inode indexes and place every inode and data block exactly like nydus (§2.15).
+    """Assign inode indexes and place every inode and data block exactly like nydus ([format §2.15]).
 
     Nodes sharing one Inode object (hardlink members) get one inode: the first member in index
     order is placed, later members reuse its offset and i_ino.
@@ -267,7 +267,7 @@ def plan_layout(root: Node, *, block_size: int = layout.EROFS_BLOCK_SIZE) -> Lay
 
 
 def _chunk_format(inode: Inode, chunk_size: int, blkszbits: int) -> int:
-    """``i_u`` of a regular file: erofs_inode_chunk_info incl. the continuity trick (§2.11)."""
+    """``i_u`` of a regular file: erofs_inode_chunk_info incl. the continuity trick ([format §2.11])."""
     erofs_chunk = chunk_size
     chunks = inode.chunks
     if inode.size > chunk_size and chunks:
@@ -309,7 +309,7 @@ def _check_chunks(inode: Inode, name: bytes, chunk_size: int, nblobs: int, bs: i
 
 
 def _check_flags(flags: int) -> None:
-    # nydusd refuses unknown bits and wants exactly one compressor and one digester (§2.3).
+    # nydusd refuses unknown bits and wants exactly one compressor and one digester ([format §2.3]).
     compressors = layout.RAFS_COMPRESSION_MASK
     digesters = layout.RAFS_HASH_MASK
     if (
@@ -338,7 +338,7 @@ def _check_blobs(blobs: Sequence[BlobInfo], chunk_size: int, bs: int) -> None:
 
 
 class _Dumper:
-    """Writes planned inodes into the image buffer (§2.16 step 2)."""
+    """Writes planned inodes into the image buffer ([format §2.16] step 2)."""
 
     def __init__(
         self,
@@ -449,7 +449,7 @@ class _Dumper:
         self.inode(p, 0, inode.rdev, self.nlink[id(inode)])
 
     def add_chunks(self, inode: Inode) -> None:
-        # One entry per (digest, blob); the last reference in dump order wins (§2.14).
+        # One entry per (digest, blob); the last reference in dump order wins ([format §2.14]).
         for chunk in inode.chunks:
             self.chunk_map[(chunk.digest, chunk.blob_index + 1)] = chunk
 
@@ -495,14 +495,14 @@ def write_bootstrap(
     prefetch_nids: Sequence[int] | None = None,
     block_size: int = layout.EROFS_BLOCK_SIZE,
 ) -> bytes:
-    """Serialise ``root`` into a RAFS v6 bootstrap (§2.1-§2.16).
+    """Serialise ``root`` into a RAFS v6 bootstrap ([format §2.1-§2.16]).
 
     ``flags`` are the RafsSuperFlags the caller decided (compressor, digester,
     EXPLICIT_UID_GID, INLINED_CHUNK_DIGEST, ENCRYPTION_NONE ...); HAS_XATTR is added when any
     inode has xattrs. uid/gid are written as given (a ``--repeatable`` source zeroes them).
     The prefetch table is ``[root nid]`` (what ``--prefetch-policy fs`` with pattern ``/``
-    gives, §2.6) unless ``prefetch_root`` is false or explicit ``prefetch_nids`` are given;
-    there is none without blobs. ``block_size`` 512 is the tar-tarfs geometry (§2.18).
+    gives, [format §2.6]) unless ``prefetch_root`` is false or explicit ``prefetch_nids`` are given;
+    there is none without blobs. ``block_size`` 512 is the tar-tarfs geometry ([format §2.18]).
     """
     codecs.check_chunk_size(chunk_size)
     _check_flags(flags)
@@ -521,7 +521,7 @@ def write_bootstrap(
     if has_xattr:
         flags |= layout.RAFS_HAS_XATTR
 
-    # §2.1 file map: device table, blob table, prefetch table, then the metadata.
+    # [format §2.1] file map: device table, blob table, prefetch table, then the metadata.
     nblobs = len(blobs)
     blob_table_offset = layout.round_up(
         layout.DEVICE_TABLE_OFFSET + layout.DEVICE_SLOT_SIZE * nblobs, layout.EROFS_BLOCK_SIZE
@@ -529,7 +529,7 @@ def write_bootstrap(
     blob_table_size = layout.BLOB_ENTRY_SIZE * nblobs
     if prefetch_nids is None:
         prefetch_nids = [layout.ROOT_NID] if prefetch_root else []
-    prefetch = list(prefetch_nids) if nblobs else []  # no blobs, no prefetch table (§2.6)
+    prefetch = list(prefetch_nids) if nblobs else []  # no blobs, no prefetch table ([format §2.6])
     if not all(0 < nid <= 0xFFFFFFFF for nid in prefetch):
         raise ValueError(f"prefetch nids {prefetch} do not fit the u32 table")
     prefetch_offset = blob_table_offset + blob_table_size if prefetch else 0
@@ -545,7 +545,7 @@ def write_bootstrap(
 
     buf = bytearray(meta_addr + layout.round_up(plan.end, layout.EROFS_BLOCK_SIZE))
     dumper = _Dumper(buf, plan, meta_addr, chunk_size, blkszbits)
-    for p in plan.nodes:  # index order == nydus walk_bfs dump order (§2.16)
+    for p in plan.nodes:  # index order == nydus walk_bfs dump order ([format §2.16])
         inode = p.node.inode
         if inode.is_reg:
             dumper.add_chunks(inode)  # every member inserts, even a repeated hardlink
@@ -584,7 +584,7 @@ def write_bootstrap(
     for i, nid in enumerate(prefetch):
         struct.pack_into("<I", buf, prefetch_offset + layout.PREFETCH_ENTRY_SIZE * i, nid)
 
-    # §2.4 device slots: mapped_blkaddr continues after the bootstrap, 512 KiB aligned.
+    # [format §2.4] device slots: mapped_blkaddr continues after the bootstrap, 512 KiB aligned.
     pos = len(buf)
     total_blocks = 0
     for i, blob in enumerate(blobs):

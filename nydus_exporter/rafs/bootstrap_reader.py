@@ -1,6 +1,6 @@
 """The RAFS v6 bootstrap reader: bytes -> :class:`Bootstrap` with the tree rebuilt.
 
-Validates what nydusd validates where it matters for safety (§2.17) and everything the walk
+Validates what nydusd validates where it matters for safety ([format §2.17]) and everything the walk
 relies on. Any corruption raises :class:`FormatError` naming the problem. Work is bounded by
 the input size: every inode body (inode, xattrs, inline tail or chunk indexes) must occupy its
 own 32-byte slots and every directory block may belong to one directory only, so no byte is
@@ -28,7 +28,7 @@ _MAX_NAME_LEN = 255
 
 @dataclass(frozen=True, slots=True)
 class DeviceSlot:
-    """One ``erofs_deviceslot`` (§2.4)."""
+    """One ``erofs_deviceslot`` ([format §2.4])."""
 
     blob_id: str
     blocks: int
@@ -75,7 +75,7 @@ class Bootstrap:
     @property
     def own_blob_index(self) -> int | None:
         """In a layer blob's embedded bootstrap: the index of the layer's own blob (named by the
-        inline placeholder id, §3.9); the other entries are chunk-dictionary blobs."""
+        inline placeholder id, [format §3.9]); the other entries are chunk-dictionary blobs."""
         for i, blob in enumerate(self.blobs):
             if blob.blob_id == layout.INLINE_BLOB_ID_PLACEHOLDER:
                 return i

@@ -1,9 +1,9 @@
 """A chunk dictionary: chunks already stored in other blobs, to reference instead of storing
-again (nydus-image ``--chunk-dict`` semantics, §4.2).
+again (nydus-image ``--chunk-dict`` semantics, [format §4.2]).
 
 A layer packed with a dictionary references a dictionary chunk by (blob, ci index, offsets)
 and writes no bytes for it; the dictionary's blob then appears in that layer's bootstrap blob
-table, and the merged bootstrap keeps it (§5.3). Chunks match by digest and uncompressed size.
+table, and the merged bootstrap keeps it ([format §5.3]). Chunks match by digest and uncompressed size.
 """
 
 from __future__ import annotations

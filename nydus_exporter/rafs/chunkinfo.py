@@ -1,4 +1,4 @@
-"""Chunk compression-info ("ci") entries and the blob meta header (§3.3, §3.4).
+"""Chunk compression-info ("ci") entries and the blob meta header ([format §3.3, §3.4]).
 
 The ci array tells nydusd (and our reader) where chunk ``i`` of a blob lives, compressed and
 uncompressed; it is indexed by the ci index stored in the bootstrap's chunk indexes. V1
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from nydus_exporter.errors import FormatError
 from nydus_exporter.rafs import layout
 
-# V1 bit layout (§3.4): sizes are stored minus one, split into a low 20-bit and a high 4-bit part.
+# V1 bit layout ([format §3.4]): sizes are stored minus one, split into a low 20-bit and a high 4-bit part.
 _V1_SIZE_LOW_BITS = 20
 _V1_SIZE_LOW_MASK = (1 << _V1_SIZE_LOW_BITS) - 1
 _V1_SIZE_HIGH_MASK = 0xF
@@ -25,13 +25,13 @@ _V1_UOFFSET_MASK = ((1 << 44) - 1) & ~(layout.EROFS_BLOCK_SIZE - 1)  # bits 12-4
 _COFFSET_BITS = 40  # both versions: compressed offset in bits 0-39 of comp_info
 _COFFSET_MASK = (1 << _COFFSET_BITS) - 1
 
-# V2 bit layout (§3.4).
+# V2 bit layout ([format §3.4]).
 _V2_UOFFSET_MASK = 0xFFFF_FFFF  # uncomp_info bits 0-31: uncompressed offset >> 12
 _V2_USIZE_SHIFT = 32  # bits 32-55: uncompressed size - 1
 _V2_SIZE_MASK = 0xFF_FFFF
 _V2_FLAGS_SHIFT = 56  # bits 56-63: flags
 _V2_CSIZE_SHIFT = 40  # comp_info bits 40-63: compressed size (NOT minus one)
-# V2 entry flags: a different encoding from the chunk table's BlobChunkFlags (§2.14).
+# V2 entry flags: a different encoding from the chunk table's BlobChunkFlags ([format §2.14]).
 CI_V2_FLAG_COMPRESSED = 0x01
 CI_V2_FLAG_ZRAN = 0x02
 CI_V2_FLAG_BATCH = 0x04
@@ -199,7 +199,7 @@ def decode_chunk_infos(data: bytes, features: int) -> list[ChunkInfo]:
 
 @dataclass(frozen=True, slots=True)
 class BlobMetaHeader:
-    """``BlobCompressionContextHeader``: the 4096-byte blob meta header (§3.3)."""
+    """``BlobCompressionContextHeader``: the 4096-byte blob meta header ([format §3.3])."""
 
     features: int
     ci_compressor: int  # algorithm id (0 none, 1 lz4_block, 2 gzip, 3 zstd)
@@ -262,7 +262,7 @@ class BlobMetaHeader:
 
 
 def blob_meta_file(header: BlobMetaHeader, ci_data: bytes) -> bytes:
-    """The local ``<blob_id>.blob.meta`` cache file (§3.10).
+    """The local ``<blob_id>.blob.meta`` cache file ([format §3.10]).
 
     Uncompressed ci data zero-padded to a 4096 multiple, then the 4096-byte header; nydusd
     requires the size to be exactly ``round_up(ci_uncompressed_size, 4096) + 4096``.

@@ -1,4 +1,4 @@
-"""Chunk compressors and digesters, registered under their nydus names (§4.1).
+"""Chunk compressors and digesters, registered under their nydus names ([format §4.1]).
 
 Compressor and digester objects are cheap; zstd contexts are not thread-safe, so every
 thread gets its own through :func:`thread_compressor`.
@@ -149,7 +149,7 @@ def compressor_by_toc_flag(flags: int) -> Compressor:
 
 
 def compress_if_smaller(comp: Compressor, data: bytes) -> tuple[bytes, bool]:
-    """``(stored bytes, compressed?)``: raw bytes when compression does not shrink them (§3.2)."""
+    """``(stored bytes, compressed?)``: raw bytes when compression does not shrink them ([format §3.2])."""
     if comp.algorithm_id == layout.COMPRESSOR_ID_NONE:
         return data, False
     out = comp.compress(data)
@@ -197,7 +197,7 @@ def digester_by_id(algorithm_id: int) -> Digester:
 
 
 def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli / iSCSI) of ``data``, as in the chunk table (§2.14)."""
+    """CRC-32C (Castagnoli / iSCSI) of ``data``, as in the chunk table ([format §2.14])."""
     return int(google_crc32c.value(data))
 
 

@@ -1,11 +1,11 @@
-"""Merge per-layer bootstraps into one image bootstrap (``nydus-image merge``, §5.2, §5.3, §8.2).
+"""Merge per-layer bootstraps into one image bootstrap (``nydus-image merge``, [format §5.2, §5.3, §8.2]).
 
 Input: the bootstraps our packer embeds in each layer blob (its own blob, if it stored chunks,
-plus any chunk-dictionary blobs it references, §4.2), lowest layer
+plus any chunk-dictionary blobs it references, [format §4.2]), lowest layer
 first, with the layer's Nydus blob digest (the id the merged bootstrap names the blob by) and
 the whiteout convention of the layer (:mod:`nydus_exporter.rafs.overlay`).
 
-Overlay, per directory, for every layer above the first (§5.2 ``merge_children``):
+Overlay, per directory, for every layer above the first ([format §5.2] ``merge_children``):
 
 1. whiteouts and opaque markers of the upper directory act on the LOWER children only, before
    any upper entry of the same directory is added, whatever their order in the layer tar
@@ -19,9 +19,9 @@ writer gives them one nid and counts nlink from the members left (a member white
 replaced by an upper layer just leaves the group). Inodes of different layers are never
 shared: each layer is read into its own objects.
 
-Blob table (§5.2 step 3, §5.3): blobs in the order their first chunk is met in the writer's
+Blob table ([format §5.2] step 3, [format §5.3]): blobs in the order their first chunk is met in the writer's
 index order (root, its children in byte order, then each child directory depth first,
-§2.15); blobs nothing references any more (a fully whited-out layer) disappear. Each entry is
+[format §2.15]); blobs nothing references any more (a fully whited-out layer) disappear. Each entry is
 the layer's own blob entry with ``blob_id`` = the layer digest and INLINED_FS_META cleared.
 A blob listed by two layers (the same layer twice in one image) is one entry. The chunk
 table is rebuilt by :func:`write_bootstrap` from the tree with the remapped blob indexes.
@@ -30,10 +30,10 @@ Deliberate differences from nydus-image, chosen to give what ``umoci unpack`` an
 containerd's layer apply give (checked against ``umoci unpack`` by tests/test_merge_kernel.py):
 
 * Whiteout entries of the FIRST layer are dropped too. nydus-image keeps them as ordinary
-  files in the merged tree (spec §10 Q9); an unpacker never creates them.
+  files in the merged tree ([format §10] Q9); an unpacker never creates them.
 * Implied directories do not override. A layer tar that lacks an entry for a directory it
   writes into (``a/b`` without ``a/``, or no ``./`` for the root) gets that directory with
-  default metadata (mode 0755, uid/gid 0, mtime 0, §5.1). nydus-image then lets that default
+  default metadata (mode 0755, uid/gid 0, mtime 0, [format §5.1]). nydus-image then lets that default
   metadata replace the lower directory's, which unpackers never do: they only create missing
   parents and leave existing ones alone (umoci keeps a lower ``a`` at 0750/uid 1 when an upper
   layer only adds ``a/g``). The bootstrap does not record which directories were implied, so
@@ -50,7 +50,7 @@ containerd's layer apply give (checked against ``umoci unpack`` by tests/test_me
   ``.wh..wh.plnk``) are dropped without effect, as containerd does; nydus-image would treat
   them as whiteouts of ``.wh.plnk``.
 
-Flags of the merged bootstrap (§5.3): the last layer's compressor; the digester of the layers
+Flags of the merged bootstrap ([format §5.3]): the last layer's compressor; the digester of the layers
 (layers with a blob must agree, as they must on the chunk size); EXPLICIT_UID_GID if any layer
 has it; HAS_XATTR always; INLINED_CHUNK_DIGEST when every referenced blob has the blob feature;
 ENCRYPTION_NONE (encrypted and tarfs layers are refused). The prefetch table is ``[root nid]``
@@ -74,7 +74,7 @@ from nydus_exporter.rafs.bootstrap_reader import Bootstrap, read_bootstrap
 from nydus_exporter.rafs.model import BlobInfo, Inode, Node
 from nydus_exporter.rafs.overlay import Role, WhiteoutRules
 
-_MAX_BLOB_ID_LEN = 64  # the blob table / device slot id field (§2.4, §2.5)
+_MAX_BLOB_ID_LEN = 64  # the blob table / device slot id field ([format §2.4, §2.5])
 _IMPLIED_DIR_MODE = stat.S_IFDIR | 0o755
 
 
@@ -83,7 +83,7 @@ class MergeLayer:
     """One layer to merge (lowest first in :func:`merge_layers`)."""
 
     bootstrap: bytes  # the per-layer bootstrap as embedded in the blob (BlobResult.bootstrap)
-    blob_id: str  # the layer's Nydus blob digest hex: the blob id in the merged bootstrap (§5.3)
+    blob_id: str  # the layer's Nydus blob digest hex: the blob id in the merged bootstrap ([format §5.3])
     whiteout_spec: str = "oci"  # "oci" | "overlayfs" | "none"
     # ``bootstrap`` already parsed, if the caller has it (the merge then takes over its tree)
     parsed: Bootstrap | None = None
@@ -184,7 +184,7 @@ def _load(index: int, source: MergeLayer) -> _Layer:
     except FormatError as exc:
         raise FormatError(f"layer {index}: {exc}") from exc
     # The layer's own blob carries the inline placeholder id; other entries are chunk
-    # dictionary blobs (§4.2), named by their real ids already.
+    # dictionary blobs ([format §4.2]), named by their real ids already.
     own = [b for b in boot.blobs if b.blob_id == layout.INLINE_BLOB_ID_PLACEHOLDER]
     if len(own) > 1:
         raise FormatError(f"layer {index}: {len(own)} blobs carry the inline-meta placeholder id")
@@ -217,7 +217,7 @@ def _load(index: int, source: MergeLayer) -> _Layer:
 
 
 def _common_chunking(loaded: Sequence[_Layer]) -> tuple[int, int]:
-    """(chunk size, digester flag) every layer with data agrees on (§5.2 step 1)."""
+    """(chunk size, digester flag) every layer with data agrees on ([format §5.2] step 1)."""
     with_data = [layer for layer in loaded if layer.blobs]
     if not with_data:
         last = loaded[-1].boot
@@ -268,7 +268,7 @@ def _tag_chunks(root: Node, positions: Sequence[int]) -> None:
 
 
 def _is_implied_dir(inode: Inode) -> bool:
-    """Default metadata of a directory the layer tar did not list (§5.1; see module docstring)."""
+    """Default metadata of a directory the layer tar did not list ([format §5.1]; see module docstring)."""
     return (
         inode.mode == _IMPLIED_DIR_MODE
         and inode.uid == 0
@@ -293,7 +293,7 @@ def _clean_subtree(root: Node, rules: WhiteoutRules) -> None:
 
 
 def _overlay(lower_root: Node, upper_root: Node, rules: WhiteoutRules) -> None:
-    """Apply one upper layer tree onto the merged tree ``lower_root`` in place (§5.2 step 2)."""
+    """Apply one upper layer tree onto the merged tree ``lower_root`` in place ([format §5.2] step 2)."""
     stack = [(lower_root, upper_root)]
     while stack:
         lower, upper = stack.pop()
@@ -328,10 +328,10 @@ def _overlay(lower_root: Node, upper_root: Node, rules: WhiteoutRules) -> None:
 
 
 def _renumber_blobs(root: Node) -> tuple[list[int], int]:
-    """Give blobs merged indexes in order of first reference (§5.2 step 3) and remap every
+    """Give blobs merged indexes in order of first reference ([format §5.2] step 3) and remap every
     chunk; returns (candidate positions in merged order, number of tree nodes).
 
-    The visiting order is the writer's inode index order (:func:`plan_layout`, §2.15): a
+    The visiting order is the writer's inode index order (:func:`plan_layout`, [format §2.15]): a
     directory's children in byte order, then each child directory depth first."""
     index_of: dict[int, int] = {}
     order: list[int] = []

@@ -2,7 +2,7 @@
 
 A :class:`Node` is a directory entry (a name in a directory); an :class:`Inode` is the file
 it names. Hardlink members are several nodes sharing one ``Inode`` object, which is how the
-writer knows to give them one nid (§2.12). Only pure data lives here.
+writer knows to give them one nid ([format §2.12]). Only pure data lives here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from nydus_exporter.rafs import layout
 
 @dataclass(slots=True)
 class ChunkRef:
-    """One chunk of a regular file, as recorded in the chunk table (§2.14).
+    """One chunk of a regular file, as recorded in the chunk table ([format §2.14]).
 
     ``file_offset`` is where the chunk sits inside the file referencing it; all other fields
     describe the chunk inside its blob and are shared by every reference to a deduplicated chunk.
@@ -118,7 +118,7 @@ def walk(root: Node) -> Iterator[tuple[bytes, Node]]:
 
 @dataclass(slots=True)
 class BlobInfo:
-    """One entry of the blob table (``RafsV6Blob``, §2.5) and its device slot (§2.4)."""
+    """One entry of the blob table (``RafsV6Blob``, [format §2.5]) and its device slot ([format §2.4])."""
 
     blob_id: str
     chunk_size: int

@@ -1,6 +1,6 @@
 """Whiteout rules: which entries of an upper layer delete or hide entries of the layers below.
 
-Three conventions (``--whiteout-spec`` of nydus-image, §5.2; peers-and-pitfalls §4):
+Three conventions (``--whiteout-spec`` of nydus-image, [format §5.2]; [pitfalls §4]):
 
 ``oci`` (OCI image-spec "Whiteouts", what layer tars carry)
     ``.wh.<name>`` deletes ``<name>`` from the lower layers; ``.wh..wh..opq`` makes its
@@ -73,7 +73,7 @@ class WhiteoutRules:
     def take_opaque(self, inode: Inode) -> bool:
         """Whether the directory is marked opaque by an xattr (overlayfs spec only); if so the
         xattr is removed: it is whiteout bookkeeping, not file metadata (nydus removes it
-        too, §5.2). With the other specs the xattr is ordinary metadata and stays."""
+        too, [format §5.2]). With the other specs the xattr is ordinary metadata and stays."""
         if self.spec != "overlayfs" or not inode.is_dir:
             return False
         opaque = False

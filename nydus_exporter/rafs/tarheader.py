@@ -1,4 +1,4 @@
-"""The 512-byte GNU tar headers that trail every section of a Nydus blob (§3.6).
+"""The 512-byte GNU tar headers that trail every section of a Nydus blob ([format §3.6]).
 
 A blob is a "reverse tar": each section's bytes come first and the header describing them
 follows, so a reader walks the blob backwards from its end. The header bytes are exactly what
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from nydus_exporter.errors import FormatError
 from nydus_exporter.rafs import layout
 
-# Field offsets inside the 512-byte header (§3.6).
+# Field offsets inside the 512-byte header ([format §3.6]).
 _NAME = slice(0, 100)
 _SIZE = slice(124, 136)
 _MTIME = slice(136, 148)
@@ -40,7 +40,7 @@ class TarHeader:
 
 
 def build_header(name: bytes, size: int) -> bytes:
-    """The byte-exact 512-byte GNU header for section ``name`` of ``size`` bytes (§3.6)."""
+    """The byte-exact 512-byte GNU header for section ``name`` of ``size`` bytes ([format §3.6])."""
     if not name or len(name) > 100 or b"\x00" in name:
         raise ValueError(f"invalid tar header name {name!r}")
     if size < 0 or size >= 1 << 88:

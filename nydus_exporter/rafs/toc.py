@@ -1,4 +1,4 @@
-"""The blob table of contents: 128-byte ``TocEntry`` records + ``H(rafs.blob.toc)`` (§3.7).
+"""The blob table of contents: 128-byte ``TocEntry`` records + ``H(rafs.blob.toc)`` ([format §3.7]).
 
 The ToC is the last section of a blob; its tar header is the blob's last 512 bytes. Entry
 flags use the ToC compression encoding (0x1 none, 0x2 zstd, 0x4 lz4_block), which differs
@@ -26,7 +26,7 @@ class TocEntry:
 
     flags: int  # TOC_FLAG_* compression of the section data
     name: bytes
-    uncompressed_digest: bytes  # sha256 of the uncompressed section data (§3.7 table)
+    uncompressed_digest: bytes  # sha256 of the uncompressed section data ([format §3.7] table)
     compressed_offset: int
     compressed_size: int
     uncompressed_size: int
@@ -80,7 +80,7 @@ def encode_toc_entries(entries: list[TocEntry]) -> bytes:
 
 
 def encode_toc(entries: list[TocEntry]) -> bytes:
-    """The whole ToC section: entries ‖ ``H(rafs.blob.toc, 128 × n)`` (§3.7)."""
+    """The whole ToC section: entries ‖ ``H(rafs.blob.toc, 128 × n)`` ([format §3.7])."""
     data = encode_toc_entries(entries)
     return data + build_header(layout.TOC_NAME_RAFS_BLOB_TOC, len(data))
 
@@ -94,7 +94,7 @@ def decode_toc_entries(data: bytes) -> list[TocEntry]:
 
 
 def toc_digest(entries: list[TocEntry]) -> bytes:
-    """``blob_toc_digest``: sha256(entries ‖ their 512-byte tar header) (§2.5, §3.7)."""
+    """``blob_toc_digest``: sha256(entries ‖ their 512-byte tar header) ([format §2.5, §3.7])."""
     return hashlib.sha256(encode_toc(entries)).digest()
 
 

@@ -1,4 +1,4 @@
-"""Assemble a per-layer tree from entries in stream order (§5.1 "Tar entry handling").
+"""Assemble a per-layer tree from entries in stream order ([format §5.1] "Tar entry handling").
 
 Rules, as nydus-image applies them to a layer:
 

@@ -1,4 +1,4 @@
-"""Inline extended attributes of RAFS v6 inodes (§2.13).
+"""Inline extended attributes of RAFS v6 inodes ([format §2.13]).
 
 Layout right after the inode: a 12-byte ``erofs_xattr_ibody_header`` (all zero: no shared
 xattrs), then per attribute an ``erofs_xattr_entry`` {name_len, name_index, value_size}, the
@@ -29,7 +29,7 @@ def split_name(name: bytes) -> tuple[int, bytes]:
     """``(e_name_index, suffix)`` for a full attribute name, or UnsupportedEntryError."""
     if len(name) > MAX_NAME_LEN:
         raise UnsupportedEntryError(f"xattr name {name!r} is {len(name)} bytes, longer than {MAX_NAME_LEN}")
-    for prefix, index in layout.XATTR_PREFIXES:  # first match wins (§2.13)
+    for prefix, index in layout.XATTR_PREFIXES:  # first match wins ([format §2.13])
         if name.startswith(prefix):
             suffix = name[len(prefix) :]
             if index in _WHOLE_NAME_INDEXES:

@@ -1,4 +1,4 @@
-"""The exporter daemon: ``nydus.exporter.v1`` over gRPC (buildkit-exporter-contract §5).
+"""The exporter daemon: ``nydus.exporter.v1`` over gRPC ([contract §5]).
 
 Modules: ``config`` (TOML + environment + flags), ``attrs`` (Resolve's validation), ``intake``
 (the receiving half of an Export stream), ``cache`` (converted layers), ``worker`` (the

@@ -1,7 +1,7 @@
-"""Validate and normalise exporter attrs for ``Resolve`` (buildkit-exporter-contract §5.4).
+"""Validate and normalise exporter attrs for ``Resolve`` ([contract §5.4]).
 
 The rules are those of :meth:`ExportOptions.from_attrs` (which builds the options the pipeline
-runs with) plus the daemon-level keys of §5.4 that the pipeline does not know:
+runs with) plus the daemon-level keys of [contract §5.4] that the pipeline does not know:
 
 * every known key is checked here first, so a bad value fails with the key named
   (:class:`ConfigError` -> ``INVALID_ARGUMENT``);
@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nydus_exporter.errors import ConfigError
+from nydus_exporter.errors import ConfigError, excerpt
 from nydus_exporter.export import ExportOptions, parse_bool
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
@@ -86,7 +86,7 @@ def _int(key: str, value: str) -> int:
     try:
         return int(value.strip(), 0)
     except ValueError:
-        raise ConfigError(f"{key}={value!r} is not a number") from None
+        raise ConfigError(f"{key}={excerpt(value)} is not a number") from None
 
 
 def _power_of_two_in_range(key: str, value: int) -> None:
@@ -105,7 +105,7 @@ def resolve_attrs(
 
     def put(key: str, value: str, given_as: str) -> None:
         if key in norm and norm[key] != value:
-            raise ConfigError(f"{given_as}={value!r} conflicts with {key}={norm[key]!r}")
+            raise ConfigError(f"{given_as}={excerpt(value)} conflicts with {key}={excerpt(norm[key])}")
         norm[key] = value
 
     for raw_key, value in sorted(attrs.items()):
@@ -114,7 +114,7 @@ def resolve_attrs(
             warnings.append(f"{raw_key} is an alias of {key}")
         if key == "type":
             if value != "nydus":
-                raise ConfigError(f"type={value!r}: this exporter writes type=nydus")
+                raise ConfigError(f"type={excerpt(value)}: this exporter writes type=nydus")
         elif key == "name":
             names = [n.strip() for n in value.split(",") if n.strip()]
             for name in names:
@@ -140,46 +140,46 @@ def resolve_attrs(
             except ConfigError:
                 flag = False
                 warnings.append(
-                    f"merge-manifest={value!r} is not a boolean: treated as false "
+                    f"merge-manifest={excerpt(value)} is not a boolean: treated as false "
                     "(as the PR #2045 exporter did)"
                 )
             put(key, str(flag).lower(), raw_key)
         elif key == "merge-manifest-source":
             if value not in ("registry", "build"):
-                raise ConfigError(f"merge-manifest-source={value!r}: expected registry or build")
+                raise ConfigError(f"merge-manifest-source={excerpt(value)}: expected registry or build")
             put(key, value, raw_key)
         elif key == "merge-manifest-mode":
             mode = {"nydus-config": "artifact"}.get(value, value)
             if mode not in ("artifact", "legacy"):
-                raise ConfigError(f"merge-manifest-mode={value!r}: expected legacy or nydus-config")
+                raise ConfigError(f"merge-manifest-mode={excerpt(value)}: expected legacy or nydus-config")
             put(key, mode, raw_key)
         elif key in ("oci-layout", "registry.ca-file"):
             path = Path(value)
             if not value or not path.is_absolute():
-                raise ConfigError(f"{key}={value!r} must be an absolute path")
+                raise ConfigError(f"{key}={excerpt(value)} must be an absolute path")
             if not path_allowed(path):
                 raise PathNotAllowedError(
-                    f"{key}={value!r} is not under an allowed root or the daemon's state directory"
+                    f"{key}={excerpt(value)} is not under an allowed root or the daemon's state directory"
                 )
             put(key, value, raw_key)
         elif key == "platform":
             platforms = [Platform.parse(p) for p in value.split(",") if p.strip()]
             if not platforms:
-                raise ConfigError(f"platform={value!r} names no platform")
+                raise ConfigError(f"platform={excerpt(value)} names no platform")
             put(key, ",".join(str(p) for p in platforms), raw_key)
         elif key == "compressor":
             if value == "nydus" and raw_key == "compression":
-                continue  # accepted for image-exporter symmetry (§5.4)
+                continue  # accepted for image-exporter symmetry ([contract §5.4])
             if value not in codecs.COMPRESSOR_NAMES:
                 raise ConfigError(
-                    f"{raw_key}={value!r}: expected one of {', '.join(codecs.COMPRESSOR_NAMES)}"
+                    f"{raw_key}={excerpt(value)}: expected one of {', '.join(codecs.COMPRESSOR_NAMES)}"
                 )
             put(key, value, raw_key)
         elif key == "fs-version":
             if value == "5":
                 raise PreconditionError(f"{raw_key}=5: only RAFS v6 is supported by this builder")
             if value != "6":
-                raise ConfigError(f"{raw_key}={value!r}: expected 5 or 6")
+                raise ConfigError(f"{raw_key}={excerpt(value)}: expected 5 or 6")
             put(key, value, raw_key)
         elif key == "chunk-size":
             size = _int(key, value)
@@ -195,34 +195,36 @@ def resolve_attrs(
             put(key, "0", raw_key)
         elif key == "chunk-dict":
             parse_reference(value)
-            raise PreconditionError(f"{raw_key}={value!r}: chunk dictionaries are not supported yet")
+            raise PreconditionError(f"{raw_key}={excerpt(value)}: chunk dictionaries are not supported yet")
         elif key == "prefetch-patterns":
             patterns = [p.strip() for p in value.replace("\n", ",").split(",") if p.strip()]
             for pattern in patterns:
                 if not pattern.startswith("/"):
-                    raise ConfigError(f"prefetch-patterns: {pattern!r} is not an absolute path")
+                    raise ConfigError(f"prefetch-patterns: {excerpt(pattern)} is not an absolute path")
             if patterns:
                 raise PreconditionError("prefetch-patterns is not supported by this builder yet")
         elif key == "digester":
             if value not in codecs.DIGESTER_NAMES:
-                raise ConfigError(f"digester={value!r}: expected one of {', '.join(codecs.DIGESTER_NAMES)}")
+                raise ConfigError(
+                    f"digester={excerpt(value)}: expected one of {', '.join(codecs.DIGESTER_NAMES)}"
+                )
             put(key, value, raw_key)
         elif key == "parallel-layers":
             count = _int(key, value)
             if count < 1:
-                raise ConfigError(f"parallel-layers={value!r} must be at least 1")
+                raise ConfigError(f"parallel-layers={excerpt(value)} must be at least 1")
             put(key, str(count), raw_key)
         elif key == "source-date-epoch":
             epoch = _int(key, value) if value.strip() else 0
             if epoch < 0:
-                raise ConfigError(f"source-date-epoch={value!r} must not be negative")
+                raise ConfigError(f"source-date-epoch={excerpt(value)} must not be negative")
             put(key, str(epoch), raw_key)
         elif key.startswith("annotation.") or key.startswith("annotation-") or key.startswith("annotation["):
             if key.startswith("annotation.") and not key.removeprefix("annotation."):
-                raise ConfigError(f"{key!r} names no annotation")
+                raise ConfigError(f"{excerpt(key)} names no annotation")
             put(key, value, raw_key)
         else:
-            warnings.append(f"unknown exporter key {raw_key!r} ignored")
+            warnings.append(f"unknown exporter key {excerpt(raw_key)} ignored")
 
     defaults = {
         "push": "true",
@@ -264,7 +266,7 @@ def resolve_attrs(
 
 
 def filter_response(response: Mapping[str, str], *, standard_keys: bool) -> dict[str, str]:
-    """``standard-response-keys=false`` keeps only the ``nydus.*`` keys (§5.4)."""
+    """``standard-response-keys=false`` keeps only the ``nydus.*`` keys ([contract §5.4])."""
     if standard_keys:
         return dict(response)
     return {k: v for k, v in response.items() if k.startswith("nydus.")}

@@ -3,7 +3,7 @@
 An entry is keyed by ``sha256(source blob digest ‖ pack options ‖ cache format)``: the source
 blob digest is verified by the daemon while the layer streams in (``layer_end``), so an entry
 can only be created from bytes whose digest we checked, and the conversion is deterministic
-for given pack options (per-layer conversion is independent of the other layers, §5.6).
+for given pack options (per-layer conversion is independent of the other layers, [contract §5.6]).
 
 An entry directory holds ``blob`` (the converted Nydus blob) and ``entry.json`` (its digest
 and size). Nothing else is needed: a blob is self-describing, and the :class:`BlobResult` the

@@ -1,6 +1,6 @@
 """The streaming client of ``nydus.exporter.v1.Exporter``: what the buildkitd shim does, in Python.
 
-:class:`ExporterClient` drives the daemon exactly as the shim would (contract §5.5): Resolve,
+:class:`ExporterClient` drives the daemon exactly as the shim would ([contract §5.5]): Resolve,
 then an Export stream (header, per platform ``platform_begin`` with the whole layer chain,
 the layers the server wants as 1 MiB ``layer_data`` chunks with ``layer_end`` digests,
 ``platform_end``, ``commit``), then Finalize when the export was deferred. Layers are read
@@ -31,7 +31,7 @@ from nydus_exporter.registry.auth import parse_challenges
 from nydus_exporter.registry.credentials import CredentialStore
 from nydus_exporter.sources import Source, SourceLayer
 
-CHUNK = 1 << 20  # contract §5.6: 1 MiB layer_data
+CHUNK = 1 << 20  # [contract §5.6]: 1 MiB layer_data
 MAX_MESSAGE = 16 << 20
 _TOKEN_USERNAME = "<token>"
 

@@ -48,7 +48,15 @@ class ServiceConfig:
     allowed_roots: tuple[Path, ...] = ()  # host paths a client may name (oci-layout, layer refs)
     use_docker_config: bool = False  # fall back to the daemon's own docker config for registries
     max_chunk_bytes: int = 1 << 20  # largest LayerData.data
-    max_message_bytes: int = 16 << 20  # gRPC message limit both ways (contract §5.6)
+    max_message_bytes: int = 16 << 20  # gRPC message limit both ways ([contract §5.6])
+    # What a client can make the daemon hold in memory (service/budget.py) and how long and
+    # how many streams it may keep open.
+    max_metadata_bytes_per_job: int = 32 << 20  # metadata of one Export (header + chunks)
+    max_metadata_bytes_total: int = 256 << 20  # metadata of every Export receiving at once
+    max_attrs_bytes_per_instance: int = 1 << 20  # attrs of one Resolve (keys + values)
+    max_attrs_bytes_total: int = 64 << 20  # attrs of every instance held (until TTL/Release)
+    header_timeout: float = 30.0  # seconds an Export stream may take to send its header
+    max_streams_per_peer: int = 64  # open Export streams of one client (peer host)
     log_level: str = "info"
     log_format: str = "json"  # json | console
 
@@ -61,10 +69,20 @@ class ServiceConfig:
             raise ConfigError("max_concurrent_exports must be at least 1")
         if not 4096 <= self.max_chunk_bytes <= self.max_message_bytes - 4096:
             raise ConfigError("max_chunk_bytes must be from 4096 to max_message_bytes - 4096")
+        for count, name in (
+            (self.max_metadata_bytes_per_job, "max_metadata_bytes_per_job"),
+            (self.max_metadata_bytes_total, "max_metadata_bytes_total"),
+            (self.max_attrs_bytes_per_instance, "max_attrs_bytes_per_instance"),
+            (self.max_attrs_bytes_total, "max_attrs_bytes_total"),
+            (self.max_streams_per_peer, "max_streams_per_peer"),
+        ):
+            if count < 1:
+                raise ConfigError(f"{name} must be at least 1")
         for value, name in (
             (self.job_deadline, "job_deadline"),
             (self.job_ttl, "job_ttl"),
             (self.grace_period, "grace_period"),
+            (self.header_timeout, "header_timeout"),
         ):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -78,6 +96,11 @@ class ServiceConfig:
         if self.log_format not in ("json", "console"):
             raise ConfigError(f"log_format={self.log_format!r}: expected json or console")
         return self
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        """Where client-named host paths may be: the allowed roots and the state dir."""
+        return (*self.allowed_roots, self.state_dir)
 
     def path_allowed(self, path: Path) -> bool:
         """Whether a client may name ``path``: under an allowed root or the state dir.

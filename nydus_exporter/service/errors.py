@@ -13,10 +13,13 @@
         ├── IdempotencyConflictError    an idempotency key reused with different attrs
         ├── PathNotAllowedError         a host path outside the configured allowed roots
         ├── JobDeadlineError            the per-job deadline ran out
-        └── JobCancelledError           cancelled by Cancel/Release or by shutdown
+        ├── JobCancelledError           cancelled by Cancel/Release or by shutdown
+        ├── StateDirLockedError         another daemon holds the state directory
+        └── LimitExceededError          a per-job or daemon-wide limit on what a client
+                                        may make the daemon hold (metadata, attrs, streams)
 
 ``servicer.status_for`` is the one place that maps these (and every other error) to gRPC
-status codes (buildkit-exporter-contract §5.3).
+status codes ([contract §5.3]).
 """
 
 from __future__ import annotations
@@ -54,3 +57,11 @@ class JobDeadlineError(ServiceError):
 
 class JobCancelledError(ServiceError):
     """The job was cancelled (Cancel RPC, Release, or shutdown past the grace period)."""
+
+
+class StateDirLockedError(ServiceError):
+    """Another daemon holds the state directory's lock (the message names it and its pid)."""
+
+
+class LimitExceededError(ServiceError):
+    """A request would make the daemon hold more than a configured limit (the message names it)."""

@@ -49,7 +49,7 @@ class WarningEvent:
 
 @dataclass(frozen=True)
 class AuthChallenge:
-    """The registry answered 401; the client is asked for credentials (§4.2 option 2)."""
+    """The registry answered 401; the client is asked for credentials ([contract §4.2] option 2)."""
 
     request_id: str
     host: str

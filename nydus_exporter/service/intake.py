@@ -1,6 +1,6 @@
 """The receiving half of an Export stream: platforms, layer chains, layer bytes, commit.
 
-:class:`ExportIntake` is the stream protocol's state machine (buildkit-exporter-contract §5.3),
+:class:`ExportIntake` is the stream protocol's state machine ([contract §5.3]),
 fed with plain values by the servicer. It enforces the message order and limits, and every
 violation raises :class:`ProtocolError` naming the problem (``INVALID_ARGUMENT``):
 
@@ -30,16 +30,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from nydus_exporter.errors import ConfigError
+from nydus_exporter.errors import ConfigError, excerpt
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.pack import PackOptions
 from nydus_exporter.service.attrs import selected
+from nydus_exporter.service.beneath import open_beneath
+from nydus_exporter.service.budget import JobBudget
 from nydus_exporter.service.cache import LayerCache, cache_key
-from nydus_exporter.service.errors import PathNotAllowedError, ProtocolError
+from nydus_exporter.service.errors import ProtocolError
 from nydus_exporter.service.worker import WorkerImage, WorkerLayer, platform_to_json
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 MAX_METADATA_BYTES = 16 << 20  # one metadata value (an image config is a few KiB)
+# An image config nests a few levels; a client's 200 000-deep one must be refused by us, not
+# end in Python's recursion limit (json.loads recurses).
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in the JSON text ``raw`` (strings skipped)."""
+    depth = deepest = 0
+    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub(b"", raw)):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 @dataclass(frozen=True)
@@ -92,7 +111,8 @@ class ExportIntake:
         pack: PackOptions,
         cache: LayerCache,
         max_chunk_bytes: int,
-        path_allowed: Callable[[Path], bool],
+        roots: Sequence[Path],
+        metadata_budget: JobBudget,
         on_bytes: Callable[[int], None] = lambda n: None,
     ) -> None:
         if not platforms:
@@ -105,17 +125,24 @@ class ExportIntake:
             if not pid:
                 raise ProtocolError("a header platform has an empty id")
             if pid in self._platforms:
-                raise ProtocolError(f"header names platform {pid!r} twice")
+                raise ProtocolError(f"header names platform {excerpt(pid)} twice")
             self._platforms[pid] = _PlatformState(pid, platform, selected(selection, platform))
         if not any(p.selected for p in self._platforms.values()):
             names = ", ".join(str(p) for p in selection)
             raise ConfigError(f"platform={names}: the export has no such platform")
+        # Metadata is the one client input held in memory (until commit writes the configs
+        # out): its bytes count against the job's and the daemon's metadata budget.
+        self._metadata_budget = metadata_budget
+        metadata_budget.reserve(sum(len(k) + len(v) for k, v in metadata.items()))
         self._metadata: dict[str, bytearray] = {k: bytearray(v) for k, v in metadata.items()}
         self._metadata_done: set[str] = set(metadata)
         self._pack = pack
         self._cache = cache
         self._max_chunk = max_chunk_bytes
-        self._path_allowed = path_allowed
+        self._roots = tuple(roots)
+        # (platform id, layer index) -> descriptor of a layer sent by reference, opened (and
+        # so checked) once at platform_begin; the worker reads it through the descriptor.
+        self._references: dict[tuple[str, int], int] = {}
         self._on_bytes = on_bytes
         self._open: tuple[str, int] | None = None
         self._spool: _Spool | None = None
@@ -137,12 +164,16 @@ class ExportIntake:
         if not key:
             raise ProtocolError("metadata_chunk has no key")
         if key in self._metadata_done:
-            raise ProtocolError(f"metadata_chunk for {key!r} after its last chunk")
-        buf = self._metadata.setdefault(key, bytearray())
-        if offset != len(buf):
-            raise ProtocolError(f"metadata_chunk for {key!r} at offset {offset}, expected {len(buf)}")
-        if len(buf) + len(data) > MAX_METADATA_BYTES:
-            raise ProtocolError(f"metadata {key!r} is larger than {MAX_METADATA_BYTES} bytes")
+            raise ProtocolError(f"metadata_chunk for {excerpt(key)} after its last chunk")
+        buf = self._metadata.get(key)
+        have = 0 if buf is None else len(buf)
+        if offset != have:
+            raise ProtocolError(f"metadata_chunk for {excerpt(key)} at offset {offset}, expected {have}")
+        if have + len(data) > MAX_METADATA_BYTES:
+            raise ProtocolError(f"metadata {excerpt(key)} is larger than {MAX_METADATA_BYTES} bytes")
+        self._metadata_budget.reserve(len(data) + (len(key) if buf is None else 0))
+        if buf is None:
+            buf = self._metadata[key] = bytearray()
         buf += data
         if last:
             self._metadata_done.add(key)
@@ -152,7 +183,7 @@ class ExportIntake:
     def _state(self, platform_id: str, what: str) -> _PlatformState:
         state = self._platforms.get(platform_id)
         if state is None:
-            raise ProtocolError(f"{what}: unknown platform id {platform_id!r} (not in the header)")
+            raise ProtocolError(f"{what}: unknown platform id {excerpt(platform_id)} (not in the header)")
         return state
 
     def _check_not_committed(self, what: str) -> None:
@@ -164,20 +195,22 @@ class ExportIntake:
         self._check_not_committed("platform_begin")
         state = self._state(platform_id, "platform_begin")
         if state.layers or state.ended:
-            raise ProtocolError(f"platform_begin for {platform_id!r} twice")
+            raise ProtocolError(f"platform_begin for {excerpt(platform_id)} twice")
         for position, layer in enumerate(layers):
             if layer.index != position:
                 raise ProtocolError(
-                    f"platform_begin {platform_id!r}: layer {position} has index {layer.index} "
+                    f"platform_begin {excerpt(platform_id)}: layer {position} has index {layer.index} "
                     "(indices must be 0..n-1, lowest layer first)"
                 )
             if layer.blob_digest and not _DIGEST.match(layer.blob_digest):
                 raise ProtocolError(
-                    f"platform_begin {platform_id!r}: layer {position} has a malformed "
-                    f"blob_digest {layer.blob_digest!r} (expected sha256:<64 hex>)"
+                    f"platform_begin {excerpt(platform_id)}: layer {position} has a malformed "
+                    f"blob_digest {excerpt(layer.blob_digest)} (expected sha256:<64 hex>)"
                 )
             if layer.size < 0:
-                raise ProtocolError(f"platform_begin {platform_id!r}: layer {position} has a negative size")
+                raise ProtocolError(
+                    f"platform_begin {excerpt(platform_id)}: layer {position} has a negative size"
+                )
             if layer.reference is not None:
                 self._check_reference(platform_id, layer)
         state.layers = list(layers)
@@ -223,22 +256,18 @@ class ExportIntake:
         )
 
     def _check_reference(self, platform_id: str, layer: LayerSpec) -> None:
+        """Open a layer sent by reference beneath the allowed roots (the check is the open)."""
         ref = layer.reference
         assert ref is not None
-        where = f"platform_begin {platform_id!r}: layer {layer.index}"
-        if not ref.path.is_absolute():
-            raise ProtocolError(f"{where}: reference path {str(ref.path)!r} is not absolute")
-        if not self._path_allowed(ref.path):
-            raise PathNotAllowedError(f"{where}: {ref.path} is not under an allowed root")
-        if ref.kind == "tar" and not ref.path.is_file():
-            raise ProtocolError(f"{where}: reference {ref.path} is not a file")
-        if ref.kind != "tar" and not ref.path.is_dir():
-            raise ProtocolError(f"{where}: reference {ref.path} is not a directory")
+        where = f"platform_begin {excerpt(platform_id)}: layer {layer.index}"
+        kind: Literal["file", "dir"] = "file" if ref.kind == "tar" else "dir"
+        fd = open_beneath(self._roots, ref.path, kind, what=where)
+        self._references[(platform_id, layer.index)] = fd
 
     async def layer_data(self, platform_id: str, index: int, offset: int, data: bytes) -> None:
         self._check_not_committed("layer_data")
         state = self._state(platform_id, "layer_data")
-        where = f"layer_data {platform_id!r} layer {index}"
+        where = f"layer_data {excerpt(platform_id)} layer {index}"
         if len(data) > self._max_chunk:
             raise ProtocolError(
                 f"{where}: chunk of {len(data)} bytes is over the {self._max_chunk}-byte limit"
@@ -249,7 +278,7 @@ class ExportIntake:
             raise ProtocolError(f"{where}: the layer was already ended")
         if self._open is not None and self._open != (platform_id, index):
             raise ProtocolError(
-                f"{where}: layer {self._open[1]} of {self._open[0]!r} is still open "
+                f"{where}: layer {self._open[1]} of {excerpt(self._open[0])} is still open "
                 "(send its layer_end first)"
             )
         if self._spool is None:
@@ -269,7 +298,7 @@ class ExportIntake:
     async def layer_end(self, platform_id: str, index: int, digest: str) -> None:
         self._check_not_committed("layer_end")
         state = self._state(platform_id, "layer_end")
-        where = f"layer_end {platform_id!r} layer {index}"
+        where = f"layer_end {excerpt(platform_id)} layer {index}"
         if index not in state.wanted or index in state.received:
             raise ProtocolError(f"{where}: the layer was not asked for, or was already ended")
         if self._open is None:
@@ -278,7 +307,7 @@ class ExportIntake:
             self._spool = _Spool(path, open(path, "wb"))  # noqa: SIM115
             self._open = (platform_id, index)
         if self._open != (platform_id, index):
-            raise ProtocolError(f"{where}: layer {self._open[1]} of {self._open[0]!r} is the open one")
+            raise ProtocolError(f"{where}: layer {self._open[1]} of {excerpt(self._open[0])} is the open one")
         spool = self._spool
         assert spool is not None
         await asyncio.to_thread(spool.file.close)
@@ -286,7 +315,9 @@ class ExportIntake:
         actual = "sha256:" + spool.hash.hexdigest()
         layer = state.layers[index]
         if digest != actual:
-            raise ProtocolError(f"{where}: digest {digest!r} does not match the bytes received ({actual})")
+            raise ProtocolError(
+                f"{where}: digest {excerpt(digest)} does not match the bytes received ({actual})"
+            )
         if layer.blob_digest and layer.blob_digest != actual:
             raise ProtocolError(
                 f"{where}: bytes have digest {actual}, platform_begin announced {layer.blob_digest}"
@@ -301,12 +332,12 @@ class ExportIntake:
         self._check_not_committed("platform_end")
         state = self._state(platform_id, "platform_end")
         if state.ended:
-            raise ProtocolError(f"platform_end for {platform_id!r} twice")
+            raise ProtocolError(f"platform_end for {excerpt(platform_id)} twice")
         missing = sorted(state.wanted - state.received)
         if missing:
-            raise ProtocolError(f"platform_end {platform_id!r}: wanted layers {missing} were not sent")
+            raise ProtocolError(f"platform_end {excerpt(platform_id)}: wanted layers {missing} were not sent")
         if self._open is not None and self._open[0] == platform_id:
-            raise ProtocolError(f"platform_end {platform_id!r}: layer {self._open[1]} is still open")
+            raise ProtocolError(f"platform_end {excerpt(platform_id)}: layer {self._open[1]} is still open")
         state.ended = True
 
     def commit(self) -> tuple[WorkerImage, ...]:
@@ -314,7 +345,9 @@ class ExportIntake:
         self._check_not_committed("commit")
         for pid, state in self._platforms.items():
             if not state.ended:
-                raise ProtocolError(f"commit: platform {pid!r} was not ended (platform_begin/platform_end)")
+                raise ProtocolError(
+                    f"commit: platform {excerpt(pid)} was not ended (platform_begin/platform_end)"
+                )
         unfinished = sorted(k for k in self._metadata if k not in self._metadata_done)
         if unfinished:
             raise ProtocolError(f"commit: metadata {unfinished} is missing its last chunk")
@@ -333,10 +366,11 @@ class ExportIntake:
     def _source_of(self, platform_id: str, layer: LayerSpec) -> WorkerLayer:
         ref = layer.reference
         if ref is not None:
+            fd = self._references[(platform_id, layer.index)]
             if ref.kind == "tar":
-                return WorkerLayer("file", str(ref.path), str(ref.path))
+                return WorkerLayer("file", str(ref.path), str(ref.path), fd=fd)
             whiteouts: Literal["oci", "overlayfs"] = "overlayfs" if ref.kind == "dir-overlayfs" else "oci"
-            return WorkerLayer("dir", str(ref.path), str(ref.path), whiteouts=whiteouts)
+            return WorkerLayer("dir", str(ref.path), str(ref.path), whiteouts=whiteouts, fd=fd)
         cached = self._cached.get((platform_id, layer.index))
         if cached is not None:
             return cached
@@ -351,7 +385,7 @@ class ExportIntake:
                 return WorkerLayer("cached", path, digest, cache_key=cache_key(digest, self._pack))
             if kind == "spool":
                 return WorkerLayer("file", path, digest, cache_key=cache_key(digest, self._pack))
-        raise ProtocolError(f"commit: layer {layer.index} of {platform_id!r} was never sent")
+        raise ProtocolError(f"commit: layer {layer.index} of {excerpt(platform_id)} was never sent")
 
     def _config_file(self, platform_id: str, state: _PlatformState) -> str:
         raw = self._metadata.get(f"containerimage.config/{platform_id}")
@@ -359,22 +393,40 @@ class ExportIntake:
             raw = self._metadata.get("containerimage.config")
         if raw is None:
             return ""
+        if json_depth(bytes(raw)) > MAX_JSON_DEPTH:
+            raise ConfigError(
+                f"metadata containerimage.config of {excerpt(platform_id)} nests deeper than "
+                f"{MAX_JSON_DEPTH} levels"
+            )
         try:
             config = json.loads(bytes(raw))
-        except ValueError:
-            raise ConfigError(f"metadata containerimage.config of {platform_id!r} is not JSON") from None
+        except (ValueError, RecursionError):
+            raise ConfigError(
+                f"metadata containerimage.config of {excerpt(platform_id)} is not JSON"
+            ) from None
         if not isinstance(config, dict):
-            raise ConfigError(f"metadata containerimage.config of {platform_id!r} is not a JSON object")
+            raise ConfigError(
+                f"metadata containerimage.config of {excerpt(platform_id)} is not a JSON object"
+            )
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", platform_id)
         path = self._workdir / f"config-{safe}.json"
         path.write_bytes(bytes(raw))
         return str(path)
 
     def close(self) -> None:
-        """Close an open spool (the job directory itself is removed by the job)."""
+        """Close an open spool and let the metadata go (commit wrote what the worker needs);
+        the job directory itself is removed by the job."""
         if self._spool is not None:
             self._spool.file.close()
             self._spool = None
+        self._metadata.clear()
+        self._metadata_budget.close()
+
+    def close_references(self) -> None:
+        """Close the descriptors of layers sent by reference (after the conversion)."""
+        for fd in self._references.values():
+            os.close(fd)
+        self._references.clear()
 
 
 def _write_and_hash(spool: _Spool, data: bytes) -> None:

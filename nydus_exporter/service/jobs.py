@@ -43,8 +43,8 @@ import structlog
 
 from nydus_exporter import errors as core_errors
 from nydus_exporter.chunkstore import ChunkStore
+from nydus_exporter.errors import excerpt
 from nydus_exporter.export import ExportOptions, ProgressEvent, merged_index, nydus_manifests, record_packed
-from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.descriptor import Descriptor
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.oci.reference import parse_reference
@@ -54,11 +54,14 @@ from nydus_exporter.registry.credentials import Credentials, StaticCredentials
 from nydus_exporter.registry.sync import SyncRegistry
 from nydus_exporter.service import errors as service_errors
 from nydus_exporter.service.attrs import ResolvedAttrs, filter_response, resolve_attrs
+from nydus_exporter.service.budget import Budget, JobBudget
 from nydus_exporter.service.cache import LayerCache, load_result
 from nydus_exporter.service.config import ServiceConfig
+from nydus_exporter.service.destination import publish_layout
 from nydus_exporter.service.errors import (
     IdempotencyConflictError,
     JobCancelledError,
+    LimitExceededError,
     NotFoundError,
     PreconditionError,
     ProtocolError,
@@ -79,7 +82,7 @@ from nydus_exporter.service.worker import WorkerImage, WorkerSpec
 log = structlog.get_logger("nydus_exporter.service")
 
 SLOT_ROW = "build slot"
-_AUTH_TIMEOUT = 60.0  # as BuildKit's session auth helpers (§4.2)
+_AUTH_TIMEOUT = 60.0  # as BuildKit's session auth helpers ([contract §4.2])
 _TOKEN_USERNAME = "<token>"  # docker's marker: the secret is an identity token
 
 
@@ -105,6 +108,7 @@ class Instance:
     buildkit_version: str
     last_used: float
     job_ids: set[str] = field(default_factory=set)
+    attrs_bytes: int = 0  # what the attrs count against the daemon's attrs budget
 
 
 @dataclass
@@ -300,7 +304,7 @@ def sync_registry(
 
 
 class AuthBroker:
-    """Registry credentials on demand, from the client of the stream (§4.2 option 2)."""
+    """Registry credentials on demand, from the client of the stream ([contract §4.2] option 2)."""
 
     def __init__(self, emit: Emit) -> None:
         self._emit = emit
@@ -333,7 +337,7 @@ class AuthBroker:
     def answer(self, answer: AuthAnswer) -> None:
         future = self._pending.get(answer.request_id)
         if future is None or future.done():
-            raise ProtocolError(f"auth_reply for unknown request_id {answer.request_id!r}")
+            raise ProtocolError(f"auth_reply for unknown request_id {excerpt(answer.request_id)}")
         future.set_result(answer)
 
 
@@ -396,6 +400,7 @@ class WorkerRunner:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group: killed as a whole
+            pass_fds=spec.inherited_fds,
             limit=16 << 20,
         )
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -456,21 +461,6 @@ def _rebuild_error(raw: Mapping[str, Any]) -> BaseException:
 # --- publishing ---------------------------------------------------------------------------
 
 
-def publish_layout(staging: Path, destination: Path) -> None:
-    """Move the staged image into ``destination``: blobs first, the index entries (tags) last."""
-    src = OciLayout.open(staging)
-    dst = OciLayout.create(destination)
-    blobs = staging / "blobs" / "sha256"
-    for blob in sorted(blobs.iterdir()):
-        if blob.name.startswith("."):
-            continue
-        dst.import_blob_file(blob, f"sha256:{blob.name}", move=True)
-    for desc in src.index().manifests:
-        tag = desc.annotation(mt.ANNOTATION_REF_NAME)
-        rest = {k: v for k, v in (desc.annotations or {}).items() if k != mt.ANNOTATION_REF_NAME}
-        dst.add_manifest(dataclasses.replace(desc, annotations=rest or None), tag=tag)
-
-
 def _descriptor_value(raw: Mapping[str, Any]) -> DescriptorValue:
     return DescriptorValue(
         media_type=str(raw.get("mediaType", "")),
@@ -510,21 +500,49 @@ class JobRegistry:
         self.jobs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.cache = LayerCache(config.state_dir / "layer-cache")
         self.cache.clean_temporaries()
+        self.metadata_held = Budget(
+            config.max_metadata_bytes_total, "max_metadata_bytes_total", "export metadata bytes"
+        )
+        self.attrs_held = Budget(config.max_attrs_bytes_total, "max_attrs_bytes_total", "Resolve attrs bytes")
+
+    def metadata_budget(self) -> JobBudget:
+        """A new job's share of the metadata budget (its intake gives it back when it ends)."""
+        return JobBudget(
+            self.metadata_held,
+            self.config.max_metadata_bytes_per_job,
+            "max_metadata_bytes_per_job",
+            "the export's metadata",
+        )
 
     # --- instances ---------------------------------------------------------------------------
 
     def resolve(
         self, attrs: Mapping[str, str], *, exporter_index: int = 0, buildkit_version: str = ""
     ) -> Instance:
+        size = sum(len(k) + len(v) for k, v in attrs.items())
+        if size > self.config.max_attrs_bytes_per_instance:
+            raise LimitExceededError(
+                f"the attrs are {size} bytes, more than the "
+                f"{self.config.max_attrs_bytes_per_instance} max_attrs_bytes_per_instance allows"
+            )
         resolved = resolve_attrs(attrs, path_allowed=self.config.path_allowed)
-        instance = Instance(uuid.uuid4().hex, resolved, exporter_index, buildkit_version, self._clock())
+        self.attrs_held.reserve(size)  # given back when the instance is released or expires
+        instance = Instance(
+            uuid.uuid4().hex, resolved, exporter_index, buildkit_version, self._clock(), attrs_bytes=size
+        )
         self.instances[instance.instance_id] = instance
         return instance
+
+    def _forget(self, instance: Instance) -> None:
+        if self.instances.pop(instance.instance_id, None) is not None:
+            self.attrs_held.release(instance.attrs_bytes)
 
     def instance(self, instance_id: str) -> Instance:
         instance = self.instances.get(instance_id)
         if instance is None:
-            raise NotFoundError(f"unknown instance {instance_id!r} (call Resolve first; it may have expired)")
+            raise NotFoundError(
+                f"unknown instance {excerpt(instance_id)} (call Resolve first; it may have expired)"
+            )
         instance.last_used = self._clock()
         return instance
 
@@ -537,7 +555,8 @@ class JobRegistry:
             if existing is not None and existing.state not in (JobState.FAILED, JobState.CANCELLED):
                 if existing.instance.attrs.fingerprint != instance.attrs.fingerprint:
                     raise IdempotencyConflictError(
-                        f"idempotency key {key!r} is in use by job {existing.job_id} with different attrs"
+                        f"idempotency key {excerpt(key)} is in use by job"
+                        f" {existing.job_id} with different attrs"
                     )
                 return existing, True
         job_id = uuid.uuid4().hex
@@ -649,7 +668,7 @@ class JobRegistry:
                 if pushed.digest != root.digest:
                     job.conversion = _with_root(job.conversion, pushed)
             if options.oci_layout is not None:
-                await asyncio.to_thread(publish_layout, job.staging, options.oci_layout)
+                await asyncio.to_thread(publish_layout, job.staging, options.oci_layout, self.config.roots)
             result = self.export_result(job, job.conversion)
             job.final = dataclasses.replace(result, finalize_token="")
             job.state = JobState.DONE
@@ -689,7 +708,9 @@ class JobRegistry:
             job = self.jobs.get(job_id)
             if job is not None and token and job.finalize_token == token:
                 return job
-        raise NotFoundError(f"no export of instance {instance_id!r} has finalize token {token!r}")
+        raise NotFoundError(
+            f"no export of instance {excerpt(instance_id)} has finalize token {excerpt(token)}"
+        )
 
     # --- release, cancel, expiry -------------------------------------------------------------
 
@@ -698,7 +719,7 @@ class JobRegistry:
         if job_id:
             job = self.jobs.get(job_id)
             if job is None:
-                raise NotFoundError(f"unknown job {job_id!r}")
+                raise NotFoundError(f"unknown job {excerpt(job_id)}")
             targets.append(job)
         if instance_id:
             instance = self.instance(instance_id)
@@ -708,9 +729,10 @@ class JobRegistry:
         return sum(1 for job in targets if job.cancel(reason))
 
     def release(self, instance_id: str) -> bool:
-        instance = self.instances.pop(instance_id, None)
+        instance = self.instances.get(instance_id)
         if instance is None:
             return False
+        self._forget(instance)
         for job_id in instance.job_ids:
             job = self.jobs.get(job_id)
             if job is not None:
@@ -739,7 +761,7 @@ class JobRegistry:
                 (j := self.jobs.get(i)) is not None and j.state not in _FINISHED for i in instance.job_ids
             )
             if not running and not instance.job_ids and now - instance.last_used > ttl:
-                del self.instances[instance.instance_id]
+                self._forget(instance)
                 dropped += 1
         return dropped
 
@@ -759,7 +781,8 @@ class JobRegistry:
         for job in list(self.jobs.values()):
             shutil.rmtree(job.workdir, ignore_errors=True)
         self.jobs.clear()
-        self.instances.clear()
+        for instance in list(self.instances.values()):
+            self._forget(instance)
         self._by_key.clear()
 
 
@@ -780,7 +803,8 @@ class _ProgressRows:
         if event.kind == "image-done":
             row = f"{prefix}manifest"
             await self._emit(
-                ProgressRow(row, f"{prefix}writing manifest {event.name}", started=now, completed=now)
+                # The row id names the platform already; the action must not repeat it.
+                ProgressRow(row, f"writing manifest {event.name}", started=now, completed=now)
             )
             return
         row = f"{prefix}layer {event.layer + 1}/{event.layers}"

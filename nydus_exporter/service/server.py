@@ -23,7 +23,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import grpc
 import structlog
@@ -39,15 +39,23 @@ from nydus_exporter.service.config import ServiceConfig, redacted
 from nydus_exporter.service.jobs import JobRegistry, Pusher, WorkerRunner
 from nydus_exporter.service.metrics import CONTENT_TYPE, Metrics
 from nydus_exporter.service.servicer import ExporterServicer
+from nydus_exporter.service.statelock import lock_state_dir
 
 log = structlog.get_logger("nydus_exporter.service")
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 
 
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """structlog for the daemon: JSON lines on stderr with the per-RPC context (job id, ...)."""
-    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+def configure_logging(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """structlog for the daemon: JSON lines (or console lines) on ``stream`` (stderr) with the
+    per-RPC context (job id, ...). Console lines are coloured only on a terminal: in a file or
+    a journal the escape codes would be noise."""
+    stream = stream or sys.stderr
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -57,7 +65,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
 
@@ -145,7 +153,11 @@ async def _start_http(running: RunningServer, address: str) -> web.AppRunner:
     await runner.setup()
     host, _, port = address.removeprefix("http://").rpartition(":")
     site = web.TCPSite(runner, host or "127.0.0.1", int(port))
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {address} (metrics endpoint): {exc.strerror or exc}") from None
     bound = runner.addresses[0]
     running.http_address = f"{bound[0]}:{bound[1]}"
     return runner
@@ -163,6 +175,19 @@ async def serve(
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"state directory {config.state_dir} is not writable: {exc.strerror}") from None
+    lock = lock_state_dir(config.state_dir)  # before JobRegistry clears the jobs directory
+    log.info("configuration", **redacted(config))
+    try:
+        async with _serving(config, runner=runner, pusher=pusher) as running:
+            yield running
+    finally:
+        os.close(lock)
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    config: ServiceConfig, *, runner: WorkerRunner | None, pusher: Pusher | None
+) -> AsyncIterator[RunningServer]:
     metrics = Metrics()
     jobs = JobRegistry(config, metrics, runner=runner, pusher=pusher)
     options = [
@@ -203,9 +228,8 @@ async def serve(
 
 
 async def run_until_signalled(config: ServiceConfig) -> int:
-    """The ``serve`` command: log the config once, serve until SIGTERM/SIGINT, then drain."""
+    """The ``serve`` command: serve until SIGTERM/SIGINT, then drain."""
     configure_logging(config.log_level, config.log_format)
-    log.info("configuration", **redacted(config))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

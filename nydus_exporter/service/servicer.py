@@ -3,7 +3,7 @@
 This is the only module that reads or builds protobuf messages of the contract; everything
 below it (:mod:`jobs`, :mod:`intake`, :mod:`attrs`) works with plain values.
 :func:`status_for` is the one place where an exception becomes a ``grpc.StatusCode``
-(buildkit-exporter-contract §5.3).
+([contract §5.3]).
 
 Stream handlers write through one bounded queue drained by one writer task (gRPC allows
 one outstanding write), and read through ``context.read()``; all tasks of a stream belong to
@@ -35,6 +35,8 @@ from nydus_exporter.errors import (
     RegistryError,
     RegistryNotFoundError,
     RegistryUnavailableError,
+    excerpt,
+    shorten,
 )
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs import codecs
@@ -42,6 +44,7 @@ from nydus_exporter.service.errors import (
     IdempotencyConflictError,
     JobCancelledError,
     JobDeadlineError,
+    LimitExceededError,
     NotFoundError,
     PathNotAllowedError,
     PreconditionError,
@@ -73,11 +76,12 @@ CAPABILITIES = (
 )
 BUILDER_FEATURES = ("tar2rafs", "blob-toc", "blob-inline-meta")
 _END = object()
+_MAX_STATUS_CHARS = 2000
 _QUEUE = 256
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """THE mapping from an error to a gRPC status (§5.3); the message is kept intact."""
+    """THE mapping from an error to a gRPC status ([contract §5.3]); the message is kept (bounded)."""
     message = str(exc) or type(exc).__name__
     code: grpc.StatusCode
     if isinstance(exc, ProtocolError | PathNotAllowedError | ConfigError | InvalidLayerError | FormatError):
@@ -101,14 +105,27 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         code = grpc.StatusCode.UNAVAILABLE
     elif isinstance(exc, RegistryError):
         code = grpc.StatusCode.UNAVAILABLE if exc.temporary else grpc.StatusCode.FAILED_PRECONDITION
-    elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    elif isinstance(exc, LimitExceededError) or (
+        isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    ):
         code = grpc.StatusCode.RESOURCE_EXHAUSTED
     elif isinstance(exc, WorkerCrashedError | ExporterError):
         code = grpc.StatusCode.INTERNAL
     else:
         code = grpc.StatusCode.INTERNAL
         message = f"internal error: {type(exc).__name__}: {exc}"
-    return code, message
+    # Messages quote user values through errors.excerpt; this bounds what slipped through, so
+    # a status never outgrows gRPC's metadata limit (the client would see RESOURCE_EXHAUSTED).
+    return code, shorten(message, _MAX_STATUS_CHARS)
+
+
+def peer_host(peer: str) -> str:
+    """The client of ``context.peer()`` without its port: ``ipv4:10.0.0.7:51234`` ->
+    ``ipv4:10.0.0.7``, ``ipv6:[::1]:5000`` -> ``ipv6:[::1]``; ``unix:...`` as it is."""
+    kind, _, address = peer.partition(":")
+    if kind in ("ipv4", "ipv6") and ":" in address:
+        return f"{kind}:{address.rpartition(':')[0]}"
+    return peer
 
 
 def _first_error(exc: BaseException) -> BaseException:
@@ -212,7 +229,7 @@ def platform_of(p: pb.Platform) -> Platform | None:
     if not p.os and not p.architecture:
         return None
     if not p.os or not p.architecture:
-        raise ProtocolError(f"platform {p.id!r} needs both os and architecture (or neither)")
+        raise ProtocolError(f"platform {excerpt(p.id)} needs both os and architecture (or neither)")
     return Platform(
         os=p.os,
         architecture=p.architecture,
@@ -239,6 +256,7 @@ class ExporterServicer(pb_grpc.ExporterServicer):
         self._jobs = jobs
         self._config = jobs.config
         self._metrics = jobs.metrics
+        self._open_streams: dict[str, int] = {}  # peer host -> open Export streams
 
     # --- unary ---------------------------------------------------------------------------------
 
@@ -356,16 +374,41 @@ class ExporterServicer(pb_grpc.ExporterServicer):
 
     # Stream handlers write with context.write() (allowed by grpc.aio) instead of yielding.
     async def Export(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # type: ignore[override]
+        peer = peer_host(context.peer())
+        limit = self._config.max_streams_per_peer
+        if self._open_streams.get(peer, 0) >= limit:
+            code, message = status_for(
+                LimitExceededError(
+                    f"{excerpt(peer)} has {limit} Export streams open, the most max_streams_per_peer allows"
+                )
+            )
+            await context.abort(code, message)
+        self._open_streams[peer] = self._open_streams.get(peer, 0) + 1
         self._metrics.in_flight.inc()
         try:
             await self._stream(context, lambda emit: self._export(context, emit))
         finally:
             self._metrics.in_flight.dec()
+            self._open_streams[peer] -= 1
+            if not self._open_streams[peer]:
+                del self._open_streams[peer]
+
+    async def _first_message(self, context: grpc.aio.ServicerContext, what: str) -> Any:
+        """The stream's first message, within ``header_timeout``: a client that opens a stream
+        and sends nothing must not hold it (and its place among the in-flight exports)."""
+        timeout = self._config.header_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await context.read()
+        except TimeoutError:
+            raise JobDeadlineError(
+                f"no {what} within {timeout:g} s of opening the stream (header_timeout)"
+            ) from None
 
     async def _export(
         self, context: grpc.aio.ServicerContext, emit: Callable[[Event], Awaitable[None]]
     ) -> None:
-        first = await context.read()
+        first = await self._first_message(context, "header")
         if first is grpc.aio.EOF:
             raise ProtocolError("the stream ended before the header")
         if first.WhichOneof("msg") != "header":
@@ -463,8 +506,8 @@ class ExporterServicer(pb_grpc.ExporterServicer):
             if attestation.inline_only:
                 await emit(
                     WarningEvent(
-                        short=f"inline-only attestation {attestation.kind!r} "
-                        f"of {attestation.platform_id!r} dropped"
+                        short=f"inline-only attestation {excerpt(attestation.kind)} "
+                        f"of {excerpt(attestation.platform_id)} dropped"
                     )
                 )
         intake = ExportIntake(
@@ -475,27 +518,31 @@ class ExporterServicer(pb_grpc.ExporterServicer):
             pack=attrs.options.pack,
             cache=self._jobs.cache,
             max_chunk_bytes=self._config.max_chunk_bytes,
-            path_allowed=self._config.path_allowed,
+            roots=self._config.roots,
+            metadata_budget=self._jobs.metadata_budget(),
             on_bytes=self._metrics.bytes_in.inc,
         )
         try:
-            images = await self._receive(intake, context, emit, broker)
-        finally:
-            intake.close()
-        self._metrics.cache_hits.inc(intake.cache_hits)
-        self._metrics.cache_misses.inc(intake.cache_misses)
-        async with asyncio.TaskGroup() as tg:
-            # After commit the client only sends auth replies (or half-closes).
-            replies = tg.create_task(self._read_replies(context, broker))
             try:
-                conversion = await self._jobs.convert(job, images, emit, broker)
-                self._jobs.converted(job, conversion)
-                if job.defer_push:
-                    result = self._jobs.export_result(job, conversion)
-                else:
-                    result = await self._jobs.publish(job, broker)
+                images = await self._receive(intake, context, emit, broker)
             finally:
-                replies.cancel()
+                intake.close()
+            self._metrics.cache_hits.inc(intake.cache_hits)
+            self._metrics.cache_misses.inc(intake.cache_misses)
+            async with asyncio.TaskGroup() as tg:
+                # After commit the client only sends auth replies (or half-closes).
+                replies = tg.create_task(self._read_replies(context, broker))
+                try:
+                    conversion = await self._jobs.convert(job, images, emit, broker)
+                    self._jobs.converted(job, conversion)
+                    if job.defer_push:
+                        result = self._jobs.export_result(job, conversion)
+                    else:
+                        result = await self._jobs.publish(job, broker)
+                finally:
+                    replies.cancel()
+        finally:
+            intake.close_references()  # the worker read them; it is gone now
         return result
 
     async def _receive(
@@ -548,7 +595,7 @@ class ExporterServicer(pb_grpc.ExporterServicer):
     async def _finalize(
         self, context: grpc.aio.ServicerContext, emit: Callable[[Event], Awaitable[None]]
     ) -> None:
-        first = await context.read()
+        first = await self._first_message(context, "start")
         if first is grpc.aio.EOF or first.WhichOneof("msg") != "start":
             raise ProtocolError("the first Finalize message must be start")
         job = self._jobs.by_token(first.start.instance_id, first.start.finalize_token)

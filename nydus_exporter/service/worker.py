@@ -38,6 +38,7 @@ from nydus_exporter.export import Dictionary, ExportOptions, ProgressEvent, expo
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
+from nydus_exporter.service.beneath import proc_path
 from nydus_exporter.service.cache import LayerCache, load_result
 from nydus_exporter.sources import Source, SourceImage, SourceLayer, minimal_config
 
@@ -52,6 +53,9 @@ class WorkerLayer:
     cache_key: str = ""  # file layers: store the conversion under this key
     blob_digest: str = ""  # cached layers: the (verified) digest of the converted blob
     whiteouts: Literal["oci", "overlayfs"] = "oci"
+    # >= 0: a layer sent by reference, opened by the daemon beneath its allowed roots and
+    # inherited by the worker; read through it, never by ``path`` (which may have changed)
+    fd: int = -1
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,11 @@ class WorkerSpec:
     store_dir: str = ""
     store_location: str = ""
     store_verified: tuple[str, ...] = ()
+
+    @property
+    def inherited_fds(self) -> tuple[int, ...]:
+        """The descriptors the worker process must inherit (layers sent by reference)."""
+        return tuple(layer.fd for image in self.images for layer in image.layers if layer.fd >= 0)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -163,7 +172,7 @@ def build_source(spec: WorkerSpec) -> Source:
         platform = platform_from_json(image.platform)
         layers: list[SourceLayer] = []
         for layer in image.layers:
-            path = Path(layer.path)
+            path = Path(proc_path(layer.fd) if layer.fd >= 0 else layer.path)
             if layer.kind == "cached":
                 result = load_result(path, layer.blob_digest)
                 layers.append(_PrepackedLayer(layer.name, blob=path, result=result))

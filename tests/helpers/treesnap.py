@@ -2,7 +2,7 @@
 
 ``snapshot_dir`` reads a real tree (a kernel mount, an fsck.erofs extraction, an extracted
 tar); ``snapshot_tar`` computes the tree a layer tar *should* produce, using only the stdlib
-``tarfile`` module (never project code), with the layer semantics of the spec (§5.1):
+``tarfile`` module (never project code), with the layer semantics of the spec ([format §5.1]):
 
 * paths are normalised to ``b"/a/b"``; the root is ``b"/"``;
 * the root and missing parent directories default to mode 0o755, uid/gid 0, mtime 0,
@@ -233,7 +233,7 @@ class _Node:
 
 
 def _default_dir() -> _Node:
-    # §5.1: the pre-created root and auto-created parents: dir 0755, uid/gid 0, mtime 0.
+    # [format §5.1]: the pre-created root and auto-created parents: dir 0755, uid/gid 0, mtime 0.
     return _Node(kind="dir", mode=0o755, uid=0, gid=0, mtime=0, mtime_nsec=0, xattrs={})
 
 

@@ -1,4 +1,4 @@
-"""Bootstrap layer tar.gz (§6.3): layout, reproducibility, digests, reading back."""
+"""Bootstrap layer tar.gz ([format §6.3]): layout, reproducibility, digests, reading back."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Nydus image shape (§6): config, manifest, merged index, detection.
+"""The Nydus image shape ([format §6]): config, manifest, merged index, detection.
 
 Every produced document is validated against image-spec rules by the independent checks
 in ``tests/oci/imagespec.py`` and compared with the real nydusify fixtures
@@ -134,7 +134,7 @@ def test_manifest_shape(oci: bool) -> None:
         sha256(b) for b in BLOBS.values()
     ]  # layer order kept
     for layer in blob_layers:
-        # Nydus blob type even in Docker manifests (§6.1).
+        # Nydus blob type even in Docker manifests ([format §6.1]).
         assert layer["mediaType"] == "application/vnd.oci.image.layer.nydus.blob.v1"
         assert layer["annotations"] == {"containerd.io/snapshot/nydus-blob": "true"}
     assert bootstrap["mediaType"] == (
@@ -146,7 +146,7 @@ def test_manifest_shape(oci: bool) -> None:
         "containerd.io/snapshot/nydus-bootstrap": "true",
         "containerd.io/snapshot/nydus-fs-version": "6",
     }
-    # The config's diff_ids line up with the layers: blobs are their own diff ids (§6.3).
+    # The config's diff_ids line up with the layers: blobs are their own diff ids ([format §6.3]).
     diff_ids = json.loads(blobs[config.digest])["rootfs"]["diff_ids"]
     assert diff_ids == [*(layer["digest"] for layer in blob_layers), BOOTSTRAP_DIFF_ID]
 
@@ -196,7 +196,7 @@ def test_manifest_annotations_subject_and_extra_layer_annotations() -> None:
     assert list(obj["annotations"]) == sorted(obj["annotations"])
     assert obj["subject"]["digest"] == subject.digest
     assert obj["config"]["mediaType"] == "application/vnd.nydus.image.config.v1+json"
-    # containerd.io/uncompressed is converter-internal and never reaches the manifest (§6.2).
+    # containerd.io/uncompressed is converter-internal and never reaches the manifest ([format §6.2]).
     assert obj["layers"][0]["annotations"] == {
         "containerd.io/snapshot/nydus-blob": "true",
         "containerd.io/snapshot/nydus-ref": "sha256:" + "4" * 64,

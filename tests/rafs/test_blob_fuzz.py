@@ -25,7 +25,7 @@ from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.chunkinfo import BlobMetaHeader
 from nydus_exporter.rafs.tarheader import build_header
 from nydus_exporter.rafs.toc import TocEntry, decode_toc_entries, encode_toc
-from tests.conftest import NYDUS_FIXTURES, require
+from tests.conftest import nydus_fixture
 from tests.rafs.test_blob_writer import reader_of, split_file, write_blob
 
 FUZZ = settings(
@@ -45,9 +45,7 @@ SECTION_NAMES = [b"image.blob", b"blob.meta", b"blob.meta.header", b"blob.digest
 def base_blobs() -> tuple[bytes, ...]:
     blobs = []
     for folder, name in FIXTURE_BLOBS:
-        path = NYDUS_FIXTURES / folder / name
-        if path.is_file():
-            blobs.append(path.read_bytes())
+        blobs.append(nydus_fixture(f"{folder}/{name}").read_bytes())
     text = b"nydus rafs erofs chunk " * 2000
     blobs.append(write_blob([split_file(text, 4096), split_file(os.urandom(3000), 4096)], chunk_size=4096)[1])
     blobs.append(
@@ -85,7 +83,6 @@ def exercise(blob: bytes) -> None:
 
 
 def test_bases_are_valid() -> None:
-    require(all((NYDUS_FIXTURES / f / n).is_file() for f, n in FIXTURE_BLOBS), "nydus fixtures missing")
     for blob in base_blobs():
         reader_of(blob).verify()
 

@@ -1,10 +1,10 @@
-"""Golden tests on the two data blobs written by the real nydus toolchain (spec §9).
+"""Golden tests on the two data blobs written by the real nydus toolchain ([format §9]).
 
 * ``blobs/be7d77…`` (Feb 2023, separate bootstrap ``bootstrap/rafs-v6-2.2.boot``, blob-toc):
   ToC of 4 entries whose image.blob offset is the END of the chunk data (pre-v2.2.0 bug).
 * ``toc/2fa78cad…`` (Dec 2022, inline meta + ToC, no blob.digest).
 
-Expected numbers come from the spec's fixture table (§3.4, §9) or from the real bootstrap that
+Expected numbers come from the spec's fixture table ([format §3.4, §9]) or from the real bootstrap that
 pairs with ``be7d77…``, never from the code under test.
 """
 
@@ -28,7 +28,7 @@ from tests.rafs.test_blob_writer import write_blob
 BE7D = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
 TOC2FA = "2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca"
 BOOT_2FA_SHA256 = "d85f1b77aab4849b34ffc447fee67a46ae9eb2af8533bf5faa62224df1796871"
-# nydus-image >= v2.3 links libzstd 1.5.6 (zstd-sys 2.0.13, §3.2); libzstd 1.5.7 emits
+# nydus-image >= v2.3 links libzstd 1.5.6 (zstd-sys 2.0.13, [format §3.2]); libzstd 1.5.7 emits
 # different level-3 frames for the be7d77 chunks, 1.5.2/1.5.5/1.5.6 reproduce them.
 NYDUS_LIBZSTD = (1, 5, 6)
 
@@ -68,9 +68,9 @@ def test_toc_entries_be7d(be7d: tuple[bytes, BlobReader]) -> None:
     assert [e.name for e in entries] == [b"image.blob", b"blob.meta", b"blob.meta.header", b"blob.digest"]
     assert all(e.flags == layout.TOC_FLAG_NONE for e in entries)
     image_blob, meta, header, digest = entries
-    # §9: chunks of 4828 + 2974 bytes; old bug: offset = END of the chunk data.
+    # [format §9]: chunks of 4828 + 2974 bytes; old bug: offset = END of the chunk data.
     assert (image_blob.compressed_offset, image_blob.compressed_size) == (7802, 7802)
-    assert image_blob.uncompressed_size == 36864  # §9: a 36864-byte uncompressed device
+    assert image_blob.uncompressed_size == 36864  # [format §9]: a 36864-byte uncompressed device
     assert (meta.compressed_offset, meta.compressed_size, meta.uncompressed_size) == (7802 + 512, 32, 32)
     assert (header.compressed_offset, header.compressed_size) == (7802 + 512 + 32, 4096)
     assert (digest.compressed_offset, digest.compressed_size) == (7802 + 512 + 32 + 4096 + 512, 64)
@@ -85,15 +85,15 @@ def test_toc_entries_2fa(toc2fa: tuple[bytes, BlobReader]) -> None:
     assert [e.name for e in entries] == [b"image.blob", b"blob.meta", b"blob.meta.header", b"image.boot"]
     assert [e.flags for e in entries] == [1, 1, 1, layout.TOC_FLAG_ZSTD]
     boot = entries[3]
-    assert (boot.compressed_size, boot.uncompressed_size) == (501, 20480)  # §9
+    assert (boot.compressed_size, boot.uncompressed_size) == (501, 20480)  # [format §9]
     assert boot.uncompressed_digest.hex() == BOOT_2FA_SHA256
-    assert entries[1].compressed_size == 48  # §9: V1 ci of 48 bytes
+    assert entries[1].compressed_size == 48  # [format §9]: V1 ci of 48 bytes
     assert reader.chunk_digests() is None  # Dec 2022: no blob.digest section
 
 
 @pytest.mark.parametrize("which", ["be7d", "toc2fa"])
 def test_toc_digests(which: str, request: pytest.FixtureRequest) -> None:
-    """Every ToC digest recomputed here with hashlib from the raw file (§3.7 table)."""
+    """Every ToC digest recomputed here with hashlib from the raw file ([format §3.7] table)."""
     data, reader = request.getfixturevalue(which)
     for entry in reader.toc():
         section = reader.section(entry.name)
@@ -110,7 +110,7 @@ def test_toc_digests(which: str, request: pytest.FixtureRequest) -> None:
 
 
 def test_blob_toc_digest_and_size(be7d: tuple[bytes, BlobReader], boot22: bytes) -> None:
-    """The real bootstrap records blob_toc_size/digest of be7d77 (§2.5)."""
+    """The real bootstrap records blob_toc_size/digest of be7d77 ([format §2.5])."""
     data, reader = be7d
     entry = _blob_entry(boot22)
     assert entry[0].rstrip(b"\x00") == BE7D.encode()  # type: ignore[attr-defined]
@@ -131,7 +131,7 @@ def test_tar_headers_reencode(which: str, request: pytest.FixtureRequest) -> Non
         section = reader.section(entry.name)
         assert section is not None
         if entry.name == b"blob.meta.header":
-            continue  # covered by H(blob.meta); never a tar header of its own (§3.6)
+            continue  # covered by H(blob.meta); never a tar header of its own ([format §3.6])
         if entry.name == b"blob.meta":
             headers.append(
                 (
@@ -155,14 +155,14 @@ def test_tar_headers_reencode(which: str, request: pytest.FixtureRequest) -> Non
 def test_ci_v1_bit_packing_be7d(be7d: tuple[bytes, BlobReader], boot22: bytes) -> None:
     data, reader = be7d
     header = reader.meta_header()
-    assert header.features == 0x7000_0021  # §2.5 "non-inline --features blob-toc"
+    assert header.features == 0x7000_0021  # [format §2.5] "non-inline --features blob-toc"
     infos = reader.chunk_infos()
     stored = data[header.ci_offset : header.ci_offset + header.ci_compressed_size]
     assert b"".join(encode_v1(info) for info in infos) == stored
-    # §9: lib.rs 16931 B and sync_io.rs 13400 B, stored in 4828 + 2974 zstd bytes.
+    # [format §9]: lib.rs 16931 B and sync_io.rs 13400 B, stored in 4828 + 2974 zstd bytes.
     assert [(i.uncompressed_size, i.compressed_size) for i in infos] == [(16931, 4828), (13400, 2974)]
     assert [i.uncompressed_offset for i in infos] == [0, 20480]
-    # Cross-check with the chunk table of the real bootstrap (§2.14), matched by ci index.
+    # Cross-check with the chunk table of the real bootstrap ([format §2.14]), matched by ci index.
     ext = layout.SUPER_BLOCK_EXT.unpack_from(boot22, layout.EXT_SUPER_OFFSET)
     table_offset, table_size = ext[4], ext[5]
     rows = [
@@ -189,7 +189,7 @@ def test_ci_v1_bit_packing_2fa(toc2fa: tuple[bytes, BlobReader]) -> None:
     infos = reader.chunk_infos()
     stored = data[header.ci_offset : header.ci_offset + header.ci_compressed_size]
     assert b"".join(encode_v1(info) for info in infos) == stored
-    # §9: error.rs 2816, lib.rs 678, logger.rs 3115; §3.4 example: uncomp_info of chunk 0.
+    # [format §9]: error.rs 2816, lib.rs 678, logger.rs 3115; [format §3.4] example: uncomp_info of chunk 0.
     assert [i.uncompressed_size for i in infos] == [2816, 678, 3115]
     assert int.from_bytes(stored[:8], "little") == 0x00AFF000_00000000
     assert [i.uncompressed_offset for i in infos] == [0, 4096, 8192]
@@ -205,7 +205,7 @@ def test_blob_id_rules(be7d: tuple[bytes, BlobReader], toc2fa: tuple[bytes, Blob
     payload = slice(digest.compressed_offset, digest.compressed_offset + digest.compressed_size)
     without_payload = data[: payload.start] + data[payload.stop :]
     assert hashlib.sha256(without_payload).hexdigest() == BE7D == reader.native_blob_id()
-    assert hashlib.sha256(data).hexdigest().startswith("4b16fb83")  # §3.9: sha256(file) differs
+    assert hashlib.sha256(data).hexdigest().startswith("4b16fb83")  # [format §3.9]: sha256(file) differs
     assert reader.file_digest() == "sha256:" + hashlib.sha256(data).hexdigest()
 
     data, reader = toc2fa
@@ -256,7 +256,7 @@ def test_embedded_bootstrap_2fa(toc2fa: tuple[bytes, BlobReader]) -> None:
     assert boot is not None
     assert len(boot) == 20480
     assert hashlib.sha256(boot).hexdigest() == BOOT_2FA_SHA256
-    # image.boot is zstd level 3 as well (§3.2 VERIFIED): recompressing reproduces the section.
+    # image.boot is zstd level 3 as well ([format §3.2] VERIFIED): recompressing reproduces the section.
     section = reader.section(b"image.boot")
     assert section is not None
     stored = data[section.compressed_offset : section.compressed_offset + section.compressed_size]
@@ -272,7 +272,7 @@ def test_blob_meta_cache_file_from_fixture(be7d: tuple[bytes, BlobReader]) -> No
     header = reader.meta_header()
     meta = reader.blob_meta_file()
     assert meta is not None
-    assert len(meta) == 4096 + 4096  # round_up(32, 4096) + header (§3.10)
+    assert len(meta) == 4096 + 4096  # round_up(32, 4096) + header ([format §3.10])
     assert meta[:32] == data[header.ci_offset : header.ci_offset + 32]
     assert meta[-4096:] == data[header.ci_offset + 32 : header.ci_offset + 32 + 4096]
 
@@ -286,7 +286,7 @@ def _compare_writer_with_be7d(data: bytes, reader: BlobReader, chunks: list[Prep
     The fixture was built with a separate bootstrap, ours inlines it, so the common part is
     everything up to and including H(blob.digest). The only byte that may differ there is
     the ci header's features word: 0x7000_0021 in the fixture, 0x7000_0023 in ours because
-    of INLINED_FS_META (§2.5). Everything after H(blob.digest) (image.boot, ToC with its
+    of INLINED_FS_META ([format §2.5]). Everything after H(blob.digest) (image.boot, ToC with its
     image.blob offset of 0 instead of the old END offset) legitimately differs.
     """
     result, out, _ = write_blob([[c] for c in chunks], chunk_size=0x100000)

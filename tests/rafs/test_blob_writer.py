@@ -1,4 +1,5 @@
-"""BlobWriter: the production inline-meta + ToC layout (§3.1, §3.8), dedup (§4.2), hashes (§3.9).
+"""BlobWriter: the production inline-meta + ToC layout ([format §3.1, §3.8]), dedup
+([format §4.2]), hashes ([format §3.9]).
 
 The embedded bootstrap is a stub (the real one is built elsewhere); what matters here is that
 the writer passes it the right BlobInfo and stores it as image.boot.
@@ -42,7 +43,7 @@ class CapturingBootstrap:
 def split_file(
     data: bytes, chunk_size: int, compressor: str = "zstd", digester: str = "blake3"
 ) -> list[PreparedChunk]:
-    """One file cut into chunk_size pieces, like nydus does (§3.2)."""
+    """One file cut into chunk_size pieces, like nydus does ([format §3.2])."""
     return [
         prepare_chunk(data[off : off + chunk_size], compressor=compressor, digester=digester)
         for off in range(0, len(data), chunk_size)
@@ -207,7 +208,7 @@ def test_round_trip_per_algorithm(compressor: str, digester: str) -> None:
 
 @pytest.mark.parametrize("compressor", ["zstd", "lz4_block"])
 def test_ci_array_compressed_when_smaller(compressor: str) -> None:
-    """Many ci entries compress; the ci header, blob info and ToC flag say so (§3.3, §3.7)."""
+    """Many ci entries compress; the ci header, blob info and ToC flag say so ([format §3.3, §3.7])."""
     chunks = [prepare_chunk(b"%08d" % i * 8, compressor=compressor, digester="blake3") for i in range(300)]
     capture = CapturingBootstrap(b"b")
     result, blob, _ = write_blob([chunks], chunk_size=4 * KIB, compressor=compressor, make_bootstrap=capture)
@@ -243,7 +244,7 @@ def test_uncompressed_offsets_are_4k_aligned() -> None:
 
 
 def test_exact_write_sequence_and_hashes() -> None:
-    """Walk the blob by hand following §3.8 and recompute every hash with hashlib."""
+    """Walk the blob by hand following [format §3.8] and recompute every hash with hashlib."""
     chunk_size = 32 * KIB
     files = [_text(70_000, 6), os.urandom(3000)]
     capture = CapturingBootstrap()
@@ -263,7 +264,7 @@ def test_exact_write_sequence_and_hashes() -> None:
     def header_at(pos: int) -> TarHeader:
         return parse_header(blob[pos : pos + 512])
 
-    # Walk the reverse tar from the end (each header describes the bytes before it, §3.1).
+    # Walk the reverse tar from the end (each header describes the bytes before it, [format §3.1]).
     sections: dict[bytes, tuple[int, int]] = {}
     pos = len(blob)
     while pos > 0:
@@ -299,7 +300,7 @@ def test_exact_write_sequence_and_hashes() -> None:
     assert len(blob) == result.size
     image_blob_end = chunk_bytes + 512
 
-    # ToC entries (§3.7 table), digests recomputed independently.
+    # ToC entries ([format §3.7] table), digests recomputed independently.
     def sha(data: bytes) -> bytes:
         return hashlib.sha256(data).digest()
 
@@ -344,7 +345,7 @@ def test_exact_write_sequence_and_hashes() -> None:
     ] == expected_toc
     assert reader_of(blob).toc() == result.toc
 
-    # §3.9: blob id skips only the digest payload; the OCI digest covers everything.
+    # [format §3.9]: blob id skips only the digest payload; the OCI digest covers everything.
     assert result.blob_id == hashlib.sha256(blob[:digests_start] + blob[digests_start + 32 * n :]).hexdigest()
     assert result.digest == "sha256:" + hashlib.sha256(blob).hexdigest()
     assert result.bootstrap == STUB_BOOTSTRAP
@@ -377,7 +378,7 @@ def test_blob_infos_embedded_and_merged() -> None:
     )
     assert embedded.uncompressed_size == result.uncompressed_size == 3 * 16 * KIB + 4 * KIB  # 50000 B
     assert embedded.blob_toc_size == 0 and embedded.blob_toc_digest == bytes(32)
-    # Merged bootstrap (§5.3): named by the OCI layer digest, INLINED_FS_META cleared.
+    # Merged bootstrap ([format §5.3]): named by the OCI layer digest, INLINED_FS_META cleared.
     assert merged.blob_id == result.digest.removeprefix("sha256:")
     assert merged.features == 0x7000_0021
     for field in (
@@ -406,7 +407,8 @@ def test_blob_meta_cache_file_matches_reader() -> None:
 
 
 def test_layer_without_chunks() -> None:
-    """§3.1: zstd(bootstrap) ‖ H(image.boot) ‖ toc(1 entry) ‖ H(rafs.blob.toc); no blob in the bootstrap."""
+    """[format §3.1]: zstd(bootstrap) ‖ H(image.boot) ‖ toc(1 entry) ‖ H(rafs.blob.toc); no blob in
+    the bootstrap."""
     capture = CapturingBootstrap()
     result, blob, _ = write_blob([[], []], chunk_size=0x100000, make_bootstrap=capture)
     assert capture.infos == [None]

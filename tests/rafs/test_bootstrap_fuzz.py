@@ -16,7 +16,7 @@ from nydus_exporter.errors import FormatError
 from nydus_exporter.rafs.bootstrap import write_bootstrap
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.rafs.model import Inode, Node
-from tests.conftest import NYDUS_FIXTURES
+from tests.conftest import nydus_fixture
 from tests.rafs.test_bootstrap_roundtrip import rich_image
 
 FUZZ = settings(
@@ -29,15 +29,11 @@ FUZZ = settings(
 @cache
 def samples() -> dict[str, bytes]:
     out = {"written": rich_image(big_entries=300).write()}
-    v22 = NYDUS_FIXTURES / "bootstrap" / "rafs-v6-2.2.boot"
-    if v22.is_file():
-        out["v22"] = v22.read_bytes()
-    accel = NYDUS_FIXTURES / "v6-bootstrap-chunk-pos-438272.tar.gz"
-    if accel.is_file():
-        with tarfile.open(accel) as tar:
-            member = tar.extractfile("image/image.boot")
-            assert member is not None
-            out["accel"] = member.read()
+    out["v22"] = nydus_fixture("bootstrap/rafs-v6-2.2.boot").read_bytes()
+    with tarfile.open(nydus_fixture("v6-bootstrap-chunk-pos-438272.tar.gz")) as tar:
+        member = tar.extractfile("image/image.boot")
+        assert member is not None
+        out["accel"] = member.read()
     return out
 
 
@@ -231,7 +227,7 @@ def test_header_corruptions_are_named(mutate: Callable[[bytes], bytes], message:
 
 
 def test_v5_bootstrap_is_rejected() -> None:
-    # RAFS v5 starts with "SFAR" at offset 0 and has no EROFS superblock (§9).
+    # RAFS v5 starts with "SFAR" at offset 0 and has no EROFS superblock ([format §9]).
     data = b"SFAR" + (0x500).to_bytes(4, "little") + bytes(8192 - 8)
     with pytest.raises(FormatError, match="magic"):
         read_bootstrap(data)

@@ -1,6 +1,6 @@
-"""Golden tests against bootstraps produced by the real nydus toolchain (spec §9).
+"""Golden tests against bootstraps produced by the real nydus toolchain ([format §9]).
 
-Every expected value here is a fact stated in the spec (§2, §8.4, §9) or derived from the
+Every expected value here is a fact stated in the spec ([format §2, §8.4, §9]) or derived from the
 fixture bytes by an independent route (raw struct offsets, the data blob, fsck.erofs); none
 was copied from this project's parser output.
 """
@@ -29,7 +29,7 @@ from tests.conftest import require
 
 V22_BLOB_ID = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
 ACCEL_BLOB_ID = "cdde6f5645daea414d60bc75611102a8bc8dae6198f087366365d6ff85bf5726"
-INODE_I_INO = 20  # offsets inside the 64-byte extended inode (§2.7.2)
+INODE_I_INO = 20  # offsets inside the 64-byte extended inode ([format §2.7.2])
 INODE_I_U = 16
 INODE_NLINK = 44
 
@@ -71,11 +71,11 @@ def test_v22_fixture_facts(v22: bytes) -> None:
     assert [b.blob_id for b in boot.blobs] == [V22_BLOB_ID]
     blob = boot.blobs[0]
     assert blob.features == 0x7000_0021
-    assert blob.compressed_size == 14554  # = the blob file size (§2.5)
+    assert blob.compressed_size == 14554  # = the blob file size ([format §2.5])
     assert blob.chunk_count == 2
     assert blob.compressor == layout.COMPRESSOR_ID_ZSTD
     assert blob.digester == layout.DIGESTER_ID_BLAKE3
-    assert blob.uncompressed_size == 36864  # the decompressed device is 36864 bytes (§9)
+    assert blob.uncompressed_size == 36864  # the decompressed device is 36864 bytes ([format §9])
     assert [(d.blob_id, d.blocks, d.mapped_blkaddr) for d in boot.devices] == [(V22_BLOB_ID, 9, 512)]
     assert boot.chunk_table_offset == 0x4000
     assert len(boot.chunk_table) == 2
@@ -86,7 +86,7 @@ def test_v22_fixture_facts(v22: bytes) -> None:
 
     root = boot.root
     assert boot.nid_of(root) == 128
-    assert boot.records[128].i_ino == 0  # v2.2.x wrote 0 for the root (§8.4)
+    assert boot.records[128].i_ino == 0  # v2.2.x wrote 0 for the root ([format §8.4])
     assert sorted(root.children or {}) == [b"lib.rs", b"sync_io.rs"]
     lib = (root.children or {})[b"lib.rs"]
     sync_io = (root.children or {})[b"sync_io.rs"]
@@ -97,7 +97,7 @@ def test_v22_fixture_facts(v22: bytes) -> None:
 
 
 def test_v22_chunk_index_bytes(v22: bytes) -> None:
-    # §2.11 example: (lo=1, hi=0x0001, blk=5) for ci 1, blob 0, uncompressed offset 20480.
+    # [format §2.11] example: (lo=1, hi=0x0001, blk=5) for ci 1, blob 0, uncompressed offset 20480.
     boot = read_bootstrap(v22)
     found = []
     for nid in (133, 136):
@@ -112,7 +112,7 @@ def test_v22_chunk_index_bytes(v22: bytes) -> None:
 
 
 def _v22_device(nydus_fixtures: Path, boot: Bootstrap) -> bytes:
-    """Decompress the fixture blob's chunks to their uncompressed offsets (§7.3)."""
+    """Decompress the fixture blob's chunks to their uncompressed offsets ([format §7.3])."""
     blob = (nydus_fixtures / "blobs" / V22_BLOB_ID).read_bytes()
     device = bytearray(boot.blobs[0].uncompressed_size)
     dctx = zstandard.ZstdDecompressor()
@@ -120,7 +120,7 @@ def _v22_device(nydus_fixtures: Path, boot: Bootstrap) -> bytes:
         raw = blob[chunk.compressed_offset : chunk.compressed_offset + chunk.compressed_size]
         plain = dctx.decompress(raw, max_output_size=chunk.uncompressed_size)
         assert len(plain) == chunk.uncompressed_size
-        assert blake3.blake3(plain).digest() == chunk.digest  # §3.2: digest of raw chunk
+        assert blake3.blake3(plain).digest() == chunk.digest  # [format §3.2]: digest of raw chunk
         device[chunk.uncompressed_offset : chunk.uncompressed_offset + len(plain)] = plain
     return bytes(device)
 
@@ -152,7 +152,7 @@ def test_v22_byte_fidelity(v22: bytes) -> None:
 
     Excluded ranges (each asserted to hold the old and the new value instead):
     * abs 0x5c4..0x5c8, device slot 0 ``mapped_blkaddr``: v2.2 aligned to 2 MiB (512), nydus
-      >= v2.3.0 to 512 KiB: round_up(20480, 0x80000) / 4096 = 128 (§2.4, §8.4).
+      >= v2.3.0 to 512 KiB: round_up(20480, 0x80000) / 4096 = 128 ([format §2.4, §8.4]).
     * root inode ``i_ino`` (4 bytes at meta_addr + 32*128 + 20): v2.2 wrote 0, >= v2.3.0 1.
     The fixture has no prefetch table (built without prefetch), so none is requested. Its
     chunk table has no HAS_CRC32 flags and zero crc32, and the parsed chunks carry exactly
@@ -187,7 +187,7 @@ def test_accel_fixture_facts(accel: bytes) -> None:
     assert boot.flags == 0x6  # lz4_block | blake3
     assert boot.inos == 3517
     assert len(boot.records) == 3517  # hardlinks are separate inodes in this image
-    assert boot.blocks == 4096  # old builders wrote a constant 4096 (§2.2)
+    assert boot.blocks == 4096  # old builders wrote a constant 4096 ([format §2.2])
     assert boot.root_nid == 128
     assert boot.chunk_table_offset == 438272
     assert len(boot.chunk_table) == 201200 // 80 == 2515
@@ -202,8 +202,8 @@ def test_accel_fixture_facts(accel: bytes) -> None:
     )
     assert [(d.blocks, d.mapped_blkaddr) for d in boot.devices] == [(20451, 0)]
     digests = [(c.digest, c.blob_index) for c in boot.chunk_table]
-    assert digests != sorted(digests)  # 2022-05 builders wrote unsorted tables (§2.14)
-    assert all(not r.compact for r in boot.records.values())  # all extended (§2.7.1)
+    assert digests != sorted(digests)  # 2022-05 builders wrote unsorted tables ([format §2.14])
+    assert all(not r.compact for r in boot.records.values())  # all extended ([format §2.7.1])
 
     dirs_and_symlinks = 0
     nodes = 0
@@ -216,7 +216,7 @@ def test_accel_fixture_facts(accel: bytes) -> None:
         if node.inode.is_dir or node.inode.is_symlink:
             dirs_and_symlinks += 1
     assert nodes == 3517
-    assert dirs_and_symlinks == 890  # §2.15: "i_u of all 890 dirs/symlinks"
+    assert dirs_and_symlinks == 890  # [format §2.15]: "i_u of all 890 dirs/symlinks"
 
 
 @pytest.mark.parametrize("which", ["v22", "accel"])
@@ -237,7 +237,7 @@ def test_fixtures_pass_fsck_with_zero_devices(
 
 
 # -------------------------------------------------------------------------------------------
-# Layout algorithm (§2.15) against real images
+# Layout algorithm ([format §2.15]) against real images
 
 
 @pytest.mark.parametrize("which", ["v22", "accel"])
@@ -247,7 +247,7 @@ def test_plan_layout_reproduces_every_nid_layout_and_i_u(which: str, request: py
     plan = plan_layout(boot.root)
     meta_addr = boot.meta_blkaddr * boot.block_size
     assert plan.inos == boot.inos
-    # Old images gave hardlinks separate inodes with one shared i_ino (§8.4): group the
+    # Old images gave hardlinks separate inodes with one shared i_ino ([format §8.4]): group the
     # fixture's nids by i_ino; the group's i_ino must be the smallest index we assign.
     by_ino: dict[int, list[int]] = defaultdict(list)
     checked = 0
@@ -270,7 +270,7 @@ def test_plan_layout_reproduces_every_nid_layout_and_i_u(which: str, request: py
 def test_accel_inode_area_byte_fidelity(accel: bytes) -> None:
     """Re-write the 3517-inode image and compare everything up to the chunk table.
 
-    Differences allowed, each because of a §8.4 version delta (and asserted, not ignored):
+    Differences allowed, each because of a [format §8.4] version delta (and asserted, not ignored):
     * s_blocks (abs 1060): the 2022 builder wrote a constant 4096; now blocks of the blob.
     * device slot mapped_blkaddr (abs 0x5c4): 2022 builders wrote 0; now
       round_up(643072, 512 KiB) / 4096 = 256.
@@ -328,7 +328,7 @@ def test_accel_inode_area_byte_fidelity(accel: bytes) -> None:
 
 
 def test_accel_bootstrap_inside_tar_is_read_with_tarfile(nydus_fixtures: Path) -> None:
-    # The tar.gz holds exactly image/ and image/image.boot (§9).
+    # The tar.gz holds exactly image/ and image/image.boot ([format §9]).
     raw = (nydus_fixtures / "v6-bootstrap-chunk-pos-438272.tar.gz").read_bytes()
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         assert sorted(tar.getnames()) == ["image", "image/image.boot"]

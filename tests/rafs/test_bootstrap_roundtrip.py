@@ -1,7 +1,7 @@
 """Write generated trees, read them back, and check them with fsck.erofs and the Linux kernel.
 
 The generator builds, besides the tree, the uncompressed blob images (each chunk's bytes at
-its uncompressed offset, §7.3), so the external oracles see real file contents: fsck.erofs
+its uncompressed offset, [format §7.3]), so the external oracles see real file contents: fsck.erofs
 --extract and a kernel EROFS mount must return exactly the bytes we generated.
 """
 
@@ -81,7 +81,7 @@ class Image:
 
 
 class ChunkFactory:
-    """Allocates chunks in blobs like the builder (§3.2): dedup by digest, 4 KiB aligned."""
+    """Allocates chunks in blobs like the builder ([format §3.2]): dedup by digest, 4 KiB aligned."""
 
     def __init__(self, image: Image, nblobs: int) -> None:
         self.image = image
@@ -245,7 +245,7 @@ def chunks_content(image: Image, chunk: ChunkRef) -> bytes:
 
 
 def sequential_indexes(root: Node) -> dict[int, int]:
-    """§2.15 index assignment: root 1; per directory its children in byte order, then the
+    """[format §2.15] index assignment: root 1; per directory its children in byte order, then the
     subdirectories depth-first. Returns id(node) -> index."""
     out = {id(root): 1}
 
@@ -320,7 +320,7 @@ def check_bootstrap(image: Image, data: bytes) -> Bootstrap:
     assert boot.inos == len(nodes)
     assert boot.blobs == image.blobs
     assert boot.blocks == sum(b.uncompressed_size // 4096 for b in image.blobs)
-    # §2.4: mapped_blkaddr continues after the bootstrap, 512 KiB aligned.
+    # [format §2.4]: mapped_blkaddr continues after the bootstrap, 512 KiB aligned.
     pos = len(data)
     for slot, blob in zip(boot.devices, image.blobs, strict=True):
         mapped = layout.round_up(pos, 0x80000) // 4096
@@ -330,13 +330,13 @@ def check_bootstrap(image: Image, data: bytes) -> Bootstrap:
             mapped,
         )
         pos = (mapped + slot.blocks) * 4096
-    # §2.1: meta_addr 0 without blobs, else after the blob and prefetch tables.
+    # [format §2.1]: meta_addr 0 without blobs, else after the blob and prefetch tables.
     if image.blobs:
         assert boot.prefetch == [128]
         assert boot.meta_blkaddr * 4096 == layout.round_up(4096 + 256 * len(image.blobs) + 4, 4096)
     else:
         assert (boot.prefetch, boot.meta_blkaddr, boot.blob_table_offset) == ([], 0, 4096)
-    # §2.14: one entry per (digest, blob), sorted, covering every referenced chunk.
+    # [format §2.14]: one entry per (digest, blob), sorted, covering every referenced chunk.
     keys = [(c.digest, c.blob_index) for c in boot.chunk_table]
     assert keys == sorted(set(keys))
     referenced = {(c.blob_index, c.index) for _, n in nodes for c in n.inode.chunks}
@@ -444,7 +444,7 @@ def test_zero_blob_bootstrap_layout() -> None:
     data = image.write()
     boot = check_bootstrap(image, data)
     assert (boot.blobs, boot.devices, boot.chunk_table) == ([], [], [])
-    # §2.1: meta_addr 0; root at 4096; s_blocks 0; no prefetch table.
+    # [format §2.1]: meta_addr 0; root at 4096; s_blocks 0; no prefetch table.
     assert (boot.meta_blkaddr, boot.blocks, boot.prefetch_table_offset) == (0, 0, 0)
     assert len(data) == 8192
     with tempfile.TemporaryDirectory() as tmp:
@@ -600,7 +600,7 @@ def compare_mounted(image: Image, base: bytes) -> None:
 
 
 def test_chunk_table_keeps_the_last_reference_in_dump_order() -> None:
-    """§2.14: one entry per (digest, blob); file_offset of the last inode dumped."""
+    """[format §2.14]: one entry per (digest, blob); file_offset of the last inode dumped."""
     image = Image(Node.directory(b"/", Inode(stat.S_IFDIR | 0o755)))
     chunks = ChunkFactory(image, 1)
     x = chunks.new(0, b"x" * CHUNK, 0)
@@ -632,7 +632,7 @@ def test_chunk_table_keeps_the_last_reference_in_dump_order() -> None:
 
 
 def test_block_size_512_round_trip() -> None:
-    """The tar-tarfs geometry (§2.18): 512-byte blocks, superblock/meta alignment stays 4 KiB."""
+    """The tar-tarfs geometry ([format §2.18]): 512-byte blocks, superblock/meta alignment stays 4 KiB."""
     image = rich_image(big_entries=100)
     data = write_bootstrap(image.root, image.blobs, chunk_size=CHUNK, flags=image.flags, block_size=512)
     boot = read_bootstrap(data)

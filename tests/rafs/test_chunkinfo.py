@@ -1,4 +1,4 @@
-"""ci entries V1/V2 and the blob meta header (§3.3, §3.4, §3.10), against the spec bit tables."""
+"""ci entries V1/V2 and the blob meta header ([format §3.3, §3.4, §3.10]), against the spec bit tables."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _words(raw: bytes) -> tuple[int, ...]:
 
 
 def test_v1_spec_example() -> None:
-    """§3.4: uncomp_info 0x00AFF000_00000000 = size 2816 at offset 0."""
+    """[format §3.4]: uncomp_info 0x00AFF000_00000000 = size 2816 at offset 0."""
     info = ChunkInfo(0, 0, 1211, 0, 2816, True)
     assert _words(encode_v1(info))[0] == 0x00AFF000_00000000
 
@@ -157,7 +157,7 @@ def test_meta_header_layout() -> None:
 
 
 def test_blob_meta_cache_file() -> None:
-    """§3.10: ci ‖ zero pad to 4 KiB ‖ header, size round_up(ci, 4096) + 4096."""
+    """[format §3.10]: ci ‖ zero pad to 4 KiB ‖ header, size round_up(ci, 4096) + 4096."""
     ci = encode_chunk_infos([ChunkInfo(i, i * 10, 10, i * 4096, 20, True) for i in range(300)])
     header = BlobMetaHeader(0x7000_0023, 0, 300, 123, len(ci), len(ci))
     data = blob_meta_file(header, ci)

@@ -1,4 +1,4 @@
-"""The §2.15 allocation on small trees, with expected offsets worked out by hand from the spec."""
+"""The [format §2.15] allocation on small trees, with expected offsets worked out by hand from the spec."""
 
 from __future__ import annotations
 

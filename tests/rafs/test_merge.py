@@ -1,4 +1,4 @@
-"""Merging per-layer bootstraps (§5.2, §5.3): overlay rules, hardlinks, blob table, flags.
+"""Merging per-layer bootstraps ([format §5.2, §5.3]): overlay rules, hardlinks, blob table, flags.
 
 Layers are real per-layer bootstraps: tars from tests/helpers/tarbuild.py packed by
 ``pack_layer`` (or, for inputs our packer refuses to produce, trees from TreeBuilder written
@@ -395,7 +395,7 @@ def _blob_of(boot: Bootstrap, node: Node) -> str:
 
 
 def test_blob_order_is_first_reference_in_index_order() -> None:
-    # §2.15 index order: the root's children (files first seen here) come before anything
+    # [format §2.15] index order: the root's children (files first seen here) come before anything
     # inside a subdirectory, so /zz (layer 1) is met before /aa/f (layer 0).
     l0 = pack([F("aa/f", b"layer0")])
     l1 = pack([F("zz", b"layer1")])
@@ -444,7 +444,7 @@ def test_blob_entries_copy_the_layer_blob_with_digest_id() -> None:
     l0, l1 = pack([F("a", b"a" * 5000)]), pack([F("b", b"noise" * 3000)])
     result = merge_layers([as_layer(l0), as_layer(l1)])
     boot = read_bootstrap(result.bootstrap)
-    # BlobResult.blob_info is "as a merged bootstrap must describe the blob" (§5.3).
+    # BlobResult.blob_info is "as a merged bootstrap must describe the blob" ([format §5.3]).
     assert boot.blobs == [l0.blob_info, l1.blob_info]
     assert result.blobs == boot.blobs
     for blob in boot.blobs:
@@ -589,7 +589,7 @@ def _two_blob_layer(ids: tuple[str, str]) -> bytes:
 
 
 def test_chunk_dictionary_blobs_keep_their_ids() -> None:
-    """A layer packed with a chunk dictionary lists the dictionary's blob after its own (§4.2)."""
+    """A layer packed with a chunk dictionary lists the dictionary's blob after its own ([format §4.2])."""
     merged = merge_layers(
         [MergeLayer(_two_blob_layer((layout.INLINE_BLOB_ID_PLACEHOLDER, "a" * 64)), "c" * 64)]
     )

@@ -1,4 +1,5 @@
-"""ToC entries (§3.7) and the reverse-tar GNU headers (§3.6), checked against the spec tables."""
+"""ToC entries ([format §3.7]) and the reverse-tar GNU headers ([format §3.6]), checked against the
+tables of the format notes."""
 
 from __future__ import annotations
 

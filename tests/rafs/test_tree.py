@@ -1,4 +1,4 @@
-"""Per-layer tree assembly rules (§5.1): defaults, replacement, hardlinks."""
+"""Per-layer tree assembly rules ([format §5.1]): defaults, replacement, hardlinks."""
 
 from __future__ import annotations
 

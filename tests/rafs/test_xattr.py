@@ -1,4 +1,4 @@
-"""Inline xattr encoding (§2.13): sizes, entry bytes, prefixes, limits and corrupt input."""
+"""Inline xattr encoding ([format §2.13]): sizes, entry bytes, prefixes, limits and corrupt input."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from nydus_exporter.rafs import xattr
 
 
 def test_spec_example_size_and_icount() -> None:
-    # §2.13: {user.a=1B, trusted.b=1B} -> size 28, icount 5.
+    # [format §2.13]: {user.a=1B, trusted.b=1B} -> size 28, icount 5.
     encoded = xattr.encode_xattrs({b"user.a": b"1", b"trusted.b": b"2"})
     assert len(encoded) == 28
     assert xattr.xattr_size({b"user.a": b"1", b"trusted.b": b"2"}) == 28

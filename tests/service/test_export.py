@@ -303,3 +303,17 @@ async def test_chunk_store_over_grpc(
     assert (stats["from_chunk_dict"], stats["stored"]) == (3, 1)
     assert fault_proxy.upload_bytes < len(big) // 4  # only the new chunk, metadata and manifests
     assert cli.main(["check", f"docker://{fault_proxy.upstream.host}/{repo_name}:v2"]) == 0
+
+
+async def test_progress_rows_name_the_platform_once(
+    client: ExporterClient, image: Path, short_tmp: Path
+) -> None:
+    resolved = await client.resolve({"push": "false", "oci-layout": str(short_tmp / "out")})
+    with open_source(f"oci:{image}:t", workdir=short_tmp) as src:
+        outcome = await client.export(src, resolved.instance_id)
+    rows = [(e.progress.id, e.progress.action) for e in outcome.events if e.WhichOneof("ev") == "progress"]
+    manifests = [(row, action) for row, action in rows if row.endswith("manifest")]
+    assert sorted(row for row, _ in manifests) == ["[linux/amd64] manifest", "[linux/arm64/v8] manifest"]
+    # The row names the platform; the action does not repeat it.
+    assert all(action.startswith("writing manifest sha256:") for _, action in manifests), manifests
+    assert not [action for _, action in rows if action.startswith("[")]

@@ -1,4 +1,4 @@
-"""Resolve: every attr key of contract §5.4, good and bad values, lenient bools, aliases."""
+"""Resolve: every attr key of [contract §5.4], good and bad values, lenient bools, aliases."""
 
 from __future__ import annotations
 
@@ -175,3 +175,27 @@ async def test_resolve_allocates_distinct_instances_and_release_is_idempotent(
     assert await client.release(first.instance_id) is True
     assert await client.release(first.instance_id) is False
     assert first.instance_id not in daemon.jobs.instances and second.instance_id in daemon.jobs.instances
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("name", "example.com/" + "a" * 1_000_000 + ":1", "name longer than 255 characters"),
+        ("name", "example.com/" + "A" * 1_000_000, "repository name must be lowercase"),
+        ("compressor", "z" * 1_000_000, "expected one of"),
+        ("oci-layout", "/etc/" + "x" * 1_000_000, "not under an allowed root"),
+    ],
+    ids=["long name", "long uppercase name", "long compressor", "long oci-layout"],
+)
+async def test_a_huge_value_is_quoted_as_an_excerpt(
+    client: ExporterClient, short_tmp: Path, key: str, value: str, message: str
+) -> None:
+    """A 1 MB value must not be echoed whole: the status would outgrow gRPC's metadata limit."""
+    with pytest.raises(RemoteExportError) as info:
+        await client.resolve(_attrs({key: value}, short_tmp / "out"))
+    assert info.value.code == INVALID, info.value
+    assert message in info.value.message
+    assert "more characters" in info.value.message
+    assert len(info.value.message) < 1000
+    # The daemon goes on serving.
+    assert (await client.resolve(_attrs({}, short_tmp / "out"))).instance_id

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +23,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from nydus_exporter.api import SERVICE_NAME
 from nydus_exporter.service.client import ClientTLS, ExporterClient, RemoteExportError, open_channel
+from nydus_exporter.service.errors import StateDirLockedError
 from nydus_exporter.service.server import RunningServer, serve
 from tests.service.conftest import config_for
 
@@ -153,3 +158,58 @@ async def test_tcp_with_mutual_tls(short_tmp: Path) -> None:
                 with pytest.raises(RemoteExportError) as info_err:
                     await ExporterClient(channel).get_info()
                 assert info_err.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_second_daemon_on_the_same_state_dir_is_refused(
+    daemon: RunningServer, client: ExporterClient, short_tmp: Path
+) -> None:
+    """It would otherwise delete the first daemon's running jobs at start."""
+    state = daemon.config.state_dir
+    (state / "jobs" / "a-running-job").mkdir()
+    with pytest.raises(StateDirLockedError) as info:
+        async with serve(config_for(short_tmp, listen=(f"unix://{short_tmp / 'second.sock'}",))):
+            pass
+    assert str(state) in str(info.value) and f"pid {os.getpid()}" in str(info.value)
+    assert (state / "jobs" / "a-running-job").is_dir()
+    (state / "jobs" / "a-running-job").rmdir()
+    # The CLI: exit status 1, one line naming the directory and the holder.
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "nydus-exporter"), "serve", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"nydus-exporter: error: state directory {state} is in use by another daemon (pid {os.getpid()})"
+    ]
+    assert (await client.resolve({"push": "false", "oci-layout": str(short_tmp / "out")})).instance_id
+
+
+def test_a_metrics_port_clash_is_one_line_and_console_logs_are_plain_off_a_tty(short_tmp: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "nydus-exporter"),
+                "serve",
+                "--state-dir",
+                str(short_tmp / "state"),
+                "--http",
+                address,
+                "--log-format",
+                "console",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"nydus-exporter: error: cannot listen on {address} (metrics endpoint): ")
+    assert not any("Traceback" in line for line in lines)
+    assert "configuration" in done.stderr  # the console log line, written to a pipe ...
+    assert "\x1b[" not in done.stderr  # ... without colour codes
+    assert not (short_tmp / "state" / "exporter.sock").exists()

@@ -119,6 +119,23 @@ BAD_STREAMS: list[tuple[str, Callable[[str], list[pb.ExportRequest]], str]] = [
     ),
     ("empty message", lambda i: [s.header(i), pb.ExportRequest()], "no message set"),
     ("stream ends early", lambda i: [s.header(i), s.begin("p", LAYER)], "the stream ended before commit"),
+    (
+        "config nested 200 000 deep",
+        lambda i: [
+            s.header(i, metadata={"containerimage.config": b"[" * 200_000 + b"]" * 200_000}),
+            s.begin("p", TOP),
+            s.data("p", 0, 0, TOP),
+            s.end("p", 0, s.sha(TOP)),
+            s.platform_end("p"),
+            s.commit(),
+        ],
+        "nests deeper than 64 levels",
+    ),
+    (
+        "1 MB platform id",
+        lambda i: [s.header(i), s.begin("q" * 1_000_000, LAYER)],
+        "unknown platform id 'qqqq",
+    ),
 ]
 
 

@@ -12,7 +12,6 @@ import grpc
 import pytest
 
 from nydus_exporter.api import exporter_pb2 as pb
-from nydus_exporter.api.generate import GENERATED, generate
 from nydus_exporter.errors import ConfigError, RegistryAuthError, RegistryError, RegistryUnavailableError
 from nydus_exporter.registry.auth import Challenge
 from nydus_exporter.registry.credentials import Credentials, DockerConfigCredentials
@@ -22,6 +21,7 @@ from nydus_exporter.service.errors import IdempotencyConflictError, JobCancelled
 from nydus_exporter.service.events import AuthAnswer, AuthChallenge, Event
 from nydus_exporter.service.jobs import AuthBroker
 from nydus_exporter.service.servicer import auth_answer, status_for
+from scripts.gen_proto import GENERATED, generate
 from tests.conftest import PROJECT_ROOT, require
 
 
@@ -147,5 +147,5 @@ def test_generated_modules_match_the_proto(tmp_path: Path) -> None:
     api = PROJECT_ROOT / "nydus_exporter" / "api"
     for name in GENERATED:
         assert (tmp_path / name).read_bytes() == (api / name).read_bytes(), (
-            f"nydus_exporter/api/{name} is stale: run python -m nydus_exporter.api.generate"
+            f"nydus_exporter/api/{name} is stale: run python scripts/gen_proto.py"
         )

@@ -1,12 +1,14 @@
-"""Regenerate the committed gRPC modules of this package from ``proto/``.
+"""Regenerate the committed gRPC modules of ``nydus_exporter/api/`` from ``proto/``.
 
-``python -m nydus_exporter.api.generate`` (from the repository root) runs ``grpc_tools.protoc``
-(plus mypy-protobuf's ``protoc-gen-mypy`` / ``protoc-gen-mypy_grpc`` for the ``.pyi`` stubs)
-on ``proto/nydus/exporter/v1/exporter.proto`` and writes ``exporter_pb2.py``,
-``exporter_pb2.pyi``, ``exporter_pb2_grpc.py`` and ``exporter_pb2_grpc.pyi`` next to this
-file. The modules are committed (the Docker build and ``pip install`` need no protoc);
-``tests/service/test_proto_generated.py`` regenerates them into a temporary directory and
-compares byte for byte, so the proto and the modules cannot drift.
+A development tool, not part of the package: ``grpcio-tools`` and ``mypy-protobuf`` are
+development dependencies only (the ``test`` extra). ``python scripts/gen_proto.py`` runs
+``grpc_tools.protoc`` (plus mypy-protobuf's ``protoc-gen-mypy`` / ``protoc-gen-mypy_grpc`` for
+the ``.pyi`` stubs) on ``proto/nydus/exporter/v1/exporter.proto`` and writes
+``exporter_pb2.py``, ``exporter_pb2.pyi``, ``exporter_pb2_grpc.py`` and
+``exporter_pb2_grpc.pyi`` into ``nydus_exporter/api/``. The modules are committed (the Docker
+build and ``pip install`` need no protoc); ``tests/service/test_units.py`` regenerates them
+into a temporary directory and compares byte for byte, so the proto and the modules cannot
+drift.
 
 protoc names modules after the proto path (``nydus.exporter.v1.exporter_pb2``); the one
 import that says so is rewritten to this package's path. The proto keeps its standard path
@@ -72,8 +74,8 @@ def generate(proto_root: Path, out_dir: Path) -> list[Path]:
 
 
 def main() -> int:
-    repo = Path(__file__).resolve().parents[2]
-    for path in generate(repo / "proto", Path(__file__).resolve().parent):
+    repo = Path(__file__).resolve().parents[1]
+    for path in generate(repo / "proto", repo / "nydus_exporter" / "api"):
         print(path)
     return 0
 
