@@ -2,7 +2,7 @@
 // export --addr` client) and the nydus-exporter daemon.
 //
 // It mirrors BuildKit's Go exporter contract one call per method (see
-// buildkit-exporter-contract.md §5): Resolve <-> Exporter.Resolve, Export <->
+// [contract §5]): Resolve <-> Exporter.Resolve, Export <->
 // ExporterInstance.Export, Finalize <-> FinalizeFunc (BuildKit >= 0.28), Release <->
 // DescriptorReference.Release. It is version-neutral: every BuildKit-version-specific field
 // is optional, and a shim for an older BuildKit simply never sets it or never calls Finalize.
@@ -10,7 +10,7 @@
 // The daemon also serves the standard grpc.health.v1.Health (service name
 // "nydus.exporter.v1.Exporter") and server reflection.
 //
-// Errors are gRPC status codes (§5.3): INVALID_ARGUMENT (bad attrs, metadata, or a malformed
+// Errors are gRPC status codes ([contract §5.3]): INVALID_ARGUMENT (bad attrs, metadata, or a malformed
 // stream: the message names the problem), FAILED_PRECONDITION (feature unsupported or not
 // available), UNAUTHENTICATED / PERMISSION_DENIED (registry 401 / 403), UNAVAILABLE
 // (transient registry or network failure), RESOURCE_EXHAUSTED (disk full), ABORTED
@@ -846,7 +846,7 @@ type LayerInfo struct {
 	DiffId        string                 `protobuf:"bytes,5,opt,name=diff_id,json=diffId,proto3" json:"diff_id,omitempty"` // digest of the uncompressed tar (informational)
 	ChainId       string                 `protobuf:"bytes,6,opt,name=chain_id,json=chainId,proto3" json:"chain_id,omitempty"`
 	Annotations   map[string]string      `protobuf:"bytes,7,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Reference     *LayerReference        `protobuf:"bytes,8,opt,name=reference,proto3" json:"reference,omitempty"` // set: the data is not streamed (§5.6 path_hint)
+	Reference     *LayerReference        `protobuf:"bytes,8,opt,name=reference,proto3" json:"reference,omitempty"` // set: the data is not streamed ([contract §5.6] path_hint)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1875,7 +1875,7 @@ func (x *Warning) GetUrl() string {
 }
 
 // The registry answered 401: the daemon asks the client for credentials (the client keeps
-// them: §4.2 option 2). Answered by an auth_reply with the same request_id.
+// them: [contract §4.2] option 2). Answered by an auth_reply with the same request_id.
 type AuthRequest struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	RequestId       string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`

@@ -2,7 +2,7 @@
 // export --addr` client) and the nydus-exporter daemon.
 //
 // It mirrors BuildKit's Go exporter contract one call per method (see
-// buildkit-exporter-contract.md §5): Resolve <-> Exporter.Resolve, Export <->
+// [contract §5]): Resolve <-> Exporter.Resolve, Export <->
 // ExporterInstance.Export, Finalize <-> FinalizeFunc (BuildKit >= 0.28), Release <->
 // DescriptorReference.Release. It is version-neutral: every BuildKit-version-specific field
 // is optional, and a shim for an older BuildKit simply never sets it or never calls Finalize.
@@ -10,7 +10,7 @@
 // The daemon also serves the standard grpc.health.v1.Health (service name
 // "nydus.exporter.v1.Exporter") and server reflection.
 //
-// Errors are gRPC status codes (§5.3): INVALID_ARGUMENT (bad attrs, metadata, or a malformed
+// Errors are gRPC status codes ([contract §5.3]): INVALID_ARGUMENT (bad attrs, metadata, or a malformed
 // stream: the message names the problem), FAILED_PRECONDITION (feature unsupported or not
 // available), UNAUTHENTICATED / PERMISSION_DENIED (registry 401 / 403), UNAVAILABLE
 // (transient registry or network failure), RESOURCE_EXHAUSTED (disk full), ABORTED
