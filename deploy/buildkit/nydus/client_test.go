@@ -181,7 +181,11 @@ func TestDaemonRestartBetweenResolveAndExport(t *testing.T) {
 	}
 	stop = serveAt(t, sock, restarted)
 	defer stop()
-	src := &exporter.Source{Metadata: map[string][]byte{"containerimage.config": []byte(`{"os":"linux","architecture":"amd64"}`)}}
+	big := []byte(strings.Repeat("x", 3<<20)) // sent in metadata_chunks, on the retry too
+	src := &exporter.Source{Metadata: map[string][]byte{
+		"containerimage.config": []byte(`{"os":"linux","architecture":"amd64"}`),
+		"annotation.big":        big,
+	}}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var resp map[string]string
@@ -198,5 +202,8 @@ func TestDaemonRestartBetweenResolveAndExport(t *testing.T) {
 	}
 	if err != nil || resp["k"] != "v" || restarted.header.GetInstanceId() != "inst-2" {
 		t.Fatalf("got %v, %v", resp, err)
+	}
+	if len(restarted.chunks["annotation.big"]) != len(big) {
+		t.Fatalf("the retry sent %d bytes of the big value, want %d", len(restarted.chunks["annotation.big"]), len(big))
 	}
 }

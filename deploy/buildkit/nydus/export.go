@@ -22,6 +22,7 @@ import (
 	"github.com/pkg/errors"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // metadataChunk: metadata values above this size go in metadata_chunk messages, so that the
@@ -316,14 +317,19 @@ func (s *exportStream) sendErr(ctx context.Context, err error) error {
 }
 
 func (s *exportStream) run(ctx context.Context, header *pb.ExportHeader, refs []cache.ImmutableRef) (*pb.Result, error) {
+	// The header carries the small values; the big ones follow (header stays as given: a
+	// retry after a re-resolve sends it again).
+	first := proto.CloneOf(header)
+	first.Metadata = map[string][]byte{}
 	big := map[string][]byte{}
 	for k, v := range header.Metadata {
 		if len(v) > metadataChunk {
 			big[k] = v
-			delete(header.Metadata, k)
+		} else {
+			first.Metadata[k] = v
 		}
 	}
-	if err := s.send(&pb.ExportRequest{Msg: &pb.ExportRequest_Header{Header: header}}); err != nil {
+	if err := s.send(&pb.ExportRequest{Msg: &pb.ExportRequest_Header{Header: first}}); err != nil {
 		return nil, s.sendErr(ctx, err)
 	}
 	for k, v := range big {
