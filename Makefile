@@ -22,10 +22,11 @@ RUNTIME_DEB_PACKAGES := ca-certificates liblz4-1
 #   debootstrap      builds the realistic rootfs layer of bench/pack.py
 #   tar, gzip, zstd, xz-utils  reference archivers; util-linux, mount (losetup, mount, dmesg);
 #   procps (pgrep: no conversion worker outlives its job); kmod (modprobe erofs)
+#   runc             runs the RUN steps of nydus-buildkitd's OCI worker (tests/buildkit)
 #   containerd       runs a container from an image we pushed (with nydus-snapshotter, tests/interop)
 #   pkg-config, libssl-dev, gcc  build the interop tools on the nydus crates (openssl-sys, zstd-sys)
 TEST_DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux \
-	mount procps kmod containerd pkg-config libssl-dev gcc libc6-dev
+	mount procps kmod runc containerd pkg-config libssl-dev gcc libc6-dev
 DEB_PACKAGES := $(RUNTIME_DEB_PACKAGES) $(TEST_DEB_PACKAGES)
 
 # While apt-get installs, a policy-rc.d answering 101 keeps packages from starting services
@@ -48,8 +49,8 @@ INTEROP_TOOLS := rafs-check rafs-ref-build rafs-ref-merge rafs-mount nydusd
 GO ?= go
 INTEROP_GO_DIR := tests/interop/containerd
 
-.PHONY: all venv system-deps runtime-deps registry-service-off interop-tools interop test lint proto run sample \
-	bench bench-export bench-push bench-daemon bench-dedup clean distclean
+.PHONY: all venv system-deps runtime-deps registry-service-off interop-tools interop buildkit buildkit-check \
+	test lint proto run sample bench bench-export bench-push bench-daemon bench-dedup bench-buildkit clean distclean
 
 all: test
 
@@ -147,7 +148,17 @@ interop-tools: system-deps
 interop: interop-tools venv
 	$(BIN)/pytest tests/interop $(PYTEST_ARGS)
 
-test: system-deps venv interop-tools
+# nydus-buildkitd and buildctl (BuildKit's release pinned in deploy/buildkit/go.mod) in bin/.
+# Needs Go >= 1.26; its module and build caches stay under $$HOME, so rebuilds only relink.
+buildkit:
+	deploy/buildkit/build.sh bin
+
+# The Go exporter's own checks: gofmt, go vet, go test.
+buildkit-check:
+	@cd deploy/buildkit && out=$$(gofmt -l nydus) && { [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }; }
+	cd deploy/buildkit && go vet ./... && go test ./...
+
+test: system-deps venv interop-tools buildkit buildkit-check
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -183,6 +194,10 @@ bench-push: system-deps venv
 bench-daemon: system-deps venv
 	$(BIN)/python bench/daemon.py $(BENCH_ARGS)
 
+# The export phase of one BuildKit build: type=nydus (each layers mode) vs type=image gzip/zstd.
+bench-buildkit: system-deps venv buildkit
+	$(BIN)/python bench/buildkit.py $(BENCH_ARGS)
+
 # Bytes uploaded for three image versions with/without the chunk store (needs network for apt).
 bench-dedup: system-deps venv
 	$(BIN)/python bench/dedup.py $(BENCH_ARGS)
@@ -193,4 +208,4 @@ clean:
 
 # Also drop the virtualenv and the cached benchmark layers.
 distclean: clean
-	rm -rf $(VENV) bench/.cache
+	rm -rf $(VENV) bench/.cache bin
