@@ -29,7 +29,7 @@ import (
 // header stays well under the 16 MiB message limit.
 const metadataChunk = 1 << 20
 
-// metadataPrefixes: the Source.Metadata keys the daemon reads (contract §4 step 3).
+// metadataPrefixes: the Source.Metadata keys the daemon reads ([contract §4] step 3).
 var metadataPrefixes = []string{
 	exptypes.ExporterImageConfigKey, // also containerimage.config/<platform id>
 	exptypes.ExporterImageBaseConfigKey,
