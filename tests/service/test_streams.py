@@ -20,7 +20,7 @@ from nydus_exporter.service.client import ExporterClient, RemoteExportError, ope
 from nydus_exporter.service.server import RunningServer
 from nydus_exporter.sources import open_source
 from tests.service import streams as s
-from tests.test_export import layer_meta_only, layer_top
+from tests.e2e.test_export import layer_meta_only, layer_top
 
 LAYER = layer_top()  # small layers: these tests are about the protocol
 TOP = layer_meta_only()

@@ -42,7 +42,7 @@ from nydus_exporter.unpack import unpack_image
 from tests.conftest import PROJECT_ROOT, require
 from tests.helpers import tarbuild as tb
 from tests.registry_fixtures import FaultProxy, LoopThread, RegistryServer
-from tests.test_check import write_layers
+from tests.e2e.test_check import write_layers
 
 MIB = 1 << 20
 BIG_FILES = 40

@@ -27,7 +27,7 @@ from tests.helpers import tarbuild as tb
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available
 from tests.helpers.treesnap import diff_snapshots, snapshot_dir
 from tests.registry_fixtures import RegistryServer
-from tests.test_unpack_mount import _oci_image_of
+from tests.e2e.test_unpack_mount import _oci_image_of
 
 PLATFORMS = {
     "linux/amd64": [
