@@ -118,10 +118,10 @@ def test_convert_and_mount_every_platform(
             actual = snapshot_dir(mnt)
             # Directories no layer lists: umoci stamps them with the time of the unpack, the
             # Nydus image keeps mtime 0 (§5.1). Compare them on everything else.
-            for path in _implied_dirs(layer_tars):
-                assert expected[path].mtime >= started - 1
-                expected[path] = dataclasses.replace(
-                    expected[path], mtime=actual[path].mtime, mtime_nsec=actual[path].mtime_nsec
+            for implied in _implied_dirs(layer_tars):
+                assert expected[implied].mtime >= started - 1
+                expected[implied] = dataclasses.replace(
+                    expected[implied], mtime=actual[implied].mtime, mtime_nsec=actual[implied].mtime_nsec
                 )
             assert diff_snapshots(expected, actual) == []
         finally:

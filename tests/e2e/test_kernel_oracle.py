@@ -19,6 +19,7 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import zstandard
@@ -101,13 +102,16 @@ def corpus_gnu_names() -> list[tb.Member]:
     ]
 
 
+MANY_XATTRS: dict[str, str | bytes] = {"user.a": "1", "user.newline": b"line1\nline2\n", "trusted.t": b"\x00\x01\x00"}
+
+
 def corpus_xattrs() -> list[tb.Member]:
     return [
         tb.file("xattr/cap", b"ping", xattrs={"security.capability": CAPABILITY}),
         tb.file(
             "xattr/many",
             b"m",
-            xattrs={"user.a": "1", "user.newline": b"line1\nline2\n", "trusted.t": b"\x00\x01\x00"},
+            xattrs=MANY_XATTRS,
         ),
         tb.file("xattr/libarchive", b"l", xattrs={"user.la": b"\xff\x00bin"}, xattr_style="libarchive"),
         tb.dir("xattr/dir", xattrs={"trusted.overlay.opaque": "y", "user.d": "v" * 300}),
@@ -186,7 +190,7 @@ class Packed:
     devices: list[Path]
 
 
-def pack_for_kernel(layer: Path | io.BufferedIOBase, tmp: Path, options: PackOptions | None = None) -> Packed:
+def pack_for_kernel(layer: Path | BinaryIO, tmp: Path, options: PackOptions | None = None) -> Packed:
     """Pack, then lay out what the kernel mounts: the bootstrap and the uncompressed blob image."""
     blob = tmp / "layer.blob"
     if isinstance(layer, Path):
@@ -315,7 +319,7 @@ def test_kernel_reads_a_file_over_4_gib(tmp_path: Path) -> None:
         assert st.st_size == size
         with (mnt / "big/file").open("rb") as f:
             got = _sha256_of(iter(lambda: f.read(1 << 22), b""))
-        assert got == big.content.sha256()  # type: ignore[attr-defined]
+        assert got == big.content.sha256()
         assert (mnt / "big/after").read_bytes() == b"after"
 
 
