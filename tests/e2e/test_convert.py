@@ -22,12 +22,12 @@ from nydus_exporter.errors import FormatError
 from nydus_exporter.export import ExportOptions, export
 from nydus_exporter.mount import mount_image, umount_image
 from tests.conftest import require
+from tests.e2e.test_unpack_mount import _oci_image_of
 from tests.helpers import ocibuild
 from tests.helpers import tarbuild as tb
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available
 from tests.helpers.treesnap import diff_snapshots, snapshot_dir
 from tests.registry_fixtures import RegistryServer
-from tests.e2e.test_unpack_mount import _oci_image_of
 
 PLATFORMS = {
     "linux/amd64": [

@@ -18,10 +18,10 @@ import pytest
 from nydus_exporter.layer.directory import iter_directory
 from nydus_exporter.pack import PackOptions, pack_entries
 from tests.conftest import require
+from tests.e2e.test_kernel_oracle import mountable
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available, mount_rafs
 from tests.helpers.treesnap import diff_snapshots, snapshot_dir
 from tests.layer.test_directory import build_tree
-from tests.e2e.test_kernel_oracle import mountable
 
 pytestmark = pytest.mark.kernel
 

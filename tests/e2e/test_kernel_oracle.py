@@ -102,7 +102,11 @@ def corpus_gnu_names() -> list[tb.Member]:
     ]
 
 
-MANY_XATTRS: dict[str, str | bytes] = {"user.a": "1", "user.newline": b"line1\nline2\n", "trusted.t": b"\x00\x01\x00"}
+MANY_XATTRS: dict[str, str | bytes] = {
+    "user.a": "1",
+    "user.newline": b"line1\nline2\n",
+    "trusted.t": b"\x00\x01\x00",
+}
 
 
 def corpus_xattrs() -> list[tb.Member]:

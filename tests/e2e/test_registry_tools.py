@@ -40,9 +40,9 @@ from nydus_exporter.registry import RetryPolicy
 from nydus_exporter.registry_store import RegistryOptions, RegistryStore
 from nydus_exporter.unpack import unpack_image
 from tests.conftest import PROJECT_ROOT, require
+from tests.e2e.test_check import write_layers
 from tests.helpers import tarbuild as tb
 from tests.registry_fixtures import FaultProxy, LoopThread, RegistryServer
-from tests.e2e.test_check import write_layers
 
 MIB = 1 << 20
 BIG_FILES = 40

@@ -12,8 +12,8 @@ import pytest
 from nydus_exporter.service.client import ExporterClient, open_channel
 from nydus_exporter.service.config import ServiceConfig
 from nydus_exporter.service.server import RunningServer, serve
-from tests.helpers import ocibuild
 from tests.e2e.test_export import layer_base, layer_meta_only, layer_top
+from tests.helpers import ocibuild
 
 
 @pytest.fixture

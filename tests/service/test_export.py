@@ -18,9 +18,9 @@ from nydus_exporter.service.jobs import SLOT_ROW
 from nydus_exporter.service.metrics import DEDUP_KINDS
 from nydus_exporter.service.server import RunningServer, serve
 from nydus_exporter.sources import open_source
+from tests.e2e.test_export import layer_base, layer_top
 from tests.registry_fixtures import FaultProxy, RegistryServer
 from tests.service.conftest import config_for
-from tests.e2e.test_export import layer_base, layer_top
 
 
 def files_of(root: Path) -> dict[str, bytes]:
