@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux mount procps kmod \
 	ca-certificates
 
-.PHONY: all venv system-deps test lint run sample bench bench-export bench-push bench-daemon bench-dedup clean distclean
+.PHONY: all venv system-deps test lint run sample bench bench-export bench-push bench-metadata bench-daemon bench-dedup clean distclean
 
 all: test
 
@@ -81,6 +81,10 @@ bench-export: system-deps venv
 
 bench-push: system-deps venv
 	$(BIN)/python bench/push.py $(BENCH_ARGS)
+
+# Metadata at scale (merge, 100k-inode bootstraps, directory walks) and the tar data path.
+bench-metadata: venv
+	$(BIN)/python bench/metadata.py $(BENCH_ARGS)
 
 # gRPC overhead (daemon vs in-process) and concurrent exports; not named grpc.py, which would
 # shadow the grpc package on sys.path.

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -497,17 +496,15 @@ def test_a_very_deep_tree_walks(tmp_path: Path) -> None:
     assert paths[-1] == b"/dd" * depth + b"/leaf"
 
 
-def test_a_ten_thousand_file_tree_walks_fast(tmp_path: Path) -> None:
+def test_a_ten_thousand_file_tree_walks(tmp_path: Path) -> None:
+    # How long this takes is measured by bench/metadata.py, not asserted here.
     for d in range(100):
         sub = tmp_path / f"d{d:03d}"
         sub.mkdir()
         for i in range(100):
             (sub / f"file-{i:03d}").write_bytes(b"x" if i % 2 else b"")
-    start = time.perf_counter()
     count = sum(1 for _ in iter_directory(tmp_path))
-    elapsed = time.perf_counter() - start
     assert count == 1 + 100 + 10_000
-    assert elapsed < 1.0, f"walking 10k files took {elapsed:.2f} s"
 
 
 # --------------------------------------------------------------------------------------------
