@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,11 +65,14 @@ class WireCounter:
         self.host = ""
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing: asyncio.Event | None = None  # cleared: nothing more reaches the client
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, count: bool) -> None:
         try:
             while data := await src.read(1 << 16):
                 if count:
+                    assert self._flowing is not None
+                    await self._flowing.wait()
                     self.down += len(data)
                 dst.write(data)
                 await dst.drain()
@@ -90,7 +92,14 @@ class WireCounter:
         finally:
             self._tasks.discard(task)
 
+    def pause(self) -> None:
+        """Stop passing the registry's bytes on: the client waits as on a stalled network."""
+        assert self._flowing is not None
+        self._loop_thread.loop.call_soon_threadsafe(self._flowing.clear)
+
     async def _start(self) -> None:
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.host = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
@@ -384,10 +393,10 @@ def test_open_blob_streams_verified_bytes_and_close_stops_the_transfer(
 
 
 def test_closing_the_store_wakes_a_reader_in_another_thread(
-    big_image: PushedImage, registry: RegistryServer
+    big_image: PushedImage, wire: WireCounter
 ) -> None:
     blob = max((big_image.layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
-    store = RegistryStore.open(big_image.docker(registry.host))
+    store = RegistryStore.open(big_image.docker(wire.host))
     stream = store.open_blob(f"sha256:{blob.name}")
     outcome: list[object] = []
     started = threading.Event()
@@ -397,8 +406,9 @@ def test_closing_the_store_wakes_a_reader_in_another_thread(
         try:
             while piece := stream.read(64 << 10):
                 total += len(piece)
-                started.set()
-                time.sleep(0.001)  # a slow consumer: the producer waits on the bounded queue
+                if not started.is_set():
+                    wire.pause()  # the network stalls: the reader ends up waiting for bytes
+                    started.set()
             outcome.append(total)
         except ValueError as exc:
             outcome.append(exc)
