@@ -19,9 +19,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from tests.helpers.waiting import ConditionTimeout, wait_until
 
 KERNEL_EROFS_REASON = (
     "needs root, loop devices (/dev/loop-control, losetup) and the kernel EROFS driver "
@@ -101,23 +102,19 @@ def _attach_loop(path: Path) -> str:
 def _detach_loop(dev: str) -> None:
     # `losetup -d` on a still-busy device sets autoclear instead of failing for good,
     # so a lazily-unmounted filesystem still frees its loop devices eventually.
-    res = _run(["losetup", "-d", dev])
-    if res.returncode != 0:
-        time.sleep(0.2)
-        _run(["losetup", "-d", dev])
+    with contextlib.suppress(ConditionTimeout):
+        wait_until(lambda: _run(["losetup", "-d", dev]).returncode == 0, 2, what=f"{dev} detaches")
 
 
 def _unmount(mountpoint: Path) -> None:
-    deadline = time.monotonic() + _UMOUNT_RETRY_SECONDS
-    while True:
-        res = _run(["umount", str(mountpoint)])
-        if res.returncode == 0 or not os.path.ismount(mountpoint):
-            return
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.1)
-    # Still busy: detach it lazily so the loops and the tempdir can go.
-    _run(["umount", "-l", str(mountpoint)])
+    def unmounted() -> bool:
+        return _run(["umount", str(mountpoint)]).returncode == 0 or not os.path.ismount(mountpoint)
+
+    try:
+        wait_until(unmounted, _UMOUNT_RETRY_SECONDS, what=f"{mountpoint} unmounts")
+    except ConditionTimeout:
+        # Still busy: detach it lazily so the loops and the tempdir can go.
+        _run(["umount", "-l", str(mountpoint)])
 
 
 @contextlib.contextmanager
