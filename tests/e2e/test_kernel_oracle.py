@@ -25,6 +25,7 @@ import pytest
 import zstandard
 
 from nydus_exporter.pack import PackOptions, pack_layer_to_file
+from nydus_exporter.rafs import codecs
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from tests.conftest import NYDUS_FIXTURES, require
@@ -267,14 +268,25 @@ def test_kernel_reads_the_packed_layer(case: str, tmp_path: Path) -> None:
     check_against_kernel(tar, tmp_path)
 
 
+def _chunking_options() -> list[PackOptions]:
+    """Every compressor and digester of the codec table, across the smallest, the largest and
+    a middle chunk size, with 1 to 3 packing threads."""
+    sizes = (4096, 16 << 20, 64 << 10)
+    return [
+        PackOptions(
+            chunk_size=sizes[i % len(sizes)],
+            compressor=compressor,
+            digester=codecs.DIGESTER_NAMES[i % len(codecs.DIGESTER_NAMES)],
+            threads=1 + i % 3,
+        )
+        for i, compressor in enumerate(codecs.COMPRESSOR_NAMES)
+    ]
+
+
 @pytest.mark.parametrize(
     "options",
-    [
-        PackOptions(chunk_size=4096, compressor="lz4_block", digester="sha256", threads=3),
-        PackOptions(chunk_size=16 << 20, compressor="none", threads=1),
-        PackOptions(chunk_size=64 << 10, compressor="zstd", digester="blake3", threads=2),
-    ],
-    ids=["4KiB-lz4-sha256", "16MiB-none", "64KiB-zstd"],
+    _chunking_options(),
+    ids=lambda o: f"{o.chunk_size >> 10}KiB-{o.compressor}-{o.digester}",
 )
 def test_kernel_reads_every_chunking_option(options: PackOptions, tmp_path: Path) -> None:
     tar = write_tar(tmp_path / "layer.tar", corpus_entry_types() + corpus_dedup(), "pax")
