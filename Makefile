@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 RUN_DIR := .state/run
 DAEMON_DIR := .state/daemon
 PYTEST_ARGS ?=
+# pytest-xdist workers: one per core (`make test PYTEST_WORKERS=0` runs in one process).
+PYTEST_WORKERS ?= auto
+PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 # Debian packages the tests and the benchmark use:
 #   erofs-utils      mkfs.erofs / fsck.erofs / dump.erofs: independent readers of our images
@@ -19,7 +22,7 @@ PYTEST_ARGS ?=
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux mount procps kmod \
 	ca-certificates
 
-.PHONY: all venv system-deps test lint run sample bench bench-export bench-push bench-metadata bench-daemon bench-dedup clean distclean
+.PHONY: all venv system-deps test check lint run sample bench bench-export bench-push bench-metadata bench-daemon bench-dedup clean distclean
 
 all: test
 
@@ -51,10 +54,19 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The full suite (what CI runs): lint, types, every test in parallel. A run that leaves files in
+# its temporary directory fails (tests/tempcheck.py).
 test: system-deps venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
+
+# The inner loop, under a minute on 2 cores: lint, types and the tests that are neither slow
+# (over a second) nor end-to-end (tests/e2e/: CLI, daemon, registry and kernel paths).
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(PYTEST) -m "not slow and not e2e" $(PYTEST_ARGS)
 
 # The main job on embedded defaults: the exporter daemon, with its unix socket, state dir and
 # default output layouts under .state/daemon (Ctrl-C stops it, draining running exports).

@@ -467,6 +467,7 @@ def _read_line(proc: subprocess.Popen[str], expected: str) -> None:
     assert line == expected + "\n", f"expected {expected!r} from the worker, got {line!r}"
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_never_tears_a_blob(tmp_path: Path) -> None:
     rnd = random.Random(1234)
     killed_while_recording = 0
@@ -492,6 +493,7 @@ def test_sigkill_at_random_moments_never_tears_a_blob(tmp_path: Path) -> None:
         assert store.stats()["blobs"] > 0  # the workers did record between kills
 
 
+@pytest.mark.slow
 def test_processes_record_at_once(tmp_path: Path) -> None:
     state = tmp_path / "state"  # the store does not exist yet: created in the race
     procs = [worker(state, f"proc{i}", 15, 0.0, wait_for_go=True) for i in range(4)]
@@ -516,6 +518,7 @@ def test_processes_record_at_once(tmp_path: Path) -> None:
         assert assert_reads_back(store) == store.stats()["blobs"] == 60 - forgotten
 
 
+@pytest.mark.slow
 def test_threads_share_one_store(tmp_path: Path) -> None:
     errors: list[BaseException] = []
     with ChunkStore.open(tmp_path) as store:

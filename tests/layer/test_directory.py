@@ -470,6 +470,7 @@ def test_data_cannot_be_read_after_the_walk_moved_on(tmp_path: Path) -> None:
         first.data.read(1)
 
 
+@pytest.mark.slow
 def test_a_very_deep_tree_walks(tmp_path: Path) -> None:
     """Deeper than Python's recursion limit and than PATH_MAX allows as one path."""
     depth = 1200
@@ -496,6 +497,7 @@ def test_a_very_deep_tree_walks(tmp_path: Path) -> None:
     assert paths[-1] == b"/dd" * depth + b"/leaf"
 
 
+@pytest.mark.slow
 def test_a_ten_thousand_file_tree_walks(tmp_path: Path) -> None:
     # How long this takes is measured by bench/metadata.py, not asserted here.
     for d in range(100):

@@ -726,6 +726,7 @@ def test_negative_size_raises() -> None:
         read_tar(tb.tar_of(tb.raw_header("f", fields={"size": tb.base256(-5, 12)})))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["pax", "gnu"], ids=["pax-size-record", "gnu-base256-size"])
 def test_sizes_beyond_8_gib_written_by_tarfile(fmt: str) -> None:
     # tarfile writes sizes >= 8 GiB as a PAX size record (pax) or a base-256 field (gnu);
@@ -876,6 +877,7 @@ def test_bad_archive_ends_raise(data: bytes, message: str) -> None:
         read_tar(data)
 
 
+@pytest.mark.slow
 def test_every_truncation_point_raises_until_the_end_marker() -> None:
     members: list[tb.Member] = [
         tb.dir("d"),

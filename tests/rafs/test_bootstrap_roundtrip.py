@@ -400,6 +400,7 @@ def extractable(image: Image) -> bool:
 # Tests
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(images())
 def test_generated_trees_round_trip_and_pass_fsck_erofs(image: Image) -> None:
@@ -428,6 +429,7 @@ def big_directory_image(entries: int) -> Image:
     return image
 
 
+@pytest.mark.slow
 def test_directory_with_more_than_10000_entries(tmp_path: Path) -> None:
     image = big_directory_image(10_001)
     data = image.write()
@@ -534,6 +536,7 @@ def erofs_available() -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_kernel_mount_shows_the_written_tree(tmp_path: Path) -> None:
     require(os.geteuid() == 0 and erofs_available(), "needs root and kernel EROFS support")
     require(shutil.which("losetup") is not None, "losetup is not installed")

@@ -137,6 +137,7 @@ async def test_dropped_monolithic_put_is_retried(
     assert registry.stored_blob(blob.digest).read_bytes() == blob.data
 
 
+@pytest.mark.slow
 async def test_never_answering_registry_fails_within_deadline(
     fault_proxy: FaultProxy, repo_name: str
 ) -> None:

@@ -257,6 +257,7 @@ def _start_daemon(root: Path, grace: float) -> tuple[subprocess.Popen[bytes], st
     return proc, f"unix://{socket}"
 
 
+@pytest.mark.slow
 async def test_sigterm_drains_an_export_in_flight(image: Path, short_tmp: Path) -> None:
     proc, address = _start_daemon(short_tmp, grace=20)
     try:
@@ -297,6 +298,7 @@ async def test_sigterm_drains_an_export_in_flight(image: Path, short_tmp: Path) 
             proc.wait()
 
 
+@pytest.mark.slow
 async def test_sigterm_cancels_what_outlives_the_grace_period(short_tmp: Path) -> None:
     proc, address = _start_daemon(short_tmp, grace=0.5)
     try:
