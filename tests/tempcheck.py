@@ -15,6 +15,7 @@ the system temp dir, not to this run's directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -65,7 +66,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     leftovers = sorted(root.iterdir())
     if not leftovers:
-        root.rmdir()
         return
     lines = [_describe(path, root) for path in leftovers[:_SHOWN]]
     if len(leftovers) > _SHOWN:
@@ -77,3 +77,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             reporter.write_line(f"  {line}")
     if session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the run's directory when nothing is left in it (also after ``--help``)."""
+    root = config.stash.get(_ROOT, None)
+    if root is not None:
+        with contextlib.suppress(OSError):  # not empty: kept for inspection
+            root.rmdir()

@@ -121,6 +121,7 @@ def test_chunk_store_needs_push(tmp_path: Path) -> None:
         export(layer(tmp_path, "x", tb.file("f", b"1")), options, state_dir=tmp_path / "state")
 
 
+@pytest.mark.slow
 def test_unchanged_layers_are_not_converted_again(
     fault_proxy: FaultProxy, repo_name: str, tmp_path: Path
 ) -> None:
@@ -151,6 +152,7 @@ def test_unchanged_layers_are_not_converted_again(
     assert cli.main(["check", f"docker://{fault_proxy.upstream.host}/{repo_name}:v2"]) == 0
 
 
+@pytest.mark.slow
 def test_chunkdict_push_serves_other_repositories(
     fault_proxy: FaultProxy, repo_name: str, tmp_path: Path
 ) -> None:
@@ -180,6 +182,7 @@ def test_chunkdict_push_serves_other_repositories(
     assert cli.main(["check", f"docker://{host}/{repo_name}-b:v1"]) == 0
 
 
+@pytest.mark.slow
 def test_killed_export_leaves_a_consistent_store(
     registry: RegistryServer, repo_name: str, tmp_path: Path
 ) -> None:

@@ -261,7 +261,9 @@ def write_tar(path: Path, members: list[tb.Member], fmt: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", sorted(CORPUS))
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if c == "large-dir" else c for c in sorted(CORPUS)]
+)
 def test_kernel_reads_the_packed_layer(case: str, tmp_path: Path) -> None:
     members, fmt = CORPUS[case]
     tar = write_tar(tmp_path / "layer.tar", members(), fmt)

@@ -366,6 +366,7 @@ def test_cat_cli_errors_exit_1(
 # --- the store: streams, documents, options ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_open_blob_streams_verified_bytes_and_close_stops_the_transfer(
     big_image: PushedImage, wire: WireCounter
 ) -> None:
