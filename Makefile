@@ -8,9 +8,10 @@ STAMP := $(VENV)/.installed
 RUN_DIR := .state/run
 DAEMON_DIR := .state/daemon
 PYTEST_ARGS ?=
-# pytest-xdist workers: one per core (`make test PYTEST_WORKERS=0` runs in one process).
+# pytest-xdist workers: one per core (`make test PYTEST_WORKERS=0` runs in one process). Tests are
+# handed out one at a time, slow ones first (tests/conftest.py), so the workers finish together.
 PYTEST_WORKERS ?= auto
-PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal
+PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --maxschedchunk 1
 
 # Debian packages the tests and the benchmark use:
 #   erofs-utils      mkfs.erofs / fsck.erofs / dump.erofs: independent readers of our images

@@ -41,6 +41,7 @@ from nydus_exporter.unpack import unpack_image
 from tests.conftest import PROJECT_ROOT, require
 from tests.e2e.test_check import write_layers
 from tests.helpers import tarbuild as tb
+from tests.helpers.shared import build_once
 from tests.registry_fixtures import FaultProxy, LoopThread, RegistryServer
 
 MIB = 1 << 20
@@ -201,21 +202,30 @@ class PushedImage:
 
 
 @pytest.fixture(scope="module")
-def big_image(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer) -> PushedImage:
-    directory = tmp_path_factory.mktemp("big")
-    tar_path = directory / "layer.tar"
-    big_tar(tar_path)
-    export_layout(f"tar:{tar_path}", directory / "layout")
+def big_image(
+    tmp_path_factory: pytest.TempPathFactory, worker_id: str, registry: RegistryServer
+) -> PushedImage:
+    def build(directory: Path) -> None:  # once per run (read-only), pushed by each worker
+        big_tar(directory / "layer.tar")
+        export_layout(f"tar:{directory / 'layer.tar'}", directory / "layout")
+
+    directory = build_once(tmp_path_factory, worker_id, "registry-tools-big", build)
     repo_tag = skopeo_push(directory / "layout", "1", registry.host, f"t/lazy-{uuid.uuid4().hex[:8]}")
-    return PushedImage(directory / "layout", tar_path, repo_tag)
+    return PushedImage(directory / "layout", directory / "layer.tar", repo_tag)
 
 
 @pytest.fixture(scope="module")
-def rich_image(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer) -> PushedImage:
+def rich_image(
+    tmp_path_factory: pytest.TempPathFactory, worker_id: str, registry: RegistryServer
+) -> PushedImage:
     """test_check's three layers: hardlinks, devices, xattrs, whiteouts, an opaque dir."""
-    directory = tmp_path_factory.mktemp("rich")
-    layers = write_layers(directory / "layers")
-    export_layout("tar:" + ",".join(map(str, layers)), directory / "layout")
+
+    def build(directory: Path) -> None:  # once per run (read-only), pushed by each worker
+        layers = write_layers(directory / "layers")
+        export_layout("tar:" + ",".join(map(str, layers)), directory / "layout")
+
+    directory = build_once(tmp_path_factory, worker_id, "registry-tools-rich", build)
+    layers = sorted((directory / "layers").iterdir())
     repo_tag = skopeo_push(directory / "layout", "1", registry.host, f"t/rich-{uuid.uuid4().hex[:8]}")
     return PushedImage(directory / "layout", layers[0], repo_tag)
 
@@ -366,7 +376,6 @@ def test_cat_cli_errors_exit_1(
 # --- the store: streams, documents, options ---------------------------------------------------
 
 
-@pytest.mark.slow
 def test_open_blob_streams_verified_bytes_and_close_stops_the_transfer(
     big_image: PushedImage, wire: WireCounter
 ) -> None:
