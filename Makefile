@@ -10,6 +10,10 @@ DAEMON_DIR := .state/daemon
 PYTEST_ARGS ?=
 # make run's /metrics and /healthz endpoint (another port: make run METRICS_ADDR=127.0.0.1:9465)
 METRICS_ADDR ?= 127.0.0.1:9464
+# pytest-xdist workers: one per core (`make test PYTEST_WORKERS=0` runs in one process). Tests are
+# handed out one at a time, slow ones first (tests/conftest.py), so the workers finish together.
+PYTEST_WORKERS ?= auto
+PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --maxschedchunk 1
 
 # Debian packages the daemon and the CLI need (`make run`): CA certificates for registries,
 # liblz4 for lz4_block chunks (LZ4_compress_default, the bytes nydus-image writes).
@@ -50,7 +54,8 @@ GO ?= go
 INTEROP_GO_DIR := tests/interop/containerd
 
 .PHONY: all venv system-deps runtime-deps registry-service-off interop-tools interop buildkit buildkit-check \
-	test lint proto run sample bench bench-export bench-push bench-daemon bench-dedup bench-buildkit clean distclean
+	test check lint proto run sample bench bench-export bench-push bench-metadata bench-daemon bench-dedup \
+	bench-buildkit clean distclean
 
 all: test
 
@@ -146,7 +151,7 @@ interop-tools: system-deps
 
 # Just the interop tests (the real nydus code reading our images), ending with one summary line.
 interop: interop-tools venv
-	$(BIN)/pytest tests/interop $(PYTEST_ARGS)
+	$(PYTEST) tests/interop $(PYTEST_ARGS)
 
 # nydus-buildkitd and buildctl (BuildKit's release pinned in deploy/buildkit/go.mod) in bin/.
 # Needs Go >= 1.26; its module and build caches stay under $$HOME, so rebuilds only relink.
@@ -158,10 +163,19 @@ buildkit-check:
 	@cd deploy/buildkit && out=$$(gofmt -l nydus) && { [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }; }
 	cd deploy/buildkit && go vet ./... && go test ./...
 
+# The full suite (what CI runs): lint, types, every test in parallel. A run that leaves files in
+# its temporary directory fails (tests/tempcheck.py).
 test: system-deps venv interop-tools buildkit buildkit-check
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
+
+# The inner loop, under a minute on 2 cores: lint, types and the tests that are neither slow
+# (over a second) nor end-to-end (tests/e2e/: CLI, daemon, registry and kernel paths).
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(PYTEST) -m "not slow and not e2e" $(PYTEST_ARGS)
 
 # The main job on embedded defaults: the exporter daemon, with its unix socket, state dir and
 # default output layouts under .state/daemon (Ctrl-C stops it, draining running exports).
@@ -188,6 +202,10 @@ bench-export: system-deps venv
 
 bench-push: system-deps venv
 	$(BIN)/python bench/push.py $(BENCH_ARGS)
+
+# Metadata at scale (merge, 100k-inode bootstraps, directory walks) and the tar data path.
+bench-metadata: venv
+	$(BIN)/python bench/metadata.py $(BENCH_ARGS)
 
 # gRPC overhead (daemon vs in-process) and concurrent exports; not named grpc.py, which would
 # shadow the grpc package on sys.path.

@@ -30,14 +30,14 @@ def _layer(path: Path, size: int = 3 << 20) -> Path:
     return path
 
 
-def _cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "nydus_exporter.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
-        **kw,  # type: ignore[arg-type]
+        env=env,
     )
 
 

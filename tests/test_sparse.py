@@ -21,8 +21,8 @@ from nydus_exporter.pack import PackOptions, pack_layer
 from nydus_exporter.rafs import codecs
 from nydus_exporter.rafs.blob import zero_chunk
 from nydus_exporter.service.attrs import resolve_attrs
+from tests.e2e.test_kernel_oracle import check_against_kernel, write_tar
 from tests.helpers import tarbuild as tb
-from tests.test_kernel_oracle import check_against_kernel, write_tar
 
 TIB = 1 << 40
 MIB = 1 << 20

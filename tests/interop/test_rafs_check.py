@@ -32,13 +32,7 @@ import pytest
 
 from nydus_exporter.export import ExportOptions, export
 from tests.conftest import require
-from tests.helpers import tarbuild as tb
-from tests.helpers.treesnap import Snapshot, diff_snapshots, snapshot_tar
-from tests.interop import summary
-from tests.interop.images import TAG, Image, export_image, kernel_tree, open_layout, write_tars
-from tests.interop.tools import CheckResult, rafs_check
-from tests.registry_fixtures import RegistryServer
-from tests.test_merge_kernel import (
+from tests.e2e.test_merge_kernel import (
     corpus_data,
     corpus_devices,
     corpus_empty_and_metadata_only,
@@ -49,6 +43,12 @@ from tests.test_merge_kernel import (
     corpus_whiteout_everything,
     corpus_whiteouts,
 )
+from tests.helpers import tarbuild as tb
+from tests.helpers.treesnap import Snapshot, diff_snapshots, snapshot_tar
+from tests.interop import summary
+from tests.interop.images import TAG, Image, export_image, kernel_tree, open_layout, write_tars
+from tests.interop.tools import CheckResult, rafs_check
+from tests.registry_fixtures import RegistryServer
 
 pytestmark = pytest.mark.kernel
 

@@ -23,9 +23,9 @@ from nydus_exporter.service.client import ExporterClient, RemoteExportError
 from nydus_exporter.service.errors import PathNotAllowedError, ProtocolError
 from nydus_exporter.service.server import RunningServer
 from nydus_exporter.sources import open_source
+from tests.e2e.test_export import layer_meta_only
 from tests.helpers import tarbuild as tb
 from tests.service import streams as s
-from tests.test_export import layer_meta_only
 
 SECRET = b"-----BEGIN PRIVATE KEY----- outside every root"
 PUBLIC = b"public content of the layer under the root"
