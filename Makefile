@@ -44,6 +44,9 @@ RC_DIR ?= /etc
 # The interop tools (tests/interop/, a Cargo workspace on the real nydus crates) go to bin/.
 # Cargo's target directory lives outside the clone so repeated runs (and fresh clones) build
 # incrementally; CARGO_HOME keeps the crate registry in ~/.cargo as usual.
+# The usual install locations of Go (go.dev tarball) and Rust (rustup) are searched after PATH, so
+# a shell that never sourced their profile scripts (CI, sudo) still finds them.
+export PATH := $(PATH):/usr/local/go/bin:$(HOME)/.cargo/bin
 CARGO ?= cargo
 INTEROP_DIR := tests/interop
 INTEROP_TARGET_DIR ?= $(HOME)/.cache/nydus-exporter/cargo-target
