@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nydus_exporter.errors import ConfigError
+from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT
 
 ENV_PREFIX = "NYDUS_EXPORTER_"
 DEFAULT_STATE_DIR = Path("/var/lib/nydus-exporter")
@@ -47,6 +48,8 @@ class ServiceConfig:
     grace_period: float = 30.0  # SIGTERM: seconds running exports may take to finish
     allowed_roots: tuple[Path, ...] = ()  # host paths a client may name (oci-layout, layer refs)
     use_docker_config: bool = False  # fall back to the daemon's own docker config for registries
+    # sparse-limit of exports that name none, and the most one may ask for (bytes)
+    sparse_limit: int = DEFAULT_SPARSE_LIMIT
     max_chunk_bytes: int = 1 << 20  # largest LayerData.data
     max_message_bytes: int = 16 << 20  # gRPC message limit both ways ([contract §5.6])
     # What a client can make the daemon hold in memory (service/budget.py) and how long and
@@ -65,11 +68,12 @@ class ServiceConfig:
         return self.listen or (f"unix://{self.state_dir / 'exporter.sock'}",)
 
     def validated(self) -> ServiceConfig:
-        if self.max_concurrent_exports < 1:
-            raise ConfigError("max_concurrent_exports must be at least 1")
+        if self.sparse_limit < 0:
+            raise ConfigError("sparse_limit must not be negative")
         if not 4096 <= self.max_chunk_bytes <= self.max_message_bytes - 4096:
             raise ConfigError("max_chunk_bytes must be from 4096 to max_message_bytes - 4096")
         for count, name in (
+            (self.max_concurrent_exports, "max_concurrent_exports"),
             (self.max_metadata_bytes_per_job, "max_metadata_bytes_per_job"),
             (self.max_metadata_bytes_total, "max_metadata_bytes_total"),
             (self.max_attrs_bytes_per_instance, "max_attrs_bytes_per_instance"),

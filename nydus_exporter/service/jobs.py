@@ -217,7 +217,9 @@ class JobRegistry:
                 f"the attrs are {size} bytes, more than the "
                 f"{self.config.max_attrs_bytes_per_instance} max_attrs_bytes_per_instance allows"
             )
-        resolved = resolve_attrs(attrs, path_allowed=self.config.path_allowed)
+        resolved = resolve_attrs(
+            attrs, path_allowed=self.config.path_allowed, sparse_limit=self.config.sparse_limit
+        )
         self.attrs_held.reserve(size)  # given back when the instance is released or expires
         instance = Instance(
             uuid.uuid4().hex, resolved, exporter_index, buildkit_version, self._clock(), attrs_bytes=size
