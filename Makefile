@@ -129,6 +129,7 @@ $(STAMP): pyproject.toml
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Regenerate the committed gRPC modules (nydus_exporter/api/) after changing proto/.
 proto: venv
@@ -171,6 +172,7 @@ buildkit-check:
 test: system-deps venv interop-tools buildkit buildkit-check
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(PYTEST) $(PYTEST_ARGS)
 
 # The inner loop, under a minute on 2 cores: lint, types and the tests that are neither slow
@@ -178,6 +180,7 @@ test: system-deps venv interop-tools buildkit buildkit-check
 check: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(PYTEST) -m "not slow and not e2e" $(PYTEST_ARGS)
 
 # The main job on embedded defaults: the exporter daemon, with its unix socket, state dir and

@@ -2,9 +2,9 @@
 
 ``python bench/_push_child.py LAYOUT TAG REFERENCE`` pushes the image tagged TAG in the OCI
 layout LAYOUT to REFERENCE (``host[:port]/repository:tag``; loopback hosts are reached over
-plain HTTP) with :func:`nydus_exporter.push.push_image`, and prints one JSON object:
+plain HTTP) with :func:`nydus_exporter.pipeline.push.push_image`, and prints one JSON object:
 ``push_s`` (the push itself, client set-up included, imports excluded) and the
-:class:`~nydus_exporter.push.PushStats` counters. Nothing else is done, so the launcher's wall
+:class:`~nydus_exporter.pipeline.push.PushStats` counters. Nothing else is done, so the launcher's wall
 time is interpreter start + imports + the push, and nothing of the conversion.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from nydus_exporter.errors import ExporterError
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.oci.reference import parse_reference
-from nydus_exporter.push import push_image
+from nydus_exporter.pipeline.push import push_image
 from nydus_exporter.registry.sync import SyncRegistry
 
 

@@ -30,7 +30,7 @@ was really converted) and reports:
    ``max_concurrent_exports`` (default: CPUs) at a time; the rest wait for a slot.
 
 3. Resolve latency, measured in this process with the Python client
-   (``nydus_exporter.service.client.ExporterClient.resolve``): 200 Resolve calls spread over
+   (``nydus_exporter.client.exporter.ExporterClient.resolve``): 200 Resolve calls spread over
    8 concurrent tasks, once on the idle daemon and once during each export batch of 2
    ("under load"), plus 200 calls one at a time on the idle daemon (the round trip without
    queueing); p50 and p99 in milliseconds. The instances are released afterwards.
@@ -103,12 +103,12 @@ SETUP_ERRORS = (BenchError, subprocess.CalledProcessError, OSError, ValueError, 
 
 
 def load_client() -> Any:
-    """``nydus_exporter.service.client``, or a clear error when this Python lacks the package."""
+    """``nydus_exporter.client.exporter``, or a clear error when this Python lacks the package."""
     try:
-        return importlib.import_module("nydus_exporter.service.client")
+        return importlib.import_module("nydus_exporter.client.exporter")
     except ImportError as exc:
         raise BenchError(
-            f"{sys.executable} cannot import nydus_exporter.service.client ({exc}); "
+            f"{sys.executable} cannot import nydus_exporter.client.exporter ({exc}); "
             "run it with the project's venv (make venv)"
         ) from None
 
@@ -315,7 +315,7 @@ class Batch:
     errors: list[str]
 
 
-async def _run_export(argv: list[str], timeout: float) -> tuple[float, str | None]:
+async def _run_export(argv: list[str], limit: float) -> tuple[float, str | None]:
     """One ``export --addr`` child: (seconds until it exited, the error or None)."""
     start = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
@@ -326,9 +326,10 @@ async def _run_export(argv: list[str], timeout: float) -> tuple[float, str | Non
         start_new_session=True,  # killed as a group on timeout or Ctrl-C
     )
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
+        async with asyncio.timeout(limit):
+            _, err = await proc.communicate()
     except TimeoutError:
-        return time.perf_counter() - start, f"did not finish within {timeout:.0f} s (killed)"
+        return time.perf_counter() - start, f"did not finish within {limit:.0f} s (killed)"
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):

@@ -41,6 +41,7 @@ missing or when a push fails.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -195,28 +196,8 @@ def _walk(root: Path) -> Iterator[tuple[str, list[str]]]:
 def write_diff_layer(base: Path, new: Path, out: Path) -> dict[str, int]:
     """The OCI layer that turns ``base`` into ``new``: added and changed entries (with their
     directories), and a whiteout ``.wh.NAME`` for each deleted one (image-spec layer.md)."""
-    entries: set[str] = set()
-    for rel_dir, names in _walk(new):
-        for name in names:
-            rel = os.path.join(rel_dir, name)
-            if _differs(new / rel, os.lstat(new / rel), base / rel):
-                entries.add(rel)
-    for rel in list(entries):  # each entry's directories, as tar writers do
-        parent = os.path.dirname(rel)
-        while parent and parent not in entries:
-            entries.add(parent)
-            parent = os.path.dirname(parent)
-    whiteouts: set[str] = set()
-    for dirpath, dirs, files in os.walk(base):
-        rel_dir = os.path.relpath(dirpath, base)
-        rel_dir = "" if rel_dir == "." else rel_dir
-        if not os.path.isdir(new / rel_dir) or os.path.islink(new / rel_dir):
-            dirs[:] = []
-            continue
-        for name in [*dirs, *files]:
-            if not os.path.lexists(new / rel_dir / name):
-                whiteouts.add(os.path.join(rel_dir, f".wh.{name}"))
-        dirs[:] = [d for d in dirs if os.path.lexists(new / rel_dir / d)]
+    entries = _changed_entries(base, new)
+    whiteouts = _deleted_entries(base, new)
     tmp = out.with_name(out.name + ".tmp")
     counts = {"entries": 0, "whiteouts": len(whiteouts)}
     try:
@@ -239,6 +220,38 @@ def write_diff_layer(base: Path, new: Path, out: Path) -> dict[str, int]:
     finally:
         tmp.unlink(missing_ok=True)
     return counts
+
+
+def _changed_entries(base: Path, new: Path) -> set[str]:
+    """Entries of ``new`` that ``base`` lacks or has otherwise, with their directories."""
+    entries: set[str] = set()
+    for rel_dir, names in _walk(new):
+        for name in names:
+            rel = os.path.join(rel_dir, name)
+            if _differs(new / rel, os.lstat(new / rel), base / rel):
+                entries.add(rel)
+    for rel in list(entries):  # each entry's directories, as tar writers do
+        parent = os.path.dirname(rel)
+        while parent and parent not in entries:
+            entries.add(parent)
+            parent = os.path.dirname(parent)
+    return entries
+
+
+def _deleted_entries(base: Path, new: Path) -> set[str]:
+    """A whiteout name for each entry of ``base`` that ``new`` deleted (not inside it)."""
+    whiteouts: set[str] = set()
+    for dirpath, dirs, files in os.walk(base):
+        rel_dir = os.path.relpath(dirpath, base)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        if not os.path.isdir(new / rel_dir) or os.path.islink(new / rel_dir):
+            dirs[:] = []
+            continue
+        for name in [*dirs, *files]:
+            if not os.path.lexists(new / rel_dir / name):
+                whiteouts.add(os.path.join(rel_dir, f".wh.{name}"))
+        dirs[:] = [d for d in dirs if os.path.lexists(new / rel_dir / d)]
+    return whiteouts
 
 
 def build_apt_layer(rootfs: Path, packages: tuple[str, ...], out: Path, work: Path) -> dict[str, int]:
@@ -610,15 +623,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    missing = missing_tools(TOOLS)
-    if missing:
-        print(f"bench: missing {', '.join(missing)} (run `make system-deps`)", file=sys.stderr)
-        return 1
-    exporter = find_exporter(args.exporter)
-    problem = check_exporter(exporter, "export")
+    problem = _missing_setup(args)
     if problem is not None:
         print(f"bench: {problem}", file=sys.stderr)
         return 1
+    exporter = find_exporter(args.exporter)
     cache: Path = args.cache.resolve()
     try:
         inputs = ensure_inputs(cache, args.mirror)
@@ -642,6 +651,19 @@ def main(argv: list[str] | None = None) -> int:
                     run_scenario(scenario, work)
                 except BenchError as exc:
                     scenario.error = str(exc)
+    report = _report(inputs, scenarios, args.runs)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 1 if any(s.error for s in scenarios) else 0
+
+
+def _missing_setup(args: argparse.Namespace) -> str | None:
+    missing = missing_tools(TOOLS)
+    if missing:
+        return f"missing {', '.join(missing)} (run `make system-deps`)"
+    return check_exporter(find_exporter(args.exporter), "export")
+
+
+def _report(inputs: Inputs, scenarios: list[Scenario], runs: int) -> dict[str, Any]:
     sums = {s.key: summary(s) for s in scenarios}
 
     def total(key: str) -> float | None:
@@ -652,6 +674,37 @@ def main(argv: list[str] | None = None) -> int:
         runs = [r[1] + r[2] for r in next(s for s in scenarios if s.key == key).uploaded]
         return float(statistics.median(runs)) if runs and sums[key]["error"] is None else None
 
+    notes = list(inputs.notes)
+    for s in scenarios:
+        if s.error is None and len({tuple(run) for run in s.uploaded}) > 1:
+            notes.append(f"{s.title}: the bytes differed between runs (medians shown)")
+    ratios = {
+        "store_over_no_store_bytes": ratio(total("store"), total("no_store")),
+        "store_over_oci_bytes": ratio(total("store"), total("oci")),
+        "no_store_over_oci_bytes": ratio(total("no_store"), total("oci")),
+        "store_over_no_store_bytes_v2_v3": ratio(later("store"), later("no_store")),
+        "store_third_over_first_wall": sums["store"]["median_third_over_first_wall"],
+        "no_store_third_over_first_wall": sums["no_store"]["median_third_over_first_wall"],
+    }
+    bytes_ratio, time_ratio = ratios["store_over_no_store_bytes"], ratios["store_third_over_first_wall"]
+    return {
+        "image": {"path": str(inputs.image), "method": inputs.method, "layers": _image_layers(inputs)},
+        "scenarios": sums,
+        "ratios": ratios,
+        "targets": {
+            "store_over_no_store_bytes": TARGET_BYTES,
+            "store_third_over_first_wall": TARGET_TIME,
+            "bytes_met": None if bytes_ratio is None else bytes_ratio <= TARGET_BYTES,
+            "time_met": None if time_ratio is None else time_ratio <= TARGET_TIME,
+        },
+        "runs": runs,
+        "cpu_count": os.cpu_count(),
+        "notes": notes,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _image_layers(inputs: Inputs) -> list[dict[str, Any]]:
     manifest = json.loads((inputs.image / "index.json").read_text())
     by_tar = {}
     for entry in manifest["manifests"]:
@@ -661,40 +714,10 @@ def main(argv: list[str] | None = None) -> int:
         for layer, desc in zip(inputs.layers[tag], doc["layers"], strict=True):
             by_tar[layer.tar] = (layer, desc)
     names = ("base", "v2", "v3")
-    image_layers = [
+    return [
         {"name": names[i], "created_by": la.created_by, **desc, **layer_stats(la.tar)}
         for i, (la, desc) in enumerate(by_tar.values())
     ]
-    notes = list(inputs.notes)
-    for s in scenarios:
-        if s.error is None and len({tuple(run) for run in s.uploaded}) > 1:
-            notes.append(f"{s.title}: the bytes differed between runs (medians shown)")
-    report: dict[str, Any] = {
-        "image": {"path": str(inputs.image), "method": inputs.method, "layers": image_layers},
-        "scenarios": sums,
-        "ratios": {
-            "store_over_no_store_bytes": ratio(total("store"), total("no_store")),
-            "store_over_oci_bytes": ratio(total("store"), total("oci")),
-            "no_store_over_oci_bytes": ratio(total("no_store"), total("oci")),
-            "store_over_no_store_bytes_v2_v3": ratio(later("store"), later("no_store")),
-            "store_third_over_first_wall": sums["store"]["median_third_over_first_wall"],
-            "no_store_third_over_first_wall": sums["no_store"]["median_third_over_first_wall"],
-        },
-        "targets": {"store_over_no_store_bytes": TARGET_BYTES, "store_third_over_first_wall": TARGET_TIME},
-        "runs": args.runs,
-        "cpu_count": os.cpu_count(),
-        "notes": notes,
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    r = report["ratios"]
-    report["targets"]["bytes_met"] = (
-        None if r["store_over_no_store_bytes"] is None else r["store_over_no_store_bytes"] <= TARGET_BYTES
-    )
-    report["targets"]["time_met"] = (
-        None if r["store_third_over_first_wall"] is None else r["store_third_over_first_wall"] <= TARGET_TIME
-    )
-    print(json.dumps(report, indent=2) if args.json else render(report))
-    return 1 if any(s.error for s in scenarios) else 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ filesystem storage in a temporary directory removed afterwards) so every blob is
 uploaded, it reports the wall time and peak RSS of:
 
 * ours: ``python bench/_push_child.py NYDUS_DIR nydus 127.0.0.1:PORT/ours/bench:nydus``, a
-  child that only calls ``nydus_exporter.push.push_image(SyncRegistry(), layout, root,
+  child that only calls ``nydus_exporter.pipeline.push.push_image(SyncRegistry(), layout, root,
   [ref])``: interpreter start + imports + the push, nothing of the conversion (the CLI has no
   "push a layout" command). It also reports the push alone, timed inside the child;
 * ``skopeo copy --dest-tls-verify=false oci:NYDUS_DIR:nydus
@@ -264,7 +264,7 @@ def python_for(exporter: Path) -> Path:
 
 def check_child(python: Path) -> str | None:
     res = subprocess.run(
-        [str(python), "-c", "import nydus_exporter.push, nydus_exporter.registry.sync"],
+        [str(python), "-c", "import nydus_exporter.pipeline.push, nydus_exporter.registry.sync"],
         capture_output=True, text=True, errors="replace", check=False,
     )  # fmt: skip
     if res.returncode != 0:

@@ -11,6 +11,8 @@
     │       └── EntryLimitError        entry beyond a bound (sparse-limit, PATH_MAX)
     ├── FormatError                    a bootstrap or blob does not parse (corrupt or foreign input)
     ├── ConfigError                    a bad option (chunk size, compressor name, ...)
+    ├── UnsupportedError               a valid option this builder cannot do (fs-version=5,
+    │                                  batch-size, a key the daemon refuses)
     ├── ChunkStoreError                the persistent chunk store cannot be used (unreadable state
     │                                  dir, lock timeout, disk full, bad record arguments); a
     │                                  corrupt database is moved aside and rebuilt, not raised
@@ -66,6 +68,10 @@ class FormatError(ExporterError):
 
 class ConfigError(ExporterError):
     """An option has a value we cannot use."""
+
+
+class UnsupportedError(ExporterError):
+    """A valid option value asking for something this builder (or the daemon) cannot do."""
 
 
 class ChunkStoreError(ExporterError):

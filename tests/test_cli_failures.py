@@ -32,7 +32,7 @@ def _layer(path: Path, size: int = 3 << 20) -> Path:
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "nydus_exporter.cli", *args],
+        [sys.executable, "-m", "nydus_exporter.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -128,7 +128,7 @@ def test_a_signal_during_pack_leaves_no_temp_file(tmp_path: Path, sig: signal.Si
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     process = subprocess.Popen(
-        [sys.executable, "-m", "nydus_exporter.cli", "pack", "-", "-o", str(out_dir / "layer.blob")],
+        [sys.executable, "-m", "nydus_exporter.cli.main", "pack", "-", "-o", str(out_dir / "layer.blob")],
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter import cli
-from nydus_exporter.pack import pack_layer_to_file
+from nydus_exporter.cli import main as cli
+from nydus_exporter.pipeline.pack import pack_layer_to_file
 from nydus_exporter.rafs import layout
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter import cli
+from nydus_exporter.cli import main as cli
 from nydus_exporter.errors import FormatError
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.layout import OciLayout, split_layout_spec

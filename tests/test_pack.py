@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from nydus_exporter import cli
+from nydus_exporter.cli import main as cli
 from nydus_exporter.errors import CorruptLayerError, HardlinkError, UnsafePathError
-from nydus_exporter.pack import PackOptions, pack_layer, pack_layer_to_file
+from nydus_exporter.pipeline.pack import PackOptions, pack_layer, pack_layer_to_file
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 

@@ -10,7 +10,7 @@ import pytest
 
 from nydus_exporter.errors import UnsupportedEntryError
 from nydus_exporter.layer.tarstream import PATH_MAX
-from nydus_exporter.pack import pack_layer
+from nydus_exporter.pipeline.pack import pack_layer
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 

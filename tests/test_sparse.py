@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter import cli
+from nydus_exporter.cli import main as cli
 from nydus_exporter.errors import ConfigError, EntryLimitError
-from nydus_exporter.export import ExportOptions
 from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT
-from nydus_exporter.pack import PackOptions, pack_layer
+from nydus_exporter.pipeline.options import parse_output
+from nydus_exporter.pipeline.pack import PackOptions, pack_layer
 from nydus_exporter.rafs import codecs
 from nydus_exporter.rafs.blob import zero_chunk
 from nydus_exporter.service.attrs import resolve_attrs
@@ -85,14 +85,12 @@ def test_the_limit_is_an_option_of_pack_export_and_the_daemon(
     assert "more than sparse-limit=4194304" in capsys.readouterr().err
     assert cli.main(["pack", str(layer), "-o", str(out), "--sparse-limit", "5MiB"]) == 0
 
-    options, _ = ExportOptions.from_attrs(
-        {"push": "false", "oci-layout": str(tmp_path), "sparse-limit": "4MiB"}
-    )
+    options = parse_output({"push": "false", "oci-layout": str(tmp_path), "sparse-limit": "4MiB"}).options
     assert options.pack.sparse_limit == 4 * MIB
     with pytest.raises(EntryLimitError):
         pack_layer(io.BytesIO(small), lambda _: None, options.pack)
     with pytest.raises(ConfigError, match="not a size"):
-        ExportOptions.from_attrs({"push": "false", "oci-layout": str(tmp_path), "sparse-limit": "huge"})
+        parse_output({"push": "false", "oci-layout": str(tmp_path), "sparse-limit": "huge"})
 
     # The daemon's configured limit is the default of its exports and the most they may ask for.
     attrs = {"push": "false", "oci-layout": str(tmp_path)}

@@ -8,8 +8,8 @@ from nydus_exporter.chunkstore.store import (
     ChunkStore,
     GcReport,
     StoredBlob,
-    StoreDict,
+    StoredChunks,
     default_state_dir,
 )
 
-__all__ = ["DEFAULT_MAX_BLOBS", "ChunkStore", "GcReport", "StoreDict", "StoredBlob", "default_state_dir"]
+__all__ = ["DEFAULT_MAX_BLOBS", "ChunkStore", "GcReport", "StoredBlob", "StoredChunks", "default_state_dir"]

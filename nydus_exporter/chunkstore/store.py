@@ -137,7 +137,7 @@ class StoredBlob:
 
 
 @dataclass
-class StoreDict:
+class StoredChunks:
     """What :meth:`ChunkStore.chunk_dict` found: the chunks, and the blobs they are in keyed by
     blob id (= digest hex, the key of :attr:`ChunkDict.blobs`)."""
 
@@ -218,21 +218,17 @@ class ChunkStore:
         chunks: Iterable[ChunkRef],
         blob_meta: bytes | None,
         *,
-        chunk_size: int,
         digester: str,
         compressor: str,
     ) -> None:
         """Remember that ``blob_digest`` (``size`` bytes) exists at ``location`` and holds
-        ``chunks`` (the first chunk of a digest wins, as in :class:`ChunkDict`). Replaces an
-        earlier record of the same blob there. One transaction: all or nothing."""
+        ``chunks`` (the first chunk of a digest wins, as in :class:`ChunkDict`), made with
+        ``info.chunk_size``, ``digester`` and ``compressor``. Replaces an earlier record of the
+        same blob there. One transaction: all or nothing."""
         _check_location(location)
         hex_id = _check_digest(blob_digest)
         if info.blob_id != hex_id:
             raise ChunkStoreError(f"chunk store: blob info names {info.blob_id!r}, not {blob_digest}")
-        if info.chunk_size != chunk_size:
-            raise ChunkStoreError(
-                f"chunk store: blob {blob_digest} has chunk size {info.chunk_size}, not {chunk_size}"
-            )
         if size < 0:
             raise ChunkStoreError(f"chunk store: negative size for blob {blob_digest}")
         rows: list[codec.ChunkRow] = []
@@ -242,7 +238,7 @@ class ChunkStore:
                 continue
             seen.add(chunk.digest)
             rows.append(codec.chunk_row(chunk))
-        head = (location, blob_digest, size, chunk_size, digester, compressor)
+        head = (location, blob_digest, size, info.chunk_size, digester, compressor)
         info_json = codec.info_to_json(info)
         checksum = codec.record_checksum(head, info_json, blob_meta, rows)
 
@@ -298,7 +294,7 @@ class ChunkStore:
         digester: str,
         compressor: str,
         verify: Callable[[str, int], bool],
-    ) -> StoreDict:
+    ) -> StoredChunks:
         """Every chunk of the blobs recorded at ``location`` with these parameters, in the order
         they were recorded (the first blob to hold a digest provides it).
 
@@ -338,7 +334,7 @@ class ChunkStore:
 
         if drop or keep:
             self._call(f"update blobs of {location}", update, write=True)
-        out = StoreDict(ChunkDict(), {})
+        out = StoredChunks(ChunkDict(), {})
         for cand in keep:
             assert cand.blob is not None
             out.chunks.add_blob(cand.blob.info, cand.chunks)

@@ -1,7 +1,7 @@
 """Directory layer source: a directory tree read as :class:`LayerEntry` objects.
 
 The tree is a root filesystem or a snapshot's upper directory (what BuildKit hands an
-exporter); the entries go to :func:`nydus_exporter.pack.pack_entries` exactly like the entries
+exporter); the entries go to :func:`nydus_exporter.pipeline.pack.pack_entries` exactly like the entries
 of a tar layer ([format §5.1], "Directory sources").
 
 Walk order and paths

@@ -20,7 +20,9 @@ Malformed input raises :class:`~nydus_exporter.errors.FormatError`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from nydus_exporter.errors import ConfigError, FormatError
@@ -53,13 +55,23 @@ _MAX_INDEX_DEPTH = 2  # an index may point at an index; deeper nesting is not an
 # --- config -----------------------------------------------------------------------------------
 
 
-def build_nydus_config(source_config: bytes, blob_digests: Sequence[str], bootstrap_diff_id: str) -> bytes:
+def build_nydus_config(
+    source_config: bytes,
+    blob_digests: Sequence[str],
+    bootstrap_diff_id: str,
+    *,
+    source_date_epoch: int | None = None,
+) -> bytes:
     """The Nydus image config derived from ``source_config`` ([format §6.3]).
 
     Only ``rootfs.diff_ids`` (= ``blob_digests`` + ``bootstrap_diff_id``) and ``history``
     (+ the Nydus entry) change; every other key keeps its value and its position. The result
     is re-serialised canonically, so it is not byte-identical to the source even where the
     values are (whitespace, escapes, float spelling of exotic numbers).
+
+    ``source_date_epoch`` (BuildKit's ``SOURCE_DATE_EPOCH``) does what BuildKit's image
+    exporter does with it: ``created`` becomes the epoch, and every history entry without a
+    time or with a time after it gets the epoch, the Nydus entry included.
     """
     config = parse_json_object(source_config, "source image config")
     diff_ids = [validate_digest(d, "blob digest") for d in blob_digests]
@@ -75,7 +87,35 @@ def build_nydus_config(source_config: bytes, blob_digests: Sequence[str], bootst
     if not isinstance(history, list):
         raise FormatError("source image config 'history' must be a list")
     config["history"] = [*history, dict(BOOTSTRAP_HISTORY_ENTRY)]
+    if source_date_epoch is not None:
+        _clamp_times(config, source_date_epoch)
     return canonical_json(config)
+
+
+def _clamp_times(config: dict[str, Any], epoch: int) -> None:
+    stamp = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    config["created"] = stamp
+    for entry in config["history"]:
+        if not isinstance(entry, dict):
+            raise FormatError("source image config 'history' entries must be JSON objects")
+        created = _parse_time(entry.get("created"))
+        if created is None or created > epoch:
+            entry["created"] = stamp
+
+
+def _parse_time(value: object) -> float | None:
+    """An RFC 3339 time as seconds since the epoch; ``None`` when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    # Go writes up to nanoseconds; Python reads up to microseconds.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", value.strip()).replace("z", "Z")
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 # --- manifest ---------------------------------------------------------------------------------

@@ -198,68 +198,91 @@ def plan_layout(root: Node, *, block_size: int = layout.EROFS_BLOCK_SIZE) -> Lay
         raise ValueError(f"block size {block_size} is not 512 or 4096")
     if not root.inode.is_dir or root.children is None:
         raise ValueError("the root of a bootstrap tree must be a directory")
-    alloc = _Allocator(block_size)
-    root_plan = NodePlan(root, 1, None, ino=1)
-    nodes = [root_plan]
-    by_node = {id(root): root_plan}
-    first_of_inode: dict[int, NodePlan] = {}
-    seen_dir_inodes = {id(root.inode)}
-    stack = [root_plan]
-    while stack:
-        dplan = stack.pop()
+    return _Planner(block_size).plan(root)
+
+
+class _Planner:
+    """The state of one :func:`plan_layout`: the allocator and the inodes placed so far."""
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.alloc = _Allocator(block_size)
+        self.nodes: list[NodePlan] = []
+        self.by_node: dict[int, NodePlan] = {}
+        self.first_of_inode: dict[int, NodePlan] = {}
+        self.seen_dir_inodes: set[int] = set()
+
+    def plan(self, root: Node) -> LayoutPlan:
+        root_plan = NodePlan(root, 1, None, ino=1)
+        self.nodes.append(root_plan)
+        self.by_node[id(root)] = root_plan
+        self.seen_dir_inodes.add(id(root.inode))
+        stack = [root_plan]
+        while stack:
+            subdirs = self._directory(stack.pop())
+            stack.extend(reversed(subdirs))  # depth-first, subdirectories in name order
+        return LayoutPlan(self.block_size, self.nodes, self.alloc.off, self.by_node)
+
+    def _directory(self, dplan: NodePlan) -> list[NodePlan]:
+        """Place a directory, then its children (in name order); returns its subdirectories."""
         children = dplan.node.children or {}
         names = sorted(children)
         dirent_names = list(names)
         bisect.insort(dirent_names, _DOT)
         bisect.insort(dirent_names, _DOTDOT)
         dplan.dirent_names = dirent_names
-        dplan.data_size = dirent_size(dirent_names, block_size)
+        dplan.data_size = dirent_size(dirent_names, self.block_size)
         dplan.xattr_size = xattr.xattr_size(dplan.node.inode.xattrs)
-        alloc.place_with_tail(dplan, dplan.data_size)
-        alloc.align(_SLOT)
+        self.alloc.place_with_tail(dplan, dplan.data_size)
+        self.alloc.align(_SLOT)
         subdirs: list[NodePlan] = []
         for name in names:
             _check_name(name)
             child = children[name]
-            plan = NodePlan(child, len(nodes) + 1, dplan)
+            plan = NodePlan(child, len(self.nodes) + 1, dplan)
             plan.ino = plan.index
-            nodes.append(plan)
-            by_node[id(child)] = plan
+            self.nodes.append(plan)
+            self.by_node[id(child)] = plan
             dplan.children.append(plan)
-            inode = child.inode
-            if inode.file_type == layout.EROFS_FT_UNKNOWN:
-                raise UnsupportedEntryError(f"{name!r} has unknown file type in mode {inode.mode:#o}")
-            if inode.is_dir:
-                if child.children is None:
-                    raise ValueError(f"directory {name!r} has no children dict")
-                if id(inode) in seen_dir_inodes:
-                    raise ValueError(f"directory {name!r} shares its Inode with another node")
-                seen_dir_inodes.add(id(inode))
+            if self._child(plan, name):
                 subdirs.append(plan)
-                continue
-            first = first_of_inode.get(id(inode))
-            if first is not None:  # a later hardlink member: same inode, no allocation
-                plan.first = first
-                plan.ino = first.index
-                plan.offset = first.offset
-                plan.layout = first.layout
-                plan.data_offset = first.data_offset
-                plan.data_size = first.data_size
-                plan.xattr_size = first.xattr_size
-                continue
-            first_of_inode[id(inode)] = plan
-            plan.xattr_size = xattr.xattr_size(inode.xattrs)
-            if inode.is_reg:
-                plan.data_size = inode.size
-                alloc.place_regular(plan, len(inode.chunks))
-            elif inode.is_symlink:
-                plan.data_size = len(inode.symlink_target)
-                alloc.place_with_tail(plan, plan.data_size)
-            else:
-                alloc.place_special(plan)
-            alloc.align(_SLOT)
-        stack.extend(reversed(subdirs))  # depth-first, subdirectories in name order
-    return LayoutPlan(block_size, nodes, alloc.off, by_node)
+        return subdirs
+
+    def _child(self, plan: NodePlan, name: bytes) -> bool:
+        """Place one child; True for a directory (placed later, depth-first)."""
+        child = plan.node
+        inode = child.inode
+        if inode.file_type == layout.EROFS_FT_UNKNOWN:
+            raise UnsupportedEntryError(f"{name!r} has unknown file type in mode {inode.mode:#o}")
+        if inode.is_dir:
+            if child.children is None:
+                raise ValueError(f"directory {name!r} has no children dict")
+            if id(inode) in self.seen_dir_inodes:
+                raise ValueError(f"directory {name!r} shares its Inode with another node")
+            self.seen_dir_inodes.add(id(inode))
+            return True
+        first = self.first_of_inode.get(id(inode))
+        if first is not None:  # a later hardlink member: same inode, no allocation
+            plan.first = first
+            plan.ino = first.index
+            plan.offset = first.offset
+            plan.layout = first.layout
+            plan.data_offset = first.data_offset
+            plan.data_size = first.data_size
+            plan.xattr_size = first.xattr_size
+            return False
+        self.first_of_inode[id(inode)] = plan
+        plan.xattr_size = xattr.xattr_size(inode.xattrs)
+        if inode.is_reg:
+            plan.data_size = inode.size
+            self.alloc.place_regular(plan, len(inode.chunks))
+        elif inode.is_symlink:
+            plan.data_size = len(inode.symlink_target)
+            self.alloc.place_with_tail(plan, plan.data_size)
+        else:
+            self.alloc.place_special(plan)
+        self.alloc.align(_SLOT)
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +382,22 @@ class _Dumper:
         self.nlink: dict[int, int] = collections.Counter(
             id(p.node.inode) for p in plan.nodes if not p.node.inode.is_dir
         )
+
+    def dump_all(self) -> None:
+        for p in self.plan.nodes:  # index order == nydus walk_bfs dump order ([format §2.16])
+            inode = p.node.inode
+            if inode.is_reg:
+                self.add_chunks(inode)  # every member inserts, even a repeated hardlink
+            if p.first is not None:
+                continue  # later hardlink members share the first member's bytes
+            if inode.is_dir:
+                self.directory(p)
+            elif inode.is_reg:
+                self.regular(p)
+            elif inode.is_symlink:
+                self.symlink(p)
+            else:
+                self.special(p)
 
     def write(self, at: int, data: bytes) -> None:
         end = at + len(data)
@@ -511,59 +550,105 @@ def write_bootstrap(
     _check_blobs(blobs, chunk_size, bs)
     plan = plan_layout(root, block_size=bs)
 
-    has_xattr = False
     for p in plan.nodes:
-        inode = p.node.inode
-        if inode.xattrs:
-            has_xattr = True
-        if inode.is_reg and p.first is None:
-            _check_chunks(inode, p.node.name, chunk_size, len(blobs), bs)
-    if has_xattr:
+        if p.node.inode.is_reg and p.first is None:
+            _check_chunks(p.node.inode, p.node.name, chunk_size, len(blobs), bs)
+    if any(p.node.inode.xattrs for p in plan.nodes):
         flags |= layout.RAFS_HAS_XATTR
 
-    # [format §2.1] file map: device table, blob table, prefetch table, then the metadata.
     nblobs = len(blobs)
-    blob_table_offset = layout.round_up(
-        layout.DEVICE_TABLE_OFFSET + layout.DEVICE_SLOT_SIZE * nblobs, layout.EROFS_BLOCK_SIZE
-    )
-    blob_table_size = layout.BLOB_ENTRY_SIZE * nblobs
     if prefetch_nids is None:
         prefetch_nids = [layout.ROOT_NID] if prefetch_root else []
     prefetch = list(prefetch_nids) if nblobs else []  # no blobs, no prefetch table ([format §2.6])
+    fmap = _FileMap.of(nblobs, len(prefetch), bs)
     if not all(0 < nid <= 0xFFFFFFFF for nid in prefetch):
         raise ValueError(f"prefetch nids {prefetch} do not fit the u32 table")
-    prefetch_offset = blob_table_offset + blob_table_size if prefetch else 0
-    prefetch_size = layout.PREFETCH_ENTRY_SIZE * len(prefetch)
-    if nblobs:
-        meta_addr = layout.round_up(
-            blob_table_offset + blob_table_size + prefetch_size, layout.EROFS_BLOCK_SIZE
-        )
-    else:
-        meta_addr = 0  # the root sits at 4096, so "meta_addr = root offset - 4096" = 0
-    if meta_addr % bs:
-        raise AssertionError("meta_addr must be block aligned")
 
-    buf = bytearray(meta_addr + layout.round_up(plan.end, layout.EROFS_BLOCK_SIZE))
-    dumper = _Dumper(buf, plan, meta_addr, chunk_size, blkszbits)
-    for p in plan.nodes:  # index order == nydus walk_bfs dump order ([format §2.16])
-        inode = p.node.inode
-        if inode.is_reg:
-            dumper.add_chunks(inode)  # every member inserts, even a repeated hardlink
-        if p.first is not None:
-            continue  # later hardlink members share the first member's bytes
-        if inode.is_dir:
-            dumper.directory(p)
-        elif inode.is_reg:
-            dumper.regular(p)
-        elif inode.is_symlink:
-            dumper.symlink(p)
-        else:
-            dumper.special(p)
-
+    buf = bytearray(fmap.meta_addr + layout.round_up(plan.end, layout.EROFS_BLOCK_SIZE))
+    dumper = _Dumper(buf, plan, fmap.meta_addr, chunk_size, blkszbits)
+    dumper.dump_all()
     chunk_table_offset = layout.round_up(max(dumper.high, layout.EROFS_BLOCK_SIZE), layout.EROFS_BLOCK_SIZE)
     del buf[chunk_table_offset:]  # the preallocation covered the whole planned area
+    table = _chunk_table(dumper)
+    buf += table
+    buf += bytes(layout.round_up(len(buf), layout.EROFS_BLOCK_SIZE) - len(buf))
+
+    for i, nid in enumerate(prefetch):
+        struct.pack_into("<I", buf, fmap.prefetch_offset + layout.PREFETCH_ENTRY_SIZE * i, nid)
+    total_blocks = _write_blob_tables(buf, blobs, bs, fmap.blob_table_offset)
+
+    layout.SUPER_BLOCK.pack_into(
+        buf,
+        layout.EROFS_SUPER_OFFSET,
+        layout.EROFS_SUPER_MAGIC_V1,
+        0,
+        layout.EROFS_FEATURE_COMPAT_RAFS_V6,
+        blkszbits,
+        0,
+        layout.ROOT_NID,
+        plan.inos,
+        0,
+        0,
+        total_blocks,
+        fmap.meta_addr // bs,
+        0,
+        bytes(16),
+        bytes(16),
+        layout.RAFS_V6_INCOMPAT,
+        0,
+        nblobs,
+        layout.DEVT_SLOTOFF,
+        bytes(38),
+    )
+    layout.SUPER_BLOCK_EXT.pack_into(
+        buf,
+        layout.EXT_SUPER_OFFSET,
+        flags,
+        fmap.blob_table_offset,
+        fmap.blob_table_size,
+        chunk_size,
+        chunk_table_offset,
+        len(table),
+        fmap.prefetch_offset,
+        fmap.prefetch_size,
+        0,
+        bytes(200),
+    )
+    return bytes(buf)
+
+
+@dataclass(frozen=True)
+class _FileMap:
+    """[format §2.1] file map: device table, blob table, prefetch table, then the metadata."""
+
+    blob_table_offset: int
+    blob_table_size: int
+    prefetch_offset: int
+    prefetch_size: int
+    meta_addr: int
+
+    @classmethod
+    def of(cls, nblobs: int, nprefetch: int, block_size: int) -> _FileMap:
+        blob_table_offset = layout.round_up(
+            layout.DEVICE_TABLE_OFFSET + layout.DEVICE_SLOT_SIZE * nblobs, layout.EROFS_BLOCK_SIZE
+        )
+        blob_table_size = layout.BLOB_ENTRY_SIZE * nblobs
+        prefetch_offset = blob_table_offset + blob_table_size if nprefetch else 0
+        prefetch_size = layout.PREFETCH_ENTRY_SIZE * nprefetch
+        if nblobs:
+            meta_addr = layout.round_up(
+                blob_table_offset + blob_table_size + prefetch_size, layout.EROFS_BLOCK_SIZE
+            )
+        else:
+            meta_addr = 0  # the root sits at 4096, so "meta_addr = root offset - 4096" = 0
+        if meta_addr % block_size:
+            raise AssertionError("meta_addr must be block aligned")
+        return cls(blob_table_offset, blob_table_size, prefetch_offset, prefetch_size, meta_addr)
+
+
+def _chunk_table(dumper: _Dumper) -> bytes:
     entry = layout.CHUNK_TABLE_ENTRY.pack
-    table = b"".join(
+    return b"".join(
         entry(
             c.digest,
             c.blob_index,
@@ -578,12 +663,10 @@ def write_bootstrap(
         )
         for _, c in sorted(dumper.chunk_map.items(), key=lambda kv: kv[0])
     )
-    buf += table
-    buf += bytes(layout.round_up(len(buf), layout.EROFS_BLOCK_SIZE) - len(buf))
 
-    for i, nid in enumerate(prefetch):
-        struct.pack_into("<I", buf, prefetch_offset + layout.PREFETCH_ENTRY_SIZE * i, nid)
 
+def _write_blob_tables(buf: bytearray, blobs: Sequence[BlobInfo], bs: int, blob_table_offset: int) -> int:
+    """The device slots and the blob table; returns the blocks of all blobs."""
     # [format §2.4] device slots: mapped_blkaddr continues after the bootstrap, 512 KiB aligned.
     pos = len(buf)
     total_blocks = 0
@@ -627,42 +710,4 @@ def write_bootstrap(
             blob.cipher_algo,
             bytes(36),
         )
-
-    layout.SUPER_BLOCK.pack_into(
-        buf,
-        layout.EROFS_SUPER_OFFSET,
-        layout.EROFS_SUPER_MAGIC_V1,
-        0,
-        layout.EROFS_FEATURE_COMPAT_RAFS_V6,
-        blkszbits,
-        0,
-        layout.ROOT_NID,
-        plan.inos,
-        0,
-        0,
-        total_blocks,
-        meta_addr // bs,
-        0,
-        bytes(16),
-        bytes(16),
-        layout.RAFS_V6_INCOMPAT,
-        0,
-        nblobs,
-        layout.DEVT_SLOTOFF,
-        bytes(38),
-    )
-    layout.SUPER_BLOCK_EXT.pack_into(
-        buf,
-        layout.EXT_SUPER_OFFSET,
-        flags,
-        blob_table_offset,
-        blob_table_size,
-        chunk_size,
-        chunk_table_offset,
-        len(table),
-        prefetch_offset,
-        prefetch_size,
-        0,
-        bytes(200),
-    )
-    return bytes(buf)
+    return total_blocks

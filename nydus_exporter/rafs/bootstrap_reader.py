@@ -12,6 +12,7 @@ from __future__ import annotations
 import stat
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from nydus_exporter.errors import ExporterError, FormatError
 from nydus_exporter.rafs import layout, xattr
@@ -109,6 +110,45 @@ def _ascii_id(raw: bytes, what: str) -> str:
     return text.decode("ascii")
 
 
+class _SuperBlock(NamedTuple):
+    """The EROFS superblock (``layout.SUPER_BLOCK``), field by field."""
+
+    magic: int
+    checksum: int
+    compat: int
+    blkszbits: int
+    extslots: int
+    root_nid: int
+    inos: int
+    build_time: int
+    nsec: int
+    blocks: int
+    meta_blkaddr: int
+    xattr_blkaddr: int
+    uuid: bytes
+    volume: bytes
+    incompat: int
+    s_u: int
+    extra_devices: int
+    devt_slotoff: int
+    reserved: bytes
+
+
+class _SuperBlockExt(NamedTuple):
+    """The RAFS v6 extended superblock (``layout.SUPER_BLOCK_EXT``), field by field."""
+
+    flags: int
+    blob_table_offset: int
+    blob_table_size: int
+    chunk_size: int
+    chunk_table_offset: int
+    chunk_table_size: int
+    prefetch_offset: int
+    prefetch_size: int
+    pad: int
+    reserved: bytes
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -117,146 +157,55 @@ class _Reader:
     # -- superblocks and tables ---------------------------------------------------------------
 
     def read(self) -> Bootstrap:
-        data = self.data
         if self.size < layout.EROFS_BLOCK_SIZE:
             raise FormatError(f"bootstrap is {self.size} bytes, smaller than one 4 KiB block")
-        (
-            magic,
-            checksum,
-            compat,
-            blkszbits,
-            extslots,
-            root_nid,
-            inos,
-            build_time,
-            _nsec,
-            blocks,
-            meta_blkaddr,
-            xattr_blkaddr,
-            _uuid,
-            _volume,
-            incompat,
-            s_u,
-            extra_devices,
-            devt_slotoff,
-            _reserved,
-        ) = layout.SUPER_BLOCK.unpack_from(data, layout.EROFS_SUPER_OFFSET)
-        if magic != layout.EROFS_SUPER_MAGIC_V1:
-            raise FormatError(f"bad EROFS superblock magic {magic:#x}")
-        if checksum:
-            raise FormatError("superblock checksum is set (RAFS v6 never sets it)")
-        if not compat & layout.EROFS_FEATURE_COMPAT_RAFS_V6:
-            raise FormatError(f"feature_compat {compat:#x} lacks the RAFS v6 bit")
-        if blkszbits not in (9, 12):
-            raise FormatError(f"block size bits {blkszbits} is not 9 or 12")
-        if extslots:
-            raise FormatError(f"s_extslots is {extslots}, must be 0")
-        if inos == 0:
-            raise FormatError("s_inos is 0")
-        if s_u:
-            raise FormatError(f"s_u is {s_u:#x}, must be 0")
-        if xattr_blkaddr:
-            raise FormatError("shared xattr area (s_xattr_blkaddr) is not supported")
-        if devt_slotoff != layout.DEVT_SLOTOFF:
-            raise FormatError(f"device table slot offset {devt_slotoff} is not 11")
-        if incompat != layout.RAFS_V6_INCOMPAT:
-            raise FormatError(f"feature_incompat {incompat:#x} is not {layout.RAFS_V6_INCOMPAT:#x}")
-        bs = 1 << blkszbits
-        if self.size % bs:
-            raise FormatError(f"bootstrap size {self.size} is not a multiple of {bs}")
-        self.bs = bs
-        self.blkszbits = blkszbits
-        self.build_time = build_time
-
-        (
-            flags,
-            blob_table_offset,
-            blob_table_size,
-            chunk_size,
-            chunk_table_offset,
-            chunk_table_size,
-            prefetch_offset,
-            prefetch_size,
-            _pad,
-            _res,
-        ) = layout.SUPER_BLOCK_EXT.unpack_from(data, layout.EXT_SUPER_OFFSET)
-        self._check_flags(flags)
+        sb = _SuperBlock._make(layout.SUPER_BLOCK.unpack_from(self.data, layout.EROFS_SUPER_OFFSET))
+        self._check_super(sb)
+        ext = _SuperBlockExt._make(layout.SUPER_BLOCK_EXT.unpack_from(self.data, layout.EXT_SUPER_OFFSET))
+        self._check_flags(ext.flags)
         if (
-            chunk_size < layout.MIN_CHUNK_SIZE
-            or chunk_size > layout.MAX_CHUNK_SIZE
-            or chunk_size & (chunk_size - 1)
+            ext.chunk_size < layout.MIN_CHUNK_SIZE
+            or ext.chunk_size > layout.MAX_CHUNK_SIZE
+            or ext.chunk_size & (ext.chunk_size - 1)
         ):
-            raise FormatError(f"chunk size {chunk_size:#x} is not a power of two in [4K, 16M]")
-        self.chunk_size = chunk_size
-
-        if blob_table_size % layout.BLOB_ENTRY_SIZE:
-            raise FormatError(f"blob table size {blob_table_size} is not a multiple of 256")
-        nblobs = blob_table_size // layout.BLOB_ENTRY_SIZE
-        if nblobs != extra_devices:
-            raise FormatError(f"{extra_devices} device slots but {nblobs} blob table entries")
-        if nblobs >= layout.MAX_BLOBS:
-            raise FormatError(f"{nblobs} blobs, at most 254 are allowed")
-        devt_end = layout.DEVICE_TABLE_OFFSET + layout.DEVICE_SLOT_SIZE * nblobs
-        self._check_table("blob table", blob_table_offset, blob_table_size, layout.EROFS_BLOCK_SIZE)
-        if nblobs and blob_table_offset < devt_end:
-            raise FormatError("blob table overlaps the device table")
-        self._check_table(
-            "chunk table",
-            chunk_table_offset,
-            chunk_table_size,
-            layout.EROFS_BLOCK_SIZE,
-            layout.CHUNK_TABLE_ENTRY_SIZE,
-        )
-        self._check_table(
-            "prefetch table",
-            prefetch_offset,
-            prefetch_size,
-            layout.PREFETCH_ENTRY_SIZE,
-            layout.PREFETCH_ENTRY_SIZE,
-        )
-        if (
-            prefetch_size
-            and nblobs
-            and prefetch_offset < blob_table_offset + blob_table_size
-            and blob_table_offset < prefetch_offset + prefetch_size
-        ):
-            raise FormatError("prefetch table overlaps the blob table")
-
-        blobs = [self._blob(blob_table_offset, i) for i in range(nblobs)]
+            raise FormatError(f"chunk size {ext.chunk_size:#x} is not a power of two in [4K, 16M]")
+        self.chunk_size = ext.chunk_size
+        nblobs = self._check_tables(ext, sb.extra_devices)
+        blobs = [self._blob(ext.blob_table_offset, i) for i in range(nblobs)]
         devices = [self._device(i) for i in range(nblobs)]
         if len({d.blob_id for d in devices}) != len(devices):
             raise FormatError("duplicate blob ids in the device table")
         prefetch = [
-            int.from_bytes(data[prefetch_offset + i : prefetch_offset + i + 4], "little")
-            for i in range(0, prefetch_size, 4)
+            int.from_bytes(self.data[ext.prefetch_offset + i : ext.prefetch_offset + i + 4], "little")
+            for i in range(0, ext.prefetch_size, 4)
         ]
         chunk_table = [
-            self._chunk_entry(chunk_table_offset + i, nblobs)
-            for i in range(0, chunk_table_size, layout.CHUNK_TABLE_ENTRY_SIZE)
+            self._chunk_entry(ext.chunk_table_offset + i, nblobs)
+            for i in range(0, ext.chunk_table_size, layout.CHUNK_TABLE_ENTRY_SIZE)
         ]
         self.chunks_by_key = {(c.blob_index, c.index): c for c in chunk_table}
         self.nblobs = nblobs
 
-        self.meta_addr = meta_blkaddr * bs
+        self.meta_addr = sb.meta_blkaddr * self.bs
         if self.meta_addr >= self.size:
-            raise FormatError(f"meta_blkaddr {meta_blkaddr} is beyond the end of the bootstrap")
+            raise FormatError(f"meta_blkaddr {sb.meta_blkaddr} is beyond the end of the bootstrap")
         self.records: dict[int, InodeRecord] = {}
         self.inodes: dict[int, Inode] = {}
         self.node_nids: dict[int, int] = {}
         self.claimed = bytearray(self.size // _SLOT + 1)  # inode-area slots already parsed
-        self.data_blocks = bytearray(self.size // bs + 1)  # blocks owned by a dir/symlink
-        root = self._walk(root_nid)
+        self.data_blocks = bytearray(self.size // self.bs + 1)  # blocks owned by a dir/symlink
+        root = self._walk(sb.root_nid)
         return Bootstrap(
-            flags=flags,
-            chunk_size=chunk_size,
-            block_size=bs,
-            inos=inos,
-            blocks=blocks,
-            meta_blkaddr=meta_blkaddr,
-            root_nid=root_nid,
-            blob_table_offset=blob_table_offset,
-            chunk_table_offset=chunk_table_offset,
-            prefetch_table_offset=prefetch_offset,
+            flags=ext.flags,
+            chunk_size=ext.chunk_size,
+            block_size=self.bs,
+            inos=sb.inos,
+            blocks=sb.blocks,
+            meta_blkaddr=sb.meta_blkaddr,
+            root_nid=sb.root_nid,
+            blob_table_offset=ext.blob_table_offset,
+            chunk_table_offset=ext.chunk_table_offset,
+            prefetch_table_offset=ext.prefetch_offset,
             blobs=blobs,
             devices=devices,
             prefetch=prefetch,
@@ -265,6 +214,73 @@ class _Reader:
             records=self.records,
             node_nids=self.node_nids,
         )
+
+    def _check_super(self, sb: _SuperBlock) -> None:
+        """The EROFS superblock fields RAFS v6 fixes ([format §2.2]); sets the block size."""
+        rules = (
+            (sb.magic != layout.EROFS_SUPER_MAGIC_V1, f"bad EROFS superblock magic {sb.magic:#x}"),
+            (sb.checksum != 0, "superblock checksum is set (RAFS v6 never sets it)"),
+            (
+                not sb.compat & layout.EROFS_FEATURE_COMPAT_RAFS_V6,
+                f"feature_compat {sb.compat:#x} lacks the RAFS v6 bit",
+            ),
+            (sb.blkszbits not in (9, 12), f"block size bits {sb.blkszbits} is not 9 or 12"),
+            (sb.extslots != 0, f"s_extslots is {sb.extslots}, must be 0"),
+            (sb.inos == 0, "s_inos is 0"),
+            (sb.s_u != 0, f"s_u is {sb.s_u:#x}, must be 0"),
+            (sb.xattr_blkaddr != 0, "shared xattr area (s_xattr_blkaddr) is not supported"),
+            (sb.devt_slotoff != layout.DEVT_SLOTOFF, f"device table slot offset {sb.devt_slotoff} is not 11"),
+            (
+                sb.incompat != layout.RAFS_V6_INCOMPAT,
+                f"feature_incompat {sb.incompat:#x} is not {layout.RAFS_V6_INCOMPAT:#x}",
+            ),
+        )
+        for broken, message in rules:
+            if broken:
+                raise FormatError(message)
+        bs = 1 << sb.blkszbits
+        if self.size % bs:
+            raise FormatError(f"bootstrap size {self.size} is not a multiple of {bs}")
+        self.bs = bs
+        self.blkszbits = sb.blkszbits
+        self.build_time = sb.build_time
+
+    def _check_tables(self, ext: _SuperBlockExt, extra_devices: int) -> int:
+        """The blob, chunk and prefetch tables lie inside the bootstrap, apart; returns the
+        number of blobs."""
+        if ext.blob_table_size % layout.BLOB_ENTRY_SIZE:
+            raise FormatError(f"blob table size {ext.blob_table_size} is not a multiple of 256")
+        nblobs = ext.blob_table_size // layout.BLOB_ENTRY_SIZE
+        if nblobs != extra_devices:
+            raise FormatError(f"{extra_devices} device slots but {nblobs} blob table entries")
+        if nblobs >= layout.MAX_BLOBS:
+            raise FormatError(f"{nblobs} blobs, at most 254 are allowed")
+        devt_end = layout.DEVICE_TABLE_OFFSET + layout.DEVICE_SLOT_SIZE * nblobs
+        self._check_table("blob table", ext.blob_table_offset, ext.blob_table_size, layout.EROFS_BLOCK_SIZE)
+        if nblobs and ext.blob_table_offset < devt_end:
+            raise FormatError("blob table overlaps the device table")
+        self._check_table(
+            "chunk table",
+            ext.chunk_table_offset,
+            ext.chunk_table_size,
+            layout.EROFS_BLOCK_SIZE,
+            layout.CHUNK_TABLE_ENTRY_SIZE,
+        )
+        self._check_table(
+            "prefetch table",
+            ext.prefetch_offset,
+            ext.prefetch_size,
+            layout.PREFETCH_ENTRY_SIZE,
+            layout.PREFETCH_ENTRY_SIZE,
+        )
+        if (
+            ext.prefetch_size
+            and nblobs
+            and ext.prefetch_offset < ext.blob_table_offset + ext.blob_table_size
+            and ext.blob_table_offset < ext.prefetch_offset + ext.prefetch_size
+        ):
+            raise FormatError("prefetch table overlaps the blob table")
+        return nblobs
 
     @staticmethod
     def _check_flags(flags: int) -> None:
@@ -570,34 +586,42 @@ class _Reader:
                     dots += 1
                     continue
                 if ftype == layout.EROFS_FT_DIR:
-                    if child_nid in seen_dirs:
-                        raise FormatError(
-                            f"directory {nid} entry {name!r} links directory {child_nid} again "
-                            "(cycle or hardlinked directory)"
-                        )
-                    seen_dirs.add(child_nid)
-                    if child_nid in self.records:
-                        raise FormatError(f"entry {name!r} calls non-directory {child_nid} a dir")
-                    rec, child_inode, child_payload = self._load(child_nid)
-                    if not stat.S_ISDIR(rec.mode):
-                        raise FormatError(f"entry {name!r} of {nid}: inode {child_nid} is no dir")
-                    child = Node(name, child_inode, {})
+                    child, child_payload = self._subdirectory(nid, name, child_nid, seen_dirs)
                     stack.append((child, child_nid, nid, child_payload))
                 else:
-                    child_inode_opt = self.inodes.get(child_nid)
-                    if child_inode_opt is None:
-                        if child_nid in self.records:  # parsed as a directory
-                            raise FormatError(f"entry {name!r} of {nid} links directory {child_nid}")
-                        rec, child_inode_opt, _ = self._load(child_nid)
-                        self.inodes[child_nid] = child_inode_opt
-                    if file_type_of(child_inode_opt.mode) != ftype:
-                        raise FormatError(
-                            f"entry {name!r} of directory {nid} has file type {ftype} but inode "
-                            f"{child_nid} has mode {child_inode_opt.mode:#o}"
-                        )
-                    child = Node(name, child_inode_opt)
+                    child = self._leaf(nid, name, child_nid, ftype)
                 children[name] = child
                 self.node_nids[id(child)] = child_nid
             if dots != 2:
                 raise FormatError(f"directory {nid} lacks '.' or '..'")
         return root
+
+    def _subdirectory(self, nid: int, name: bytes, child_nid: int, seen_dirs: set[int]) -> tuple[Node, bytes]:
+        """Directory ``child_nid`` named ``name`` in directory ``nid``: its node and dirents."""
+        if child_nid in seen_dirs:
+            raise FormatError(
+                f"directory {nid} entry {name!r} links directory {child_nid} again "
+                "(cycle or hardlinked directory)"
+            )
+        seen_dirs.add(child_nid)
+        if child_nid in self.records:
+            raise FormatError(f"entry {name!r} calls non-directory {child_nid} a dir")
+        rec, child_inode, child_payload = self._load(child_nid)
+        if not stat.S_ISDIR(rec.mode):
+            raise FormatError(f"entry {name!r} of {nid}: inode {child_nid} is no dir")
+        return Node(name, child_inode, {}), child_payload
+
+    def _leaf(self, nid: int, name: bytes, child_nid: int, ftype: int) -> Node:
+        """A non-directory entry; hardlinks share the one :class:`Inode` of their nid."""
+        child_inode = self.inodes.get(child_nid)
+        if child_inode is None:
+            if child_nid in self.records:  # parsed as a directory
+                raise FormatError(f"entry {name!r} of {nid} links directory {child_nid}")
+            _rec, child_inode, _ = self._load(child_nid)
+            self.inodes[child_nid] = child_inode
+        if file_type_of(child_inode.mode) != ftype:
+            raise FormatError(
+                f"entry {name!r} of directory {nid} has file type {ftype} but inode "
+                f"{child_nid} has mode {child_inode.mode:#o}"
+            )
+        return Node(name, child_inode)

@@ -84,7 +84,7 @@ class MergeLayer:
 
     bootstrap: bytes  # the per-layer bootstrap as embedded in the blob (BlobResult.bootstrap)
     blob_id: str  # the layer's Nydus blob digest hex: the blob id in the merged bootstrap ([format §5.3])
-    whiteout_spec: str = "oci"  # "oci" | "overlayfs" | "none"
+    whiteout_spec: str = "oci"  # "oci" | "none"
     # ``bootstrap`` already parsed, if the caller has it (the merge then takes over its tree)
     parsed: Bootstrap | None = None
 
@@ -280,14 +280,11 @@ def _is_implied_dir(inode: Inode) -> bool:
 
 
 def _clean_subtree(root: Node, rules: WhiteoutRules) -> None:
-    """Drop whiteout entries and opaque marks from a subtree that has nothing below it."""
+    """Drop whiteout entries and opaque markers from a subtree that has nothing below it."""
     for directory in _directories(root):
-        rules.take_opaque(directory.inode)
         children = directory.children
         assert children is not None
-        drop = [
-            name for name, child in children.items() if rules.classify(name, child.inode)[0] is not Role.ENTRY
-        ]
+        drop = [name for name in children if rules.classify(name)[0] is not Role.ENTRY]
         for name in drop:
             del children[name]
 
@@ -297,8 +294,8 @@ def _overlay(lower_root: Node, upper_root: Node, rules: WhiteoutRules) -> None:
     stack = [(lower_root, upper_root)]
     while stack:
         lower, upper = stack.pop()
-        implied = _is_implied_dir(upper.inode)  # before take_opaque: an xattr makes it explicit
-        opaque = rules.take_opaque(upper.inode)
+        implied = _is_implied_dir(upper.inode)
+        opaque = False
         if not implied:
             lower.inode = upper.inode
         below = lower.children
@@ -307,7 +304,7 @@ def _overlay(lower_root: Node, upper_root: Node, rules: WhiteoutRules) -> None:
         # Pass 1: whiteouts act on the lower children only, before any upper entry lands.
         entries: list[tuple[bytes, Node]] = []
         for name, node in above.items():
-            role, target = rules.classify(name, node.inode)
+            role, target = rules.classify(name)
             if role is Role.ENTRY:
                 entries.append((name, node))
             elif role is Role.WHITEOUT:

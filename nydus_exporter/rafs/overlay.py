@@ -1,38 +1,33 @@
 """Whiteout rules: which entries of an upper layer delete or hide entries of the layers below.
 
-Three conventions (``--whiteout-spec`` of nydus-image, [format §5.2]; [pitfalls §4]):
+Two conventions (``--whiteout-spec`` of nydus-image, [format §5.2]; [pitfalls §4]):
 
 ``oci`` (OCI image-spec "Whiteouts", what layer tars carry)
     ``.wh.<name>`` deletes ``<name>`` from the lower layers; ``.wh..wh..opq`` makes its
     directory opaque (every lower child hidden). Other ``.wh..wh.*`` names are AUFS
     bookkeeping (``.wh..wh.plnk`` ...): containerd skips them, and so do we. The whiteout
     entries themselves never reach the merged tree.
-``overlayfs`` (what BuildKit/containerd snapshot upper directories contain)
-    A character device 0:0 deletes the lower entry of its name; a directory with the xattr
-    ``trusted.overlay.opaque=y`` or ``user.overlay.opaque=y`` (rootless "userxattr" overlay)
-    is opaque, and that xattr is removed from the result.
 ``none``
     Nothing is interpreted; every entry is an ordinary file.
 
-Pure data rules: no tree walking here (see :mod:`nydus_exporter.rafs.merge`).
+Pure data rules: no tree walking here (see :mod:`nydus_exporter.rafs.merge`). Overlayfs
+whiteouts (character devices 0:0, ``<ns>.overlay.opaque`` xattrs: what BuildKit snapshot
+upper directories hold) are interpreted in one place, where such a directory is read
+(:mod:`nydus_exporter.layer.directory`), and reach the merge as OCI whiteouts.
 """
 
 from __future__ import annotations
 
 import enum
-import stat
 from typing import Final
 
 from nydus_exporter.errors import ConfigError, UnsafePathError
-from nydus_exporter.rafs.model import Inode
 
-WHITEOUT_SPECS: Final = ("oci", "overlayfs", "none")
+WHITEOUT_SPECS: Final = ("oci", "none")
 
 OCI_WHITEOUT_PREFIX: Final = b".wh."
 OCI_OPAQUE_MARKER: Final = b".wh..wh..opq"
 OCI_META_PREFIX: Final = b".wh..wh."  # AUFS metadata names; .wh..wh..opq is the only one with meaning
-OVERLAY_OPAQUE_XATTRS: Final = (b"trusted.overlay.opaque", b"user.overlay.opaque")
-OVERLAY_OPAQUE_VALUE: Final = b"y"
 
 
 class Role(enum.Enum):
@@ -52,7 +47,7 @@ class WhiteoutRules:
             raise ConfigError(f"unknown whiteout spec {spec!r} (expected one of {', '.join(WHITEOUT_SPECS)})")
         self.spec = spec
 
-    def classify(self, name: bytes, inode: Inode) -> tuple[Role, bytes]:
+    def classify(self, name: bytes) -> tuple[Role, bytes]:
         """``(role, target name)`` of the entry ``name``; the target is set for WHITEOUT only."""
         if self.spec == "oci":
             if not name.startswith(OCI_WHITEOUT_PREFIX):
@@ -66,19 +61,4 @@ class WhiteoutRules:
                 # image-spec PR 1314: a bare ".wh." is invalid and MUST be rejected.
                 raise UnsafePathError("bare whiteout name '.wh.' in a layer")
             return Role.WHITEOUT, target
-        if self.spec == "overlayfs" and stat.S_ISCHR(inode.mode) and inode.rdev == 0:
-            return Role.WHITEOUT, name  # overlayfs whiteout: char device 0:0 of the same name
         return Role.ENTRY, b""
-
-    def take_opaque(self, inode: Inode) -> bool:
-        """Whether the directory is marked opaque by an xattr (overlayfs spec only); if so the
-        xattr is removed: it is whiteout bookkeeping, not file metadata (nydus removes it
-        too, [format §5.2]). With the other specs the xattr is ordinary metadata and stays."""
-        if self.spec != "overlayfs" or not inode.is_dir:
-            return False
-        opaque = False
-        for name in OVERLAY_OPAQUE_XATTRS:
-            if inode.xattrs.get(name) == OVERLAY_OPAQUE_VALUE:
-                del inode.xattrs[name]
-                opaque = True
-        return opaque

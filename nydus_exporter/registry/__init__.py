@@ -4,7 +4,7 @@
   blocking facade running it on a private loop thread;
 * credentials: :class:`Credentials`, :class:`StaticCredentials`,
   :class:`DockerConfigCredentials`, :class:`CallbackCredentials`, :class:`ChainCredentials`;
-* knobs: :class:`RetryPolicy`, :class:`Timeouts`; results: :class:`PushResult`,
+* knobs: :class:`RetryPolicy`, :class:`Timeouts`, :class:`UploadParts`; results: :class:`PushResult`,
   :class:`ManifestResponse`, :class:`RegistryStats`.
 
 Errors are the :class:`~nydus_exporter.errors.RegistryError` family of
@@ -20,6 +20,7 @@ from nydus_exporter.registry.client import (
     ManifestResponse,
     PushResult,
     RegistryClient,
+    UploadParts,
 )
 from nydus_exporter.registry.credentials import (
     CallbackCredentials,
@@ -52,4 +53,5 @@ __all__ = [
     "StaticCredentials",
     "SyncRegistry",
     "Timeouts",
+    "UploadParts",
 ]

@@ -26,17 +26,14 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from urllib.request import parse_http_list, parse_keqv_list
 
 from yarl import URL
 
-if TYPE_CHECKING:
-    from nydus_exporter.registry.credentials import Credentials
-
 __all__ = [
     "BearerToken",
     "Challenge",
+    "Credentials",
     "TokenCache",
     "TokenRequest",
     "basic_authorization",
@@ -105,6 +102,27 @@ def merge_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
             continue
         merged.setdefault((kind, name), set()).update(a for a in actions.split(",") if a)
     return tuple(f"{kind}:{name}:{','.join(sorted(acts))}" for (kind, name), acts in sorted(merged.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A user name and one kind of secret. Secrets are hidden from ``repr``.
+
+    ``identity_token`` is an OAuth2 refresh token (docker's ``identitytoken``); it is exchanged
+    with the token server's POST form. ``registry_token`` is a bearer token used as is.
+    """
+
+    username: str = ""
+    password: str = field(default="", repr=False)
+    identity_token: str = field(default="", repr=False)
+    registry_token: str = field(default="", repr=False)
+
+    def __repr__(self) -> str:
+        secrets = [n for n in ("password", "identity_token", "registry_token") if getattr(self, n)]
+        shown = ", ".join(f"{n}=<redacted>" for n in secrets)
+        return f"Credentials(username={self.username!r}{', ' if shown else ''}{shown})"
+
+    __str__ = __repr__
 
 
 def basic_authorization(credentials: Credentials) -> str:

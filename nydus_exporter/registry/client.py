@@ -6,7 +6,7 @@ Methods are named after the protocol steps (``check_existing_blob`` = :meth:`blo
     1. HEAD  /v2/<repo>/blobs/<digest>                          exists (same size)? done
     2. POST  /v2/<repo>/blobs/uploads/?mount=<digest>&from=<r>  201: mounted, done (per source)
     3. POST  /v2/<repo>/blobs/uploads/                          202 + Location (upload session)
-    4a. size <= chunk_threshold: PUT <location>&digest=<digest> with the whole body
+    4a. size <= uploads.threshold: PUT <location>&digest=<digest> with the whole body
     4b. otherwise: PATCH <location> one chunk at a time (Content-Range), each answer giving
         the next Location; after a failed chunk, GET <location> (upload status, ``Range:
         0-<last>``) and go on from the registry's offset rather than from zero;
@@ -95,6 +95,19 @@ stored)."""
 
 
 @dataclass(frozen=True, slots=True)
+class UploadParts:
+    """How a blob goes up: one PUT up to ``threshold`` bytes, above it PATCH requests of
+    ``part_size`` bytes each (resumed from the registry's offset after a failed part)."""
+
+    threshold: int = 64 << 20
+    part_size: int = 16 << 20
+
+    def __post_init__(self) -> None:
+        if self.part_size < 1 or self.threshold < 0:
+            raise ConfigError("upload part size must be positive and the threshold non-negative")
+
+
+@dataclass(frozen=True, slots=True)
 class PushResult:
     """What :meth:`RegistryClient.push_blob` did: the blob was already there, mounted or uploaded."""
 
@@ -159,7 +172,7 @@ class RegistryClient:
     ``insecure_hosts``: ``host[:port]`` names reached over plain HTTP, or HTTPS without
     certificate checks; loopback hosts may use plain HTTP too (see
     :mod:`.transport`). ``ca_file``: extra trusted CA bundle (PEM). Blobs larger than
-    ``chunk_threshold`` are uploaded in ``chunk_size`` PATCH requests. ``max_concurrency``
+    ``uploads.threshold`` are uploaded in ``uploads.part_size`` PATCH requests. ``max_concurrency``
     bounds concurrent requests per registry host.
     """
 
@@ -170,14 +183,11 @@ class RegistryClient:
         credential_provider: CredentialProvider | None = None,
         insecure_hosts: Collection[str] = (),
         ca_file: Path | None = None,
-        chunk_threshold: int = 64 << 20,
-        chunk_size: int = 16 << 20,
+        uploads: UploadParts = UploadParts(),
         max_concurrency: int = 4,
         retry: RetryPolicy = DEFAULT_RETRY,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ) -> None:
-        if chunk_size < 1 or chunk_threshold < 0:
-            raise ConfigError("chunk_size must be positive and chunk_threshold non-negative")
         store: CredentialStore = credentials if credentials is not None else DockerConfigCredentials()
         if credential_provider is not None:
             store = ChainCredentials(CallbackCredentials(credential_provider), store)
@@ -191,8 +201,7 @@ class RegistryClient:
             stats=self.stats,
         )
         self._retry = retry
-        self._chunk_threshold = chunk_threshold
-        self._chunk_size = chunk_size
+        self._uploads = uploads
         self._inflight: dict[tuple[str, str, str], asyncio.Future[PushResult]] = {}
 
     async def __aenter__(self) -> RegistryClient:
@@ -268,7 +277,7 @@ class RegistryClient:
 
         Skips the upload when the blob exists, tries a mount from each of ``mount_from``
         (repositories on the same registry), else uploads (monolithic up to
-        ``chunk_threshold``, chunked above). Raises :class:`RegistryError` subclasses.
+        ``uploads.threshold``, in parts above). Raises :class:`RegistryError` subclasses.
         """
         validate_digest(digest)
         if size < 0:
@@ -330,7 +339,7 @@ class RegistryClient:
                 await self._cancel_upload(ref, location)
                 location = None
         sent = _Counter(self.stats)
-        if size <= self._chunk_threshold:
+        if size <= self._uploads.threshold:
             await self._upload_monolithic(ref, digest, size, source, location, sent)
         else:
             await self._upload_chunked(ref, digest, size, source, location, sent)
@@ -426,7 +435,7 @@ class RegistryClient:
                     need_status, resumed = False, True
                 if offset >= size:
                     return _ChunkedUpload(upload, resumed)
-                end = min(offset + self._chunk_size, size)
+                end = min(offset + self._uploads.part_size, size)
                 response = await self._transport.request(
                     "PATCH",
                     ref.api_host,

@@ -25,12 +25,11 @@ import binascii
 import json
 import os
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from nydus_exporter.errors import ConfigError
-from nydus_exporter.registry.auth import Challenge
+from nydus_exporter.registry.auth import Challenge, Credentials
 
 __all__ = [
     "CallbackCredentials",
@@ -48,27 +47,6 @@ _DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docke
 _TOKEN_USERNAME = "<token>"  # a helper's Username meaning "Secret is an identity token"
 _HELPER_TIMEOUT = 30.0
 _NOT_FOUND = "credentials not found"
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """A user name and one kind of secret. Secrets are hidden from ``repr``.
-
-    ``identity_token`` is an OAuth2 refresh token (docker's ``identitytoken``); it is exchanged
-    with the token server's POST form. ``registry_token`` is a bearer token used as is.
-    """
-
-    username: str = ""
-    password: str = field(default="", repr=False)
-    identity_token: str = field(default="", repr=False)
-    registry_token: str = field(default="", repr=False)
-
-    def __repr__(self) -> str:
-        secrets = [n for n in ("password", "identity_token", "registry_token") if getattr(self, n)]
-        shown = ", ".join(f"{n}=<redacted>" for n in secrets)
-        return f"Credentials(username={self.username!r}{', ' if shown else ''}{shown})"
-
-    __str__ = __repr__
 
 
 class CredentialStore(Protocol):

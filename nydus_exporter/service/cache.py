@@ -27,7 +27,7 @@ from pathlib import Path
 
 from nydus_exporter import __version__
 from nydus_exporter.errors import FormatError
-from nydus_exporter.pack import PackOptions
+from nydus_exporter.pipeline.pack import PackOptions
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.blob_reader import BlobReader, blob_result
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -68,13 +68,12 @@ class ServiceConfig:
         return self.listen or (f"unix://{self.state_dir / 'exporter.sock'}",)
 
     def validated(self) -> ServiceConfig:
-        if self.max_concurrent_exports < 1:
-            raise ConfigError("max_concurrent_exports must be at least 1")
         if self.sparse_limit < 0:
             raise ConfigError("sparse_limit must not be negative")
         if not 4096 <= self.max_chunk_bytes <= self.max_message_bytes - 4096:
             raise ConfigError("max_chunk_bytes must be from 4096 to max_message_bytes - 4096")
         for count, name in (
+            (self.max_concurrent_exports, "max_concurrent_exports"),
             (self.max_metadata_bytes_per_job, "max_metadata_bytes_per_job"),
             (self.max_metadata_bytes_total, "max_metadata_bytes_total"),
             (self.max_attrs_bytes_per_instance, "max_attrs_bytes_per_instance"),
@@ -117,34 +116,49 @@ class ServiceConfig:
         return any(real == r or real.is_relative_to(r) for r in (Path(os.path.realpath(x)) for x in roots))
 
 
+def _items(value: object) -> list[str]:
+    """A list setting: a comma-separated string (environment, flags) or a TOML array."""
+    raw = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    return [str(i).strip() for i in raw if str(i).strip()]
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
+def _int(value: object) -> int:
+    return int(str(value), 0) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
+
+
+# (does this converter take the field's type, as text?, the converter), first match wins.
+_COERCIONS: tuple[tuple[Callable[[str], bool], Callable[[object], object]], ...] = (
+    (lambda kind: kind in ("Path", "pathlib.Path"), lambda v: Path(str(v))),
+    (lambda kind: "Path | None" in kind, lambda v: Path(str(v)) if v not in (None, "") else None),
+    (lambda kind: kind.startswith("tuple[Path"), lambda v: tuple(Path(i) for i in _items(v))),
+    (lambda kind: kind.startswith("tuple[str"), lambda v: tuple(_items(v))),
+    (lambda kind: kind == "bool", _bool),
+    (lambda kind: kind == "int", _int),
+    (lambda kind: kind == "float", lambda v: float(v)),  # type: ignore[arg-type]
+)
+
+
 def _coerce(name: str, kind: Any, value: object) -> object:
     """Turn a TOML/env/flag value into the field's type."""
     text_kind = str(kind)
+    convert: Callable[[object], object] = str
+    for takes, converter in _COERCIONS:
+        if takes(text_kind):
+            convert = converter
+            break
     try:
-        if text_kind in ("Path", "pathlib.Path"):
-            return Path(str(value))
-        if "Path | None" in text_kind:
-            return Path(str(value)) if value not in (None, "") else None
-        if text_kind.startswith("tuple[Path"):
-            items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
-            return tuple(Path(str(i).strip()) for i in items if str(i).strip())
-        if text_kind.startswith("tuple[str"):
-            items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
-            return tuple(str(i).strip() for i in items if str(i).strip())
-        if text_kind == "bool":
-            if isinstance(value, bool):
-                return value
-            lowered = str(value).strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(value)
-        if text_kind == "int":
-            return int(str(value), 0) if isinstance(value, str) else int(value)  # type: ignore[call-overload]
-        if text_kind == "float":
-            return float(value)  # type: ignore[arg-type]
-        return str(value)
+        return convert(value)
     except (TypeError, ValueError):
         raise ConfigError(f"config {name}={value!r} is not a valid {text_kind}") from None
 

@@ -32,13 +32,14 @@ from typing import BinaryIO, Literal
 
 from nydus_exporter.errors import ConfigError, excerpt
 from nydus_exporter.oci.platform import Platform
-from nydus_exporter.pack import PackOptions
+from nydus_exporter.pipeline.options import ExportOptions
 from nydus_exporter.service.attrs import selected
 from nydus_exporter.service.beneath import open_beneath
 from nydus_exporter.service.budget import JobBudget
 from nydus_exporter.service.cache import LayerCache, cache_key
+from nydus_exporter.service.config import ServiceConfig
 from nydus_exporter.service.errors import ProtocolError
-from nydus_exporter.service.worker import WorkerImage, WorkerLayer, platform_to_json
+from nydus_exporter.service.worker_spec import WorkerImage, WorkerLayer
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 MAX_METADATA_BYTES = 16 << 20  # one metadata value (an image config is a few KiB)
@@ -106,15 +107,16 @@ class ExportIntake:
         *,
         workdir: Path,
         platforms: Sequence[tuple[str, Platform | None]],
-        selection: Sequence[Platform],
         metadata: Mapping[str, bytes],
-        pack: PackOptions,
+        options: ExportOptions,
+        config: ServiceConfig,
         cache: LayerCache,
-        max_chunk_bytes: int,
-        roots: Sequence[Path],
         metadata_budget: JobBudget,
         on_bytes: Callable[[int], None] = lambda n: None,
     ) -> None:
+        """``options``: the instance's (its platform selection and pack options); ``config``:
+        the daemon's (its layer_data size limit and allowed roots)."""
+        selection = options.platforms
         if not platforms:
             raise ProtocolError("header names no platform")
         self._workdir = workdir
@@ -136,10 +138,10 @@ class ExportIntake:
         metadata_budget.reserve(sum(len(k) + len(v) for k, v in metadata.items()))
         self._metadata: dict[str, bytearray] = {k: bytearray(v) for k, v in metadata.items()}
         self._metadata_done: set[str] = set(metadata)
-        self._pack = pack
+        self._pack = options.pack
         self._cache = cache
-        self._max_chunk = max_chunk_bytes
-        self._roots = tuple(roots)
+        self._max_chunk = config.max_chunk_bytes
+        self._roots = tuple(config.roots)
         # (platform id, layer index) -> descriptor of a layer sent by reference, opened (and
         # so checked) once at platform_begin; the worker reads it through the descriptor.
         self._references: dict[tuple[str, int], int] = {}
@@ -197,50 +199,57 @@ class ExportIntake:
         if state.layers or state.ended:
             raise ProtocolError(f"platform_begin for {excerpt(platform_id)} twice")
         for position, layer in enumerate(layers):
-            if layer.index != position:
-                raise ProtocolError(
-                    f"platform_begin {excerpt(platform_id)}: layer {position} has index {layer.index} "
-                    "(indices must be 0..n-1, lowest layer first)"
-                )
-            if layer.blob_digest and not _DIGEST.match(layer.blob_digest):
-                raise ProtocolError(
-                    f"platform_begin {excerpt(platform_id)}: layer {position} has a malformed "
-                    f"blob_digest {excerpt(layer.blob_digest)} (expected sha256:<64 hex>)"
-                )
-            if layer.size < 0:
-                raise ProtocolError(
-                    f"platform_begin {excerpt(platform_id)}: layer {position} has a negative size"
-                )
-            if layer.reference is not None:
-                self._check_reference(platform_id, layer)
+            self._check_layer(platform_id, position, layer)
         state.layers = list(layers)
-        if not layers:
-            state.layers = []
         if not state.selected:
             return ()
         for layer in layers:
-            if layer.reference is not None:
-                continue
-            digest = layer.blob_digest
-            known = self._by_digest.get(digest) if digest else None
-            if known is not None:
-                if known[0] == "cached":
-                    self._cached[(platform_id, layer.index)] = self._cached_layer(digest, known[1], layer)
-                continue
-            if digest:
-                key = cache_key(digest, self._pack)
-                target = self._spool_dir / f"{key}.cache"
-                hit = await asyncio.to_thread(self._cache.checkout, key, target)
-                if hit is not None:
-                    self.cache_hits += 1
-                    self._blob_digests[str(target)] = hit.result.digest
-                    self._by_digest[digest] = ("cached", str(target))
-                    self._cached[(platform_id, layer.index)] = self._cached_layer(digest, str(target), layer)
-                    continue
-                self._by_digest[digest] = ("pending", "")
-            self.cache_misses += 1
-            state.wanted.add(layer.index)
+            if layer.reference is None and await self._wanted(platform_id, layer):
+                self.cache_misses += 1
+                state.wanted.add(layer.index)
         return tuple(sorted(state.wanted))
+
+    def _check_layer(self, platform_id: str, position: int, layer: LayerSpec) -> None:
+        where = f"platform_begin {excerpt(platform_id)}: layer {position}"
+        if layer.index != position:
+            raise ProtocolError(
+                f"{where} has index {layer.index} (indices must be 0..n-1, lowest layer first)"
+            )
+        if layer.blob_digest and not _DIGEST.match(layer.blob_digest):
+            raise ProtocolError(
+                f"{where} has a malformed blob_digest {excerpt(layer.blob_digest)} (expected sha256:<64 hex>)"
+            )
+        if layer.size < 0:
+            raise ProtocolError(f"{where} has a negative size")
+        if layer.reference is not None:
+            self._check_reference(platform_id, layer)
+
+    async def _wanted(self, platform_id: str, layer: LayerSpec) -> bool:
+        """Whether the client must send the layer's bytes: not when the same blob comes in this
+        export already, or the layer cache holds its conversion."""
+        digest = layer.blob_digest
+        known = self._by_digest.get(digest) if digest else None
+        if known is not None:
+            if known[0] == "cached":
+                self._cached[(platform_id, layer.index)] = self._cached_layer(digest, known[1], layer)
+            return False
+        if digest:
+            key = cache_key(digest, self._pack)
+            target = self._spool_dir / f"{key}.cache"
+            hit = await asyncio.to_thread(self._cache.checkout, key, target)
+            if hit is not None:
+                self.cache_hits += 1
+                self._blob_digests[str(target)] = hit.result.digest
+                self._by_digest[digest] = ("cached", str(target))
+                self._cached[(platform_id, layer.index)] = self._cached_layer(digest, str(target), layer)
+                return False
+            self._by_digest[digest] = ("pending", "")
+        return True
+
+    def _new_spool(self) -> _Spool:
+        """A new spool file for the next layer's bytes (closed in layer_end or close)."""
+        path = self._spool_dir / f"{len(list(self._spool_dir.iterdir()))}.layer"
+        return _Spool(path, open(path, "wb"))
 
     def _cached_layer(self, digest: str, path: str, layer: LayerSpec) -> WorkerLayer:
         # Each occurrence gets its own link: the worker moves it into the staging layout.
@@ -282,8 +291,7 @@ class ExportIntake:
                 "(send its layer_end first)"
             )
         if self._spool is None:
-            path = self._spool_dir / f"{len(list(self._spool_dir.iterdir()))}.layer"
-            self._spool = _Spool(path, open(path, "wb"))  # noqa: SIM115 - closed in layer_end/close
+            self._spool = await asyncio.to_thread(self._new_spool)
             self._open = (platform_id, index)
         spool = self._spool
         if offset != spool.received:
@@ -303,8 +311,7 @@ class ExportIntake:
             raise ProtocolError(f"{where}: the layer was not asked for, or was already ended")
         if self._open is None:
             # a wanted layer of zero bytes: no layer_data came
-            path = self._spool_dir / f"{len(list(self._spool_dir.iterdir()))}.layer"
-            self._spool = _Spool(path, open(path, "wb"))  # noqa: SIM115
+            self._spool = await asyncio.to_thread(self._new_spool)
             self._open = (platform_id, index)
         if self._open != (platform_id, index):
             raise ProtocolError(f"{where}: layer {self._open[1]} of {excerpt(self._open[0])} is the open one")
@@ -360,7 +367,7 @@ class ExportIntake:
             for layer in state.layers:
                 layers.append(self._source_of(pid, layer))
             config_path = self._config_file(pid, state)
-            images.append(WorkerImage(platform_to_json(state.platform), config_path, tuple(layers)))
+            images.append(WorkerImage(state.platform, config_path, tuple(layers)))
         return tuple(images)
 
     def _source_of(self, platform_id: str, layer: LayerSpec) -> WorkerLayer:

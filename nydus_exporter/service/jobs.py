@@ -1,4 +1,8 @@
-"""Instances and jobs: idempotency, build slots, the worker process, publishing, TTL release.
+"""The job registry: instances and jobs, idempotency, build slots, TTL release.
+
+The worker process is run by :mod:`.runner`, the image published by :mod:`.publish`, the
+client asked for registry credentials by :mod:`.auth_broker`; this module orders them.
+
 
 * An **instance** is what ``Resolve`` allocates: validated attrs with an id. It expires after
   ``job_ttl`` without use.
@@ -13,49 +17,34 @@
   for one reports a "waiting for a build slot" progress row.
 * **Finalize:** with ``defer_push`` the converted image waits in the job's staging layout
   until ``Finalize`` publishes it (``Release`` or the TTL drop it instead).
-* **Auth:** registry credentials stay with the client: :class:`AuthBroker` turns a
-  ``credential_provider(host, challenge)`` call (the registry client's hook) into an
-  ``auth_request`` event and waits for the matching ``auth_reply``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import contextlib
 import dataclasses
 import enum
-import json
-import os
 import secrets
 import shutil
-import signal
-import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from nydus_exporter import errors as core_errors
-from nydus_exporter.chunkstore import ChunkStore
 from nydus_exporter.errors import excerpt
-from nydus_exporter.export import ExportOptions, ProgressEvent, merged_index, nydus_manifests, record_packed
 from nydus_exporter.oci.descriptor import Descriptor
-from nydus_exporter.oci.layout import OciLayout
-from nydus_exporter.oci.reference import parse_reference
-from nydus_exporter.push import push_image
-from nydus_exporter.registry.auth import Challenge
-from nydus_exporter.registry.credentials import Credentials, StaticCredentials
-from nydus_exporter.registry.sync import SyncRegistry
-from nydus_exporter.service import errors as service_errors
-from nydus_exporter.service.attrs import ResolvedAttrs, filter_response, resolve_attrs
+from nydus_exporter.pipeline.options import ExportOptions, options_for_worker
+from nydus_exporter.pipeline.progress import ProgressEvent
+from nydus_exporter.pipeline.result import filter_response
+from nydus_exporter.service.attrs import ResolvedAttrs, resolve_attrs
+from nydus_exporter.service.auth_broker import AuthBroker
 from nydus_exporter.service.budget import Budget, JobBudget
-from nydus_exporter.service.cache import LayerCache, load_result
+from nydus_exporter.service.cache import LayerCache
 from nydus_exporter.service.config import ServiceConfig
 from nydus_exporter.service.destination import publish_layout
 from nydus_exporter.service.errors import (
@@ -67,8 +56,6 @@ from nydus_exporter.service.errors import (
     ProtocolError,
 )
 from nydus_exporter.service.events import (
-    AuthAnswer,
-    AuthChallenge,
     DescriptorValue,
     Emit,
     Event,
@@ -77,13 +64,19 @@ from nydus_exporter.service.events import (
     WarningEvent,
 )
 from nydus_exporter.service.metrics import Metrics, count_dedup
-from nydus_exporter.service.worker import WorkerImage, WorkerSpec
+from nydus_exporter.service.publish import (
+    Pusher,
+    RegistryPusher,
+    merges_live_tag,
+    store_location,
+    with_root,
+)
+from nydus_exporter.service.runner import Conversion, WorkerRunner
+from nydus_exporter.service.worker_spec import WorkerImage, WorkerSpec
 
 log = structlog.get_logger("nydus_exporter.service")
 
 SLOT_ROW = "build slot"
-_AUTH_TIMEOUT = 60.0  # as BuildKit's session auth helpers ([contract §4.2])
-_TOKEN_USERNAME = "<token>"  # docker's marker: the secret is an identity token
 
 
 class JobState(enum.Enum):
@@ -109,17 +102,6 @@ class Instance:
     last_used: float
     job_ids: set[str] = field(default_factory=set)
     attrs_bytes: int = 0  # what the attrs count against the daemon's attrs budget
-
-
-@dataclass
-class Conversion:
-    """What the worker produced in the staging layout."""
-
-    metadata: dict[str, str]
-    descriptor: dict[str, Any]
-    warnings: tuple[str, ...]
-    remote_blobs: tuple[str, ...] = ()  # layers left in the target repository (chunk store)
-    packed: tuple[str, ...] = ()  # the layer blobs the worker converted (in the staging layout)
 
 
 @dataclass(eq=False)
@@ -169,296 +151,6 @@ class Job:
         self.cancel_reason = reason
         self.work.cancel()
         return True
-
-
-class Pusher(Protocol):
-    """Pushes a converted image from the staging layout (wired in once the pipeline can push).
-
-    ``credential_provider`` is the registry client's hook; here it asks the export's client.
-    """
-
-    async def __call__(
-        self,
-        *,
-        layout: Path,
-        root: Descriptor,
-        options: ExportOptions,
-        credential_provider: Callable[[str, Challenge | None], Awaitable[Credentials | None]],
-        remote: Collection[str] = (),
-        packed: Sequence[str] = (),
-    ) -> Descriptor:
-        """Push; returns the root that was pushed (a merged index with merge-manifest).
-        ``remote``: blob layers already in the target repository (chunk store); ``packed``:
-        the blobs converted for this export, recorded in the chunk store once pushed."""
-        ...
-
-
-def merges_live_tag(options: ExportOptions) -> bool:
-    """merge-manifest against the image currently under the (first) name: done at push time."""
-    return options.push and options.merge_manifest and options.merge_manifest_source == "registry"
-
-
-def _with_root(conversion: Conversion, root: Descriptor) -> Conversion:
-    """The conversion's response keys for another root (the merged index that was pushed)."""
-    metadata = dict(conversion.metadata)
-    raw = json.dumps(root.to_json(), separators=(",", ":")).encode()
-    metadata["containerimage.digest"] = root.digest
-    metadata["containerimage.descriptor"] = base64.b64encode(raw).decode()
-    metadata.pop("containerimage.config.digest", None)  # the root is an index now
-    return dataclasses.replace(conversion, metadata=metadata, descriptor=root.to_json())
-
-
-class RegistryPusher:
-    """The default :class:`Pusher`: ``push_image`` with the registry client, in a thread.
-
-    Credentials come from the export's client through ``credential_provider`` (bridged from
-    the registry client's private loop to the daemon's); the daemon's own docker config is
-    consulted only when ``use_docker_config`` is set.
-    """
-
-    def __init__(self, config: ServiceConfig) -> None:
-        self._config = config
-
-    async def __call__(
-        self,
-        *,
-        layout: Path,
-        root: Descriptor,
-        options: ExportOptions,
-        credential_provider: Callable[[str, Challenge | None], Awaitable[Credentials | None]],
-        remote: Collection[str] = (),
-        packed: Sequence[str] = (),
-    ) -> Descriptor:
-        registry = sync_registry(self._config, options, credential_provider, asyncio.get_running_loop())
-        refs = [parse_reference(name).with_default_tag() for name in options.names]
-
-        def push() -> Descriptor:
-            with registry:
-                staging = OciLayout.open(layout)
-                pushed = root
-                if merges_live_tag(options):
-                    current = registry.get_manifest(refs[0])  # the image under the tag now
-                    existing = current.raw if current is not None else None
-                    pushed = merged_index(staging, existing, nydus_manifests(staging, root), options)
-                push_image(registry, staging, pushed, refs, remote=remote)
-            if options.chunk_store:
-                with ChunkStore.open(self._config.state_dir) as store:
-                    results = [load_result(staging.blob_path(d), d) for d in packed]
-                    record_packed(store, store_location(options), options.pack, results)
-            return pushed
-
-        return await asyncio.to_thread(push)
-
-    async def verified_store_blobs(
-        self,
-        options: ExportOptions,
-        credential_provider: Callable[[str, Challenge | None], Awaitable[Credentials | None]],
-    ) -> tuple[str, ...]:
-        """chunk-store=true: the store's blobs of the target repository that exist there (the
-        others are forgotten), for the worker to reference."""
-        registry = sync_registry(self._config, options, credential_provider, asyncio.get_running_loop())
-        ref = parse_reference(options.names[0])
-
-        def verify() -> tuple[str, ...]:
-            with registry, ChunkStore.open(self._config.state_dir) as store:
-                found = store.chunk_dict(
-                    store_location(options),
-                    chunk_size=options.pack.chunk_size,
-                    digester=options.pack.digester,
-                    compressor=options.pack.compressor,
-                    verify=lambda digest, size: registry.blob_exists(ref, digest) == size,
-                )
-            return tuple(blob.digest for blob in found.blobs.values())
-
-        return await asyncio.to_thread(verify)
-
-
-def store_location(options: ExportOptions) -> str:
-    ref = parse_reference(options.names[0])
-    return f"{ref.api_host}/{ref.repository}"
-
-
-def sync_registry(
-    config: ServiceConfig,
-    options: ExportOptions,
-    credential_provider: Callable[[str, Challenge | None], Awaitable[Credentials | None]],
-    loop: asyncio.AbstractEventLoop,
-) -> SyncRegistry:
-    """A registry client whose credentials come from the export's client (bridged from the
-    client's private loop to ``loop``, where the broker lives); the daemon's own docker config
-    only with ``use_docker_config``."""
-
-    async def ask(host: str, challenge: Challenge | None) -> Credentials | None:
-        return await credential_provider(host, challenge)
-
-    async def bridge(host: str, challenge: Challenge | None) -> Credentials | None:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(ask(host, challenge), loop))
-
-    refs = [parse_reference(name) for name in options.names]
-    return SyncRegistry(
-        credentials=None if config.use_docker_config else StaticCredentials({}),
-        credential_provider=bridge,
-        insecure_hosts=[ref.api_host for ref in refs] if options.insecure else [],
-        ca_file=options.ca_file,
-    )
-
-
-class AuthBroker:
-    """Registry credentials on demand, from the client of the stream ([contract §4.2] option 2)."""
-
-    def __init__(self, emit: Emit) -> None:
-        self._emit = emit
-        self._pending: dict[str, asyncio.Future[AuthAnswer]] = {}
-
-    async def credential_provider(self, host: str, challenge: Challenge | None) -> Credentials | None:
-        """The registry client's ``credential_provider`` hook."""
-        request_id = uuid.uuid4().hex
-        future: asyncio.Future[AuthAnswer] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        headers: tuple[str, ...] = ()
-        if challenge is not None:
-            params = ",".join(f'{k}="{v}"' for k, v in challenge.params.items())
-            headers = (f"{challenge.scheme.capitalize()} {params}".strip(),)
-        try:
-            await self._emit(
-                AuthChallenge(
-                    request_id=request_id,
-                    host=host,
-                    www_authenticate=headers,
-                    scopes=challenge.scopes if challenge is not None else (),
-                )
-            )
-            async with asyncio.timeout(_AUTH_TIMEOUT):
-                answer = await future
-        finally:
-            self._pending.pop(request_id, None)
-        return credentials_from_answer(answer)
-
-    def answer(self, answer: AuthAnswer) -> None:
-        future = self._pending.get(answer.request_id)
-        if future is None or future.done():
-            raise ProtocolError(f"auth_reply for unknown request_id {excerpt(answer.request_id)}")
-        future.set_result(answer)
-
-
-def credentials_from_answer(answer: AuthAnswer) -> Credentials | None:
-    if answer.error:
-        return None
-    if answer.authorization:
-        scheme, _, value = answer.authorization.partition(" ")
-        if scheme.lower() == "bearer" and value:
-            return Credentials(registry_token=value.strip())
-        if scheme.lower() == "basic" and value:
-            try:
-                user, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                raise ProtocolError("auth_reply: authorization is not valid Basic credentials") from None
-            if sep:
-                return Credentials(username=user, password=password)
-        raise ProtocolError("auth_reply: authorization must be 'Bearer <token>' or 'Basic <base64>'")
-    if answer.username == _TOKEN_USERNAME:
-        return Credentials(identity_token=answer.secret)
-    if answer.username or answer.secret:
-        return Credentials(username=answer.username, password=answer.secret)
-    return None
-
-
-# --- the worker process -------------------------------------------------------------------
-
-_ERROR_TYPES: dict[str, type[BaseException]] = {
-    **{
-        name: obj
-        for name, obj in vars(core_errors).items()
-        if isinstance(obj, type) and issubclass(obj, core_errors.ExporterError)
-    },
-    **{
-        name: obj
-        for name, obj in vars(service_errors).items()
-        if isinstance(obj, type) and issubclass(obj, core_errors.ExporterError)
-    },
-}
-
-
-class WorkerCrashedError(core_errors.ExporterError):
-    """The worker process died or failed unexpectedly (a bug: INTERNAL)."""
-
-
-class WorkerRunner:
-    """Runs a :class:`WorkerSpec` in ``python -m nydus_exporter.service.worker``."""
-
-    def __init__(self, python: str = sys.executable) -> None:
-        self._python = python
-
-    async def convert(
-        self, spec: WorkerSpec, on_progress: Callable[[ProgressEvent], Awaitable[None]]
-    ) -> Conversion:
-        proc = await asyncio.create_subprocess_exec(
-            self._python,
-            "-m",
-            "nydus_exporter.service.worker",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group: killed as a whole
-            pass_fds=spec.inherited_fds,
-            limit=16 << 20,
-        )
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        stderr_tail = bytearray()
-
-        async def read_stderr() -> None:
-            assert proc.stderr is not None
-            while chunk := await proc.stderr.read(1 << 16):
-                stderr_tail.extend(chunk)
-                del stderr_tail[: max(0, len(stderr_tail) - 8192)]
-
-        outcome: dict[str, Any] | None = None
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(read_stderr())
-                proc.stdin.write(spec.to_json().encode() + b"\n")
-                await proc.stdin.drain()
-                while line := await proc.stdout.readline():
-                    message = json.loads(line)
-                    if "progress" in message:
-                        await on_progress(ProgressEvent(**message["progress"]))
-                    else:
-                        outcome = message
-                proc.stdin.close()
-                await proc.wait()
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await asyncio.shield(proc.wait())
-        if outcome is not None and "result" in outcome:
-            r = outcome["result"]
-            return Conversion(
-                dict(r["metadata"]),
-                dict(r["descriptor"]),
-                tuple(r.get("warnings", ())),
-                tuple(r.get("remote_blobs", ())),
-                tuple(r.get("packed", ())),
-            )
-        if outcome is not None and "error" in outcome:
-            raise _rebuild_error(outcome["error"])
-        tail = stderr_tail.decode(errors="replace").strip().splitlines()[-5:]
-        raise WorkerCrashedError(
-            f"conversion worker exited with status {proc.returncode}: {' | '.join(tail)}"
-        )
-
-
-def _rebuild_error(raw: Mapping[str, Any]) -> BaseException:
-    kind, message = str(raw.get("type", "")), str(raw.get("message", ""))
-    if kind == "OSError":
-        return OSError(int(raw.get("errno", 0)), message)
-    cls = _ERROR_TYPES.get(kind)
-    if cls is None:
-        return WorkerCrashedError(f"conversion failed: {message}")
-    return cls(message)
-
-
-# --- publishing ---------------------------------------------------------------------------
 
 
 def _descriptor_value(raw: Mapping[str, Any]) -> DescriptorValue:
@@ -588,17 +280,14 @@ class JobRegistry:
                     waited = False
                     await emit(ProgressRow(SLOT_ROW, "waiting for a build slot", completed=time.time()))
                 job.state = JobState.CONVERTING
-                attrs = dict(job.instance.attrs.pipeline_attrs)
-                attrs.update({"push": "false", "oci-layout": str(job.staging)})
-                if merges_live_tag(job.instance.attrs.options):
-                    # The worker has no registry access: the pusher merges into the live tag.
-                    attrs["merge-manifest"] = "false"
-                store: dict[str, Any] = {}
                 options = job.instance.attrs.options
+                store: dict[str, Any] = {}
                 if options.chunk_store and options.push and broker is not None:
                     store = await self._store_for_worker(options, broker)
                 spec = WorkerSpec(
-                    pipeline_attrs=attrs,
+                    # The worker has no registry access: with merge-manifest against the live
+                    # tag, the pusher merges.
+                    options=options_for_worker(options, job.staging, merge_at_push=merges_live_tag(options)),
                     staging=str(job.staging),
                     workdir=str(job.workdir),
                     cache_dir=str(self.cache.root),
@@ -668,7 +357,7 @@ class JobRegistry:
                     packed=job.conversion.packed,
                 )
                 if pushed.digest != root.digest:
-                    job.conversion = _with_root(job.conversion, pushed)
+                    job.conversion = with_root(job.conversion, pushed)
             if options.oci_layout is not None:
                 await asyncio.to_thread(publish_layout, job.staging, options.oci_layout, self.config.roots)
             result = self.export_result(job, job.conversion)

@@ -36,8 +36,10 @@ from nydus_exporter.api import SERVICE_NAME
 from nydus_exporter.api import exporter_pb2_grpc as pb_grpc
 from nydus_exporter.errors import ConfigError
 from nydus_exporter.service.config import ServiceConfig, redacted
-from nydus_exporter.service.jobs import JobRegistry, Pusher, WorkerRunner
+from nydus_exporter.service.jobs import JobRegistry
 from nydus_exporter.service.metrics import CONTENT_TYPE, Metrics
+from nydus_exporter.service.publish import Pusher
+from nydus_exporter.service.runner import WorkerRunner
 from nydus_exporter.service.servicer import ExporterServicer
 from nydus_exporter.service.statelock import lock_state_dir
 

@@ -35,11 +35,13 @@ from nydus_exporter.errors import (
     RegistryError,
     RegistryNotFoundError,
     RegistryUnavailableError,
+    UnsupportedError,
     excerpt,
     shorten,
 )
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs import codecs
+from nydus_exporter.service.auth_broker import AuthBroker
 from nydus_exporter.service.errors import (
     IdempotencyConflictError,
     JobCancelledError,
@@ -62,7 +64,7 @@ from nydus_exporter.service.events import (
     WarningEvent,
 )
 from nydus_exporter.service.intake import ExportIntake, LayerReference, LayerSpec
-from nydus_exporter.service.jobs import AuthBroker, Job, JobRegistry, WorkerCrashedError
+from nydus_exporter.service.jobs import Job, JobRegistry
 
 log = structlog.get_logger("nydus_exporter.service")
 
@@ -80,43 +82,50 @@ _MAX_STATUS_CHARS = 2000
 _QUEUE = 256
 
 
+# The status of each error class, first match wins ([contract §5.3]).
+_STATUS_BY_CLASS: tuple[
+    tuple[type[BaseException] | tuple[type[BaseException], ...], grpc.StatusCode], ...
+] = (
+    # The client's input: attrs, metadata, the stream, the layers (a digest mismatch too).
+    (
+        (ProtocolError, PathNotAllowedError, ConfigError, InvalidLayerError, FormatError),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    ((PreconditionError, UnsupportedError), grpc.StatusCode.FAILED_PRECONDITION),
+    (IdempotencyConflictError, grpc.StatusCode.ABORTED),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    ((JobDeadlineError, TimeoutError), grpc.StatusCode.DEADLINE_EXCEEDED),
+    ((JobCancelledError, asyncio.CancelledError), grpc.StatusCode.CANCELLED),
+    (RegistryNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (RegistryUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+)
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """THE mapping from an error to a gRPC status ([contract §5.3]); the message is kept (bounded)."""
     message = str(exc) or type(exc).__name__
-    code: grpc.StatusCode
-    if isinstance(exc, ProtocolError | PathNotAllowedError | ConfigError | InvalidLayerError | FormatError):
-        # The client's input: attrs, metadata, the stream, the layers (a digest mismatch too).
-        code = grpc.StatusCode.INVALID_ARGUMENT
-    elif isinstance(exc, PreconditionError):
-        code = grpc.StatusCode.FAILED_PRECONDITION
-    elif isinstance(exc, IdempotencyConflictError):
-        code = grpc.StatusCode.ABORTED
-    elif isinstance(exc, NotFoundError):
-        code = grpc.StatusCode.NOT_FOUND
-    elif isinstance(exc, JobDeadlineError | TimeoutError):
-        code = grpc.StatusCode.DEADLINE_EXCEEDED
-    elif isinstance(exc, JobCancelledError | asyncio.CancelledError):
-        code = grpc.StatusCode.CANCELLED
-    elif isinstance(exc, RegistryAuthError):
-        code = grpc.StatusCode.PERMISSION_DENIED if exc.status == 403 else grpc.StatusCode.UNAUTHENTICATED
-    elif isinstance(exc, RegistryNotFoundError):
-        code = grpc.StatusCode.NOT_FOUND
-    elif isinstance(exc, RegistryUnavailableError):
-        code = grpc.StatusCode.UNAVAILABLE
-    elif isinstance(exc, RegistryError):
-        code = grpc.StatusCode.UNAVAILABLE if exc.temporary else grpc.StatusCode.FAILED_PRECONDITION
-    elif isinstance(exc, LimitExceededError) or (
-        isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    ):
-        code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    elif isinstance(exc, WorkerCrashedError | ExporterError):
+    code = _code_for(exc)
+    if code is None:
         code = grpc.StatusCode.INTERNAL
-    else:
-        code = grpc.StatusCode.INTERNAL
-        message = f"internal error: {type(exc).__name__}: {exc}"
+        if not isinstance(exc, ExporterError):
+            message = f"internal error: {type(exc).__name__}: {exc}"
     # Messages quote user values through errors.excerpt; this bounds what slipped through, so
     # a status never outgrows gRPC's metadata limit (the client would see RESOURCE_EXHAUSTED).
     return code, shorten(message, _MAX_STATUS_CHARS)
+
+
+def _code_for(exc: BaseException) -> grpc.StatusCode | None:
+    for classes, code in _STATUS_BY_CLASS:
+        if isinstance(exc, classes):
+            return code
+    if isinstance(exc, RegistryAuthError):
+        return grpc.StatusCode.PERMISSION_DENIED if exc.status == 403 else grpc.StatusCode.UNAUTHENTICATED
+    if isinstance(exc, RegistryError):
+        return grpc.StatusCode.UNAVAILABLE if exc.temporary else grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return None  # WorkerCrashedError, other ExporterErrors, bugs: INTERNAL
 
 
 def peer_host(peer: str) -> str:
@@ -155,41 +164,46 @@ def _timestamp(seconds: float | None) -> Timestamp | None:
 
 
 def event_to_pb(event: Event) -> pb.ExportEvent:
-    if isinstance(event, Accepted):
-        return pb.ExportEvent(accepted=pb.Accepted(job_id=event.job_id, resumed=event.resumed))
-    if isinstance(event, LayerWants):
-        return pb.ExportEvent(layer_wants=pb.LayerWants(platform_id=event.platform_id, indices=event.indices))
-    if isinstance(event, ProgressRow):
-        return pb.ExportEvent(
-            progress=pb.Progress(
-                id=event.id,
-                action=event.action,
-                current=event.current,
-                total=event.total,
-                started=_timestamp(event.started),
-                completed=_timestamp(event.completed),
+    match event:
+        case Accepted():
+            out = pb.ExportEvent(accepted=pb.Accepted(job_id=event.job_id, resumed=event.resumed))
+        case LayerWants():
+            out = pb.ExportEvent(
+                layer_wants=pb.LayerWants(platform_id=event.platform_id, indices=event.indices)
             )
-        )
-    if isinstance(event, LogLine):
-        return pb.ExportEvent(log=pb.Log(stream=event.stream, data=event.data))
-    if isinstance(event, WarningEvent):
-        return pb.ExportEvent(
-            warning=pb.Warning(level=event.level, short=event.short, detail=event.detail, url=event.url)
-        )
-    if isinstance(event, AuthChallenge):
-        return pb.ExportEvent(
-            auth_request=pb.AuthRequest(
-                request_id=event.request_id,
-                host=event.host,
-                method=event.method,
-                url=event.url,
-                www_authenticate=event.www_authenticate,
-                repository=event.repository,
-                push=event.push,
-                scopes=event.scopes,
+        case ProgressRow():
+            out = pb.ExportEvent(
+                progress=pb.Progress(
+                    id=event.id,
+                    action=event.action,
+                    current=event.current,
+                    total=event.total,
+                    started=_timestamp(event.started),
+                    completed=_timestamp(event.completed),
+                )
             )
-        )
-    return pb.ExportEvent(result=result_to_pb(event))
+        case LogLine():
+            out = pb.ExportEvent(log=pb.Log(stream=event.stream, data=event.data))
+        case WarningEvent():
+            out = pb.ExportEvent(
+                warning=pb.Warning(level=event.level, short=event.short, detail=event.detail, url=event.url)
+            )
+        case AuthChallenge():
+            out = pb.ExportEvent(
+                auth_request=pb.AuthRequest(
+                    request_id=event.request_id,
+                    host=event.host,
+                    method=event.method,
+                    url=event.url,
+                    www_authenticate=event.www_authenticate,
+                    repository=event.repository,
+                    push=event.push,
+                    scopes=event.scopes,
+                )
+            )
+        case _:
+            out = pb.ExportEvent(result=result_to_pb(event))
+    return out
 
 
 def result_to_pb(result: JobResult) -> pb.Result:
@@ -513,12 +527,10 @@ class ExporterServicer(pb_grpc.ExporterServicer):
         intake = ExportIntake(
             workdir=job.workdir,
             platforms=[(p.id, platform_of(p)) for p in header.platforms],
-            selection=attrs.platforms,
             metadata=dict(header.metadata),
-            pack=attrs.options.pack,
+            options=attrs.options,
+            config=self._config,
             cache=self._jobs.cache,
-            max_chunk_bytes=self._config.max_chunk_bytes,
-            roots=self._config.roots,
             metadata_budget=self._jobs.metadata_budget(),
             on_bytes=self._metrics.bytes_in.inc,
         )

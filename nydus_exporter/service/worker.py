@@ -6,8 +6,9 @@ shutdown past the grace period) must stop within a second and leave no files beh
 daemon runs the pipeline in ``python -m nydus_exporter.service.worker`` in its own process
 group, kills the group (SIGKILL) on cancellation and then deletes the job directory.
 
-Protocol (JSON lines): the daemon writes one :class:`WorkerSpec` line on stdin and keeps stdin
-open; the worker writes ``{"progress": {...ProgressEvent}}`` lines and ends with
+Protocol: the daemon writes one pickled :class:`WorkerSpec` on stdin (its typed
+:class:`ExportOptions` as they were resolved: never parsed again) and keeps stdin open; the
+worker writes JSON lines:  ``{"progress": {...ProgressEvent}}`` lines and ends with
 ``{"result": {...}}`` or ``{"error": {"type": ..., "message": ...}}`` on stdout. The worker
 exits when stdin reaches end-of-file (the daemon went away), so it never outlives it.
 
@@ -24,106 +25,28 @@ import contextlib
 import dataclasses
 import json
 import os
+import pickle
 import sys
 import threading
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 from nydus_exporter.chunkstore import ChunkStore
 from nydus_exporter.errors import ExporterError
-from nydus_exporter.export import Dictionary, ExportOptions, ProgressEvent, export_source, store_dictionary
 from nydus_exporter.oci.platform import Platform
+from nydus_exporter.pipeline.export import export_source
+from nydus_exporter.pipeline.external import ExternalBlobs, external_blobs_of_store
+from nydus_exporter.pipeline.options import ExportOptions
+from nydus_exporter.pipeline.progress import ProgressEvent
+from nydus_exporter.pipeline.sources import Source, SourceImage, SourceLayer, minimal_config
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.service.beneath import proc_path
 from nydus_exporter.service.cache import LayerCache, load_result
-from nydus_exporter.sources import Source, SourceImage, SourceLayer, minimal_config
-
-LayerKind = Literal["file", "cached", "dir"]
-
-
-@dataclass(frozen=True)
-class WorkerLayer:
-    kind: LayerKind
-    path: str  # tar file (spooled or by reference), cached blob link, or directory
-    name: str  # digest or path: progress and messages
-    cache_key: str = ""  # file layers: store the conversion under this key
-    blob_digest: str = ""  # cached layers: the (verified) digest of the converted blob
-    whiteouts: Literal["oci", "overlayfs"] = "oci"
-    # >= 0: a layer sent by reference, opened by the daemon beneath its allowed roots and
-    # inherited by the worker; read through it, never by ``path`` (which may have changed)
-    fd: int = -1
-
-
-@dataclass(frozen=True)
-class WorkerImage:
-    platform: dict[str, Any] | None
-    config_path: str
-    layers: tuple[WorkerLayer, ...]
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    pipeline_attrs: dict[str, str]  # ExportOptions.from_attrs input; oci-layout = staging
-    staging: str
-    workdir: str
-    cache_dir: str
-    images: tuple[WorkerImage, ...] = field(default_factory=tuple)
-    # chunk-store=true: the daemon's chunk store, the target location, and the blobs there the
-    # daemon verified (the worker has no registry access)
-    store_dir: str = ""
-    store_location: str = ""
-    store_verified: tuple[str, ...] = ()
-
-    @property
-    def inherited_fds(self) -> tuple[int, ...]:
-        """The descriptors the worker process must inherit (layers sent by reference)."""
-        return tuple(layer.fd for image in self.images for layer in image.layers if layer.fd >= 0)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> WorkerSpec:
-        raw = json.loads(text)
-        images = tuple(
-            WorkerImage(
-                platform=img["platform"],
-                config_path=img["config_path"],
-                layers=tuple(WorkerLayer(**layer) for layer in img["layers"]),
-            )
-            for img in raw.pop("images")
-        )
-        raw["store_verified"] = tuple(raw.get("store_verified", ()))
-        return cls(images=images, **raw)
-
-
-def platform_to_json(platform: Platform | None) -> dict[str, Any] | None:
-    if platform is None:
-        return None
-    return {
-        "os": platform.os,
-        "architecture": platform.architecture,
-        "variant": platform.variant,
-        "os_version": platform.os_version,
-        "os_features": list(platform.os_features) if platform.os_features is not None else None,
-    }
-
-
-def platform_from_json(raw: dict[str, Any] | None) -> Platform | None:
-    if raw is None:
-        return None
-    features = raw.get("os_features")
-    return Platform(
-        os=raw["os"],
-        architecture=raw["architecture"],
-        variant=raw.get("variant"),
-        os_version=raw.get("os_version"),
-        os_features=tuple(features) if features is not None else None,
-    )
+from nydus_exporter.service.worker_spec import WorkerSpec
 
 
 @dataclass
@@ -169,7 +92,7 @@ def _open_file(path: Path) -> Iterator[BinaryIO]:
 def build_source(spec: WorkerSpec) -> Source:
     images = []
     for image in spec.images:
-        platform = platform_from_json(image.platform)
+        platform = image.platform
         layers: list[SourceLayer] = []
         for layer in image.layers:
             path = Path(proc_path(layer.fd) if layer.fd >= 0 else layer.path)
@@ -214,22 +137,20 @@ def _exit_when_stdin_closes() -> None:
 
 def run(spec: WorkerSpec, out: _Output) -> None:
     cache = LayerCache(Path(spec.cache_dir)) if spec.cache_dir else None
-    options, warnings = ExportOptions.from_attrs(spec.pipeline_attrs)
-    for warning in warnings:
-        out.send({"progress": dataclasses.asdict(ProgressEvent("message", message=warning))})
+    options = spec.options
     source = build_source(spec)
 
     def progress(event: ProgressEvent) -> None:
         out.send({"progress": dataclasses.asdict(event)})
 
-    dictionary = _store_dictionary(spec, options) if spec.store_dir else None
+    external = _chunk_store_blobs(spec, options) if spec.store_dir else None
     result = export_source(
         source,
         options,
         workdir=Path(spec.workdir),
         progress=progress,
         hooks=_CacheHooks(cache),
-        chunk_dicts=(lambda _platform: dictionary) if dictionary is not None else None,
+        external_blobs=(lambda _platform: external) if external is not None else None,
     )
     out.send(
         {
@@ -244,7 +165,7 @@ def run(spec: WorkerSpec, out: _Output) -> None:
     )
 
 
-def _store_dictionary(spec: WorkerSpec, options: ExportOptions) -> Dictionary:
+def _chunk_store_blobs(spec: WorkerSpec, options: ExportOptions) -> ExternalBlobs:
     """The chunks of the blobs the daemon verified in the target repository."""
     verified = set(spec.store_verified)
     with ChunkStore.open(Path(spec.store_dir)) as store:
@@ -255,17 +176,18 @@ def _store_dictionary(spec: WorkerSpec, options: ExportOptions) -> Dictionary:
             compressor=options.pack.compressor,
             verify=lambda digest, _size: digest in verified,
         )
-    return store_dictionary(found)
+    return external_blobs_of_store(found)
 
 
 def main() -> int:
     out = _Output()
-    line = sys.stdin.readline()
-    if not line:
+    try:
+        spec = WorkerSpec.read_from(sys.stdin.buffer)
+    except (EOFError, pickle.UnpicklingError, TypeError):
         return 2
     threading.Thread(target=_exit_when_stdin_closes, name="stdin-watch", daemon=True).start()
     try:
-        run(WorkerSpec.from_json(line), out)
+        run(spec, out)
     except ExporterError as exc:
         out.send({"error": {"type": type(exc).__name__, "message": str(exc)}})
         return 1

@@ -1,7 +1,7 @@
 """``buildctl build --output type=nydus,...`` against nydus-buildkitd and the daemon.
 
 Every pushed image is copied back out of the registry with skopeo (an independent client),
-mounted through the kernel's EROFS driver (``nydus_exporter.mount``) and compared with
+mounted through the kernel's EROFS driver (``nydus_exporter.tools.mount``) and compared with
 ``--output type=local`` of the very same build (both outputs of one ``buildctl build``).
 The Dockerfile makes what a real build makes: a pulled multi-layer base, COPY, COPY --link
 (a merged layer), a multi-stage COPY --from, and RUN steps that delete a file and a whole
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from nydus_exporter.mount import mount_image, umount_image
+from nydus_exporter.tools.mount import mount_image, umount_image
 from tests.buildkit.conftest import (
     BUILDCTL,
     BuildKit,

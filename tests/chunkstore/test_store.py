@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter.chunkstore import ChunkStore, StoredBlob, StoreDict, codec, default_state_dir
-from nydus_exporter.chunkstore.cli import add_chunkstore_commands, run_chunkstore_command
+from nydus_exporter.chunkstore import ChunkStore, StoredBlob, StoredChunks, codec, default_state_dir
 from nydus_exporter.chunkstore.store import DB_NAME
+from nydus_exporter.cli.chunkstore import add_chunkstore_commands, run_chunkstore_command
 from nydus_exporter.errors import ChunkStoreError
-from nydus_exporter.pack import PackOptions, pack_layer
+from nydus_exporter.pipeline.pack import PackOptions, pack_layer
 from nydus_exporter.rafs import layout
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
@@ -49,7 +49,7 @@ def lookup(
     digester: str = DIGESTER,
     compressor: str = COMPRESSOR,
     verify: Callable[[str, int], bool] = always,
-) -> StoreDict:
+) -> StoredChunks:
     return store.chunk_dict(
         location, chunk_size=chunk_size, digester=digester, compressor=compressor, verify=verify
     )
@@ -107,7 +107,7 @@ def record(
     assert info is not None
     store.record_blob(
         location, result.digest, result.size, info, chunks, result.blob_meta,
-        chunk_size=chunk_size, digester=digester, compressor=COMPRESSOR,
+        digester=digester, compressor=COMPRESSOR,
     )  # fmt: skip
 
 
@@ -145,7 +145,6 @@ def record_synthetic(store: ChunkStore, seed: str, location: str = LOC) -> str:
         info,
         chunks,
         meta,
-        chunk_size=CHUNK_SIZE,
         digester=DIGESTER,
         compressor=COMPRESSOR,
     )
@@ -274,8 +273,6 @@ def test_bad_arguments_are_typed_errors(tmp_path: Path) -> None:
             record(store, dataclasses.replace(result, digest="sha256:abc"), chunks)
         with pytest.raises(ChunkStoreError, match="names"):
             record(store, result, chunks, info=dataclasses.replace(result.blob_info, blob_id="0" * 64))
-        with pytest.raises(ChunkStoreError, match="chunk size"):
-            record(store, result, chunks, chunk_size=1 << 20)
         assert store.stats()["blobs"] == 0
     with pytest.raises(ChunkStoreError, match="closed"):
         store.stats()

@@ -1,6 +1,6 @@
 """``nydus-exporter check``: a freshly exported image passes; each kind of damage is named.
 
-The image is exported in-process (``nydus_exporter.cli.main(["export", ...])``) from layer
+The image is exported in-process (``nydus_exporter.cli.main.main(["export", ...])``) from layer
 tars built with tests/helpers/tarbuild.py, with OCI and with Docker media types. Damaged
 copies of the layout are made with the stdlib (json, hashlib, gzip, tarfile) so that only
 the one thing under test is wrong: where a document changes, every digest that points at it
@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from nydus_exporter import cli
-from nydus_exporter.check import CheckReport, check_image
-from nydus_exporter.cli import main as tools_main
+from nydus_exporter.cli import main as cli
+from nydus_exporter.cli.main import main as tools_main
 from nydus_exporter.rafs import layout as rafs_layout
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
+from nydus_exporter.tools.check import CheckReport, check_image
 from tests.helpers import tarbuild as tb
 
 MIB = 1 << 20

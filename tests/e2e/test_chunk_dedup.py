@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from nydus_exporter import cli
-from nydus_exporter.mount import mount_image, umount_image
+from nydus_exporter.cli import main as cli
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
+from nydus_exporter.tools.mount import mount_image, umount_image
 from tests.conftest import require
 from tests.e2e.test_unpack_mount import _oci_image_of
 from tests.helpers import tarbuild as tb

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from nydus_exporter import cli
+from nydus_exporter.cli import main as cli
 from nydus_exporter.errors import ConfigError
-from nydus_exporter.export import ExportOptions, export
-from nydus_exporter.mount import mount_image, umount_image
+from nydus_exporter.pipeline.export import export
+from nydus_exporter.pipeline.options import parse_output
+from nydus_exporter.tools.mount import mount_image, umount_image
 from tests.conftest import require
 from tests.helpers import tarbuild as tb
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available
@@ -37,7 +38,7 @@ def layer(tmp_path: Path, name: str, *members: tb.Member) -> str:
 
 
 def push(source: str, name: str, state: Path) -> dict[str, Any]:
-    options, _ = ExportOptions.from_attrs({"name": name, "oci-mediatypes": "true", "chunk-store": "true"})
+    options = parse_output({"name": name, "oci-mediatypes": "true", "chunk-store": "true"}).options
     return export(source, options, state_dir=state).metadata()
 
 
@@ -114,9 +115,9 @@ def test_a_blob_the_repository_lost_is_stored_again(
 
 
 def test_chunk_store_needs_push(tmp_path: Path) -> None:
-    options, _ = ExportOptions.from_attrs(
+    options = parse_output(
         {"push": "false", "oci-layout": str(tmp_path / "o"), "chunk-store": "true"}
-    )
+    ).options
     with pytest.raises(ConfigError, match="chunk-store=true needs push=true"):
         export(layer(tmp_path, "x", tb.file("f", b"1")), options, state_dir=tmp_path / "state")
 
@@ -127,7 +128,7 @@ def test_unchanged_layers_are_not_converted_again(
 ) -> None:
     """The layer conversion cache: a rebuild whose lower layers are unchanged converts and
     uploads only the new top layer (the cached conversion is verified in the registry first)."""
-    from nydus_exporter.export import ProgressEvent
+    from nydus_exporter.pipeline.progress import ProgressEvent
     from tests.helpers import ocibuild
 
     base = tb.tar_of(tb.file("opt/big.bin", BIG), tb.file("opt/x", b"x\n"))
@@ -138,11 +139,11 @@ def test_unchanged_layers_are_not_converted_again(
         src = tmp_path / f"src-{version}"
         ocibuild.write_image(src, {"linux/amd64": [base, tb.tar_of(tb.file("app", top))]}, tag="t")
         images[version] = src
-    attrs, _ = ExportOptions.from_attrs({"name": f"{fault_proxy.host}/{repo_name}:v1", **options})
+    attrs = parse_output({"name": f"{fault_proxy.host}/{repo_name}:v1", **options}).options
     first = export(f"oci:{images['v1']}:t", attrs, state_dir=state)
     fault_proxy.upload_bytes = 0
     events: list[ProgressEvent] = []
-    attrs, _ = ExportOptions.from_attrs({"name": f"{fault_proxy.host}/{repo_name}:v2", **options})
+    attrs = parse_output({"name": f"{fault_proxy.host}/{repo_name}:v2", **options}).options
     second = export(f"oci:{images['v2']}:t", attrs, state_dir=state, progress=events.append)
     converted = [e for e in events if e.kind == "layer-start"]
     assert [e.layer for e in converted] == [1]  # only the new top layer
@@ -166,13 +167,13 @@ def test_chunkdict_push_serves_other_repositories(
     assert cli.main(["check", f"docker://{host}/{repo_name}:dict"]) == 0
 
     fault_proxy.upload_bytes = 0
-    options, _ = ExportOptions.from_attrs(
+    options = parse_output(
         {
             "name": f"{host}/{repo_name}-b:v1",
             "oci-mediatypes": "true",
             "chunk-dict": f"{host}/{repo_name}:dict",
         }
-    )
+    ).options
     meta = export(
         layer(tmp_path, "app", tb.file("app/big.bin", BIG), tb.file("app/new", b"n\n")), options
     ).metadata()

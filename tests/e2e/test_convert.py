@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from nydus_exporter.errors import FormatError
-from nydus_exporter.export import ExportOptions, export
-from nydus_exporter.mount import mount_image, umount_image
+from nydus_exporter.pipeline.export import export
+from nydus_exporter.pipeline.options import parse_output
+from nydus_exporter.tools.mount import mount_image, umount_image
 from tests.conftest import require
 from tests.e2e.test_unpack_mount import _oci_image_of
 from tests.helpers import ocibuild
@@ -80,7 +81,7 @@ def _implied_dirs(layer_tars: list[bytes]) -> set[bytes]:
 
 
 def convert(source: str, target: str) -> dict[str, str]:
-    options, _ = ExportOptions.from_attrs({"name": target, "oci-mediatypes": "true"})
+    options = parse_output({"name": target, "oci-mediatypes": "true"}).options
     return export(f"docker://{source}", options).metadata()
 
 
@@ -129,9 +130,9 @@ def test_convert_and_mount_every_platform(
 
 
 def test_convert_selects_platforms(registry: RegistryServer, repo_name: str, pushed_source: str) -> None:
-    options, _ = ExportOptions.from_attrs(
+    options = parse_output(
         {"name": f"{registry.host}/{repo_name}:arm", "oci-mediatypes": "true", "platform": "linux/arm64"}
-    )
+    ).options
     meta = export(f"docker://{pushed_source}", options).metadata()
     assert list(json.loads(meta["nydus.manifest.digests"])) == ["linux/arm64/v8"]
     assert "containerimage.config.digest" in meta  # a single manifest at the root

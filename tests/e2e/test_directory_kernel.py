@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from nydus_exporter.layer.directory import iter_directory
-from nydus_exporter.pack import PackOptions, pack_entries
+from nydus_exporter.pipeline.pack import PackOptions, pack_entries
 from tests.conftest import require
 from tests.e2e.test_kernel_oracle import mountable
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available, mount_rafs

@@ -5,19 +5,22 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nydus_exporter import cli
+from nydus_exporter.cli import main as cli
 from nydus_exporter.errors import ConfigError, ExporterError
-from nydus_exporter.export import ExportOptions, export
+from nydus_exporter.pipeline.export import export
+from nydus_exporter.pipeline.options import parse_output
 from tests.conftest import require
 from tests.helpers import ocibuild
 from tests.helpers import tarbuild as tb
@@ -286,7 +289,7 @@ def test_corrupt_source_layer_fails_and_leaves_no_tag(source: Path, tmp_path: Pa
     out = tmp_path / "out"
     work = tmp_path / "work"
     work.mkdir()
-    options, _ = ExportOptions.from_attrs({"push": "false", "oci-layout": str(out), "name": "x:1"})
+    options = parse_output({"push": "false", "oci-layout": str(out), "name": "x:1"}).options
     with pytest.raises(ExporterError, match=layer["digest"].removeprefix("sha256:")[:12] + "|gzip|digest"):
         export(f"oci:{source}:t", options, workdir=work)
     index = (
@@ -303,7 +306,7 @@ def test_corrupt_source_layer_fails_and_leaves_no_tag(source: Path, tmp_path: Pa
     [
         ({"push": "false"}, "oci-layout"),
         ({"push": "maybe", "oci-layout": "x"}, "push='maybe' is not a boolean"),
-        ({"push": "false", "oci-layout": "x", "chunk-size": "0x3000"}, "chunk size"),
+        ({"push": "false", "oci-layout": "x", "chunk-size": "0x3000"}, "chunk-size"),
         ({"push": "false", "oci-layout": "x", "compressor": "gzip"}, "compressor"),
         ({"push": "false", "oci-layout": "x", "merge-manifest-mode": "odd"}, "merge-manifest-mode"),
         ({"push": "false", "oci-layout": "x", "platform": "linux"}, "platform"),
@@ -312,18 +315,18 @@ def test_corrupt_source_layer_fails_and_leaves_no_tag(source: Path, tmp_path: Pa
 )
 def test_bad_attrs_are_config_errors(attrs: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        ExportOptions.from_attrs(attrs)
+        parse_output(attrs)
 
 
 def test_unknown_attrs_are_warnings() -> None:
-    _, warnings = ExportOptions.from_attrs({"push": "false", "oci-layout": "x", "frobnicate": "1"})
-    assert warnings == ["unknown exporter key 'frobnicate' ignored"]
+    warnings = parse_output({"push": "false", "oci-layout": "x", "frobnicate": "1"}).warnings
+    assert warnings == ("unknown exporter key 'frobnicate' ignored",)
 
 
 def test_missing_platform_is_an_error(source: Path, tmp_path: Path) -> None:
-    options, _ = ExportOptions.from_attrs(
+    options = parse_output(
         {"push": "false", "oci-layout": str(tmp_path / "o"), "platform": "linux/s390x"}
-    )
+    ).options
     with pytest.raises(ConfigError, match="linux/s390x"):
         export(f"oci:{source}:t", options)
 
@@ -336,3 +339,43 @@ def test_dir_source(tmp_path: Path) -> None:
     out = tmp_path / "out"
     meta = run_export(f"dir:{tree}", out, "name=d:1", "oci-mediatypes=true")
     check_nydus_manifest(out, meta["containerimage.digest"], 1, oci=True)
+
+
+def _built_at(tmp_path: Path, name: str, created: str) -> Path:
+    """The same layers, built at ``created`` (as two builds of one commit at different times)."""
+    root = tmp_path / name
+    history = [
+        {"created": "2020-01-01T00:00:00Z", "created_by": "base, before the epoch"},
+        {"created": created, "created_by": "top"},
+    ]
+    ocibuild.write_image(
+        root,
+        {"linux/amd64": [layer_base(), layer_top()]},
+        config_extra={"created": created, "history": history},
+    )
+    return root
+
+
+def test_source_date_epoch_makes_builds_at_different_times_identical(tmp_path: Path) -> None:
+    monday = _built_at(tmp_path, "monday", "2024-05-06T10:00:00Z")
+    friday = _built_at(tmp_path, "friday", "2024-05-10T17:30:00.123456789Z")
+    epoch = "source-date-epoch=1700000000"  # 2023-11-14T22:13:20Z, before both builds
+    first = run_export(f"oci:{monday}:t", tmp_path / "a", "name=x:1", epoch)
+    second = run_export(f"oci:{friday}:t", tmp_path / "b", "name=x:1", epoch)
+    assert first["containerimage.digest"] == second["containerimage.digest"]
+    manifest = blob_json(tmp_path / "a", first["containerimage.digest"])
+    config = blob_json(tmp_path / "a", manifest["config"]["digest"])
+    assert config["created"] == "2023-11-14T22:13:20Z"
+    assert [h.get("created") for h in config["history"]] == [
+        "2020-01-01T00:00:00Z",  # before the epoch: kept, as BuildKit keeps it
+        "2023-11-14T22:13:20Z",
+        "2023-11-14T22:13:20Z",  # the Nydus bootstrap entry
+    ]
+    # The bootstrap layer's tar entries are at mtime 0, which no epoch is before.
+    bootstrap = manifest["layers"][-1]["digest"]
+    with tarfile.open(fileobj=io.BytesIO(blob(tmp_path / "a", bootstrap))) as tar:
+        assert {m.mtime for m in tar.getmembers()} == {0}
+    # Without the epoch the two builds differ (their configs keep their own times).
+    plain_a = run_export(f"oci:{monday}:t", tmp_path / "c", "name=x:1")
+    plain_b = run_export(f"oci:{friday}:t", tmp_path / "d", "name=x:1")
+    assert plain_a["containerimage.digest"] != plain_b["containerimage.digest"]

@@ -24,7 +24,7 @@ from typing import BinaryIO
 import pytest
 import zstandard
 
-from nydus_exporter.pack import PackOptions, pack_layer_to_file
+from nydus_exporter.pipeline.pack import PackOptions, pack_layer_to_file
 from nydus_exporter.rafs import codecs
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap

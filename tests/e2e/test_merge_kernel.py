@@ -44,7 +44,7 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter.pack import PackOptions, pack_layer_to_file
+from nydus_exporter.pipeline.pack import PackOptions, pack_layer_to_file
 from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.merge import MergeLayer, MergeResult, merge_layers
 from tests.conftest import require
@@ -262,32 +262,6 @@ def corpus_data() -> Corpus:
     )
 
 
-def corpus_overlayfs() -> Corpus:
-    lower: list[tb.Member] = [
-        D("a", mtime=100), F("a/1", b"1"), D("a/d"), F("a/d/2", b"2"), D("b", mtime=101), F("b/1", b"b"),
-        F("x", b"x"), D("y", mtime=102), F("y/1", b"y"), F(".wh.kept", b"ordinary under overlayfs"),
-    ]
-    return Corpus(
-        [
-            [*lower[:-1], tb.chardev("first-layer-whiteout", 0, 0)],
-            [
-                D("a", mtime=200, xattrs={"trusted.overlay.opaque": "y"}), F("a/new", b"n"),
-                D("b", mtime=201, xattrs={"user.overlay.opaque": "y", "user.keep": "k"}),
-                tb.chardev("x", 0, 0), tb.chardev("y", 0, 0), tb.chardev("dev-0-1", 0, 1),
-            ],
-        ],
-        spec="overlayfs",
-        umoci_layers=[
-            lower[:-1],
-            [
-                D("a", mtime=200), tb.opaque("a"), F("a/new", b"n"),
-                D("b", mtime=201, xattrs={"user.keep": "k"}), tb.opaque("b"),
-                tb.whiteout("x"), tb.whiteout("y"), tb.chardev("dev-0-1", 0, 1),
-            ],
-        ],
-    )
-
-
 # fmt: on
 
 
@@ -302,7 +276,6 @@ CORPORA: dict[str, Callable[[], Corpus]] = {
     "whiteout-everything": corpus_whiteout_everything,
     "first-layer-whiteouts": corpus_first_layer_whiteouts,
     "data": corpus_data,
-    "overlayfs": corpus_overlayfs,
 }
 
 

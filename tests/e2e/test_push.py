@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from nydus_exporter.errors import RegistryAuthError
-from nydus_exporter.export import ExportOptions, export
+from nydus_exporter.pipeline.export import export
+from nydus_exporter.pipeline.options import parse_output
 from tests.conftest import require
 from tests.helpers import ocibuild
 from tests.helpers import tarbuild as tb
@@ -48,8 +49,9 @@ def raw_manifest(host: str, repo: str, tag: str) -> Any:
 
 
 def do_export(source: str, **attrs: str) -> dict[str, str]:
-    options, warnings = ExportOptions.from_attrs(attrs)
-    assert warnings == []
+    parsed = parse_output(attrs)
+    assert parsed.warnings == ()
+    options = parsed.options
     return export(source, options).metadata()
 
 

@@ -1,6 +1,6 @@
 """``check``, ``unpack`` and ``cat`` on ``docker://`` images in a real registry.
 
-Images are exported locally (``nydus_exporter.cli.main(["export", ...])``) into an OCI
+Images are exported locally (``nydus_exporter.cli.main.main(["export", ...])``) into an OCI
 layout and pushed with skopeo (an independent client) to Debian's ``docker-registry``
 (tests/registry_fixtures.py). What went over the wire is measured by a plain TCP relay in
 front of the registry that counts the bytes the registry sent back — not by the client's
@@ -29,15 +29,16 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter import cli
-from nydus_exporter.cat import cat_file
-from nydus_exporter.check import check_image
+from nydus_exporter.cli import main as cli
 from nydus_exporter.errors import ConfigError, FormatError, RegistryError
-from nydus_exporter.nydus_image_reader import open_image, parse_image_spec
+from nydus_exporter.image.reader import open_image
+from nydus_exporter.image.registry import RegistryOptions, RegistryRepository
+from nydus_exporter.image.repository import parse_image_spec
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.registry import RetryPolicy
-from nydus_exporter.registry_store import RegistryOptions, RegistryStore
-from nydus_exporter.unpack import unpack_image
+from nydus_exporter.tools.cat import cat_file
+from nydus_exporter.tools.check import check_image
+from nydus_exporter.tools.unpack import unpack_image
 from tests.conftest import PROJECT_ROOT, require
 from tests.e2e.test_check import write_layers
 from tests.helpers import tarbuild as tb
@@ -284,7 +285,7 @@ def test_cat_small_file_reads_under_3_mib_of_a_200_mb_image(
     # bootstrap layer (streamed whole).
     gets = blob_gets(fault_proxy)
     assert len(gets) == 3, gets
-    assert result.store.range_reads == 1 and result.store.range_bytes == len(MOTD)
+    assert result.reads.range_reads == 1 and result.reads.range_bytes == len(MOTD)
     assert result.registry is not None and result.registry.bytes_downloaded < 3 * MIB
 
 
@@ -302,7 +303,7 @@ def test_cat_multi_chunk_file_reads_about_its_compressed_size(
     assert out.getvalue() == expected
     compressed, chunks = chunk_bytes_of(big_image.layout, name.encode())
     assert chunks > 1 and result.chunks == chunks
-    assert result.store.range_bytes == compressed  # exactly the chunks' bytes
+    assert result.reads.range_bytes == compressed  # exactly the chunks' bytes
     assert compressed <= wire.down - overhead <= compressed + 64 * 1024, (wire.down, overhead, compressed)
     if name.endswith(".log"):
         assert wire.down < len(expected) // 10  # the lazily fetched bytes are the compressed ones
@@ -315,7 +316,7 @@ def test_cat_cli_prints_exact_bytes_and_reports_the_transfer(
         [
             sys.executable,
             "-m",
-            "nydus_exporter.cli",
+            "nydus_exporter.cli.main",
             "cat",
             big_image.docker(registry.host),
             "/etc/motd-abs",
@@ -382,7 +383,7 @@ def test_open_blob_streams_verified_bytes_and_close_stops_the_transfer(
     layout_blobs = big_image.layout / "blobs" / "sha256"
     blob = max(layout_blobs.iterdir(), key=lambda p: p.stat().st_size)
     digest = f"sha256:{blob.name}"
-    with RegistryStore.open(big_image.docker(wire.host)) as store:
+    with RegistryRepository.open(big_image.docker(wire.host)) as store:
         with store.open_blob(digest) as stream:
             assert stream.read(MIB) == blob.read_bytes()[:MIB]
         # Closing early cancelled the GET: far less than the 200 MB blob went over the wire
@@ -406,7 +407,7 @@ def test_closing_the_store_wakes_a_reader_in_another_thread(
     big_image: PushedImage, wire: WireCounter
 ) -> None:
     blob = max((big_image.layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
-    store = RegistryStore.open(big_image.docker(wire.host))
+    store = RegistryRepository.open(big_image.docker(wire.host))
     stream = store.open_blob(f"sha256:{blob.name}")
     outcome: list[object] = []
     started = threading.Event()

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter import mount as mount_module
-from nydus_exporter.cli import main as tools_main
+from nydus_exporter.cli.main import main as tools_main
 from nydus_exporter.errors import ConfigError
-from nydus_exporter.mount import MOUNTS_FILE, mount_image
+from nydus_exporter.tools import mount as mount_module
+from nydus_exporter.tools.mount import MOUNTS_FILE, mount_image
 from tests.conftest import PROJECT_ROOT, require
 from tests.e2e.test_check import TAG, blob_path, export, load_image, tar_source, write_layers
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available
@@ -124,7 +124,7 @@ def test_unpack_tar_format(image: str, tmp_path: Path) -> None:
 
 def test_unpack_to_stdout(image: str, reference: Snapshot) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "nydus_exporter.cli", "unpack", image, "-o", "-"],
+        [sys.executable, "-m", "nydus_exporter.cli.main", "unpack", image, "-o", "-"],
         capture_output=True,
         cwd=PROJECT_ROOT,
         check=False,

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nydus_exporter import cli
-from nydus_exporter.mount import mount_image, umount_image
+from nydus_exporter.cli import main as cli
+from nydus_exporter.tools.mount import mount_image, umount_image
 from tests.conftest import require
 from tests.helpers import tarbuild as tb
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter.export import ExportOptions, export
+from nydus_exporter.pipeline.export import export
+from nydus_exporter.pipeline.options import parse_output
 from tests.conftest import require
 from tests.helpers import tarbuild as tb
 from tests.interop import summary
@@ -196,9 +197,9 @@ def test_ctr_run_reads_files_on_demand(registry: RegistryServer, repo_name: str,
     ]
     (tar,) = write_tars(tmp_path / "tars", [layer])
     ref = f"{registry.host}/{repo_name}:1"
-    options, _ = ExportOptions.from_attrs(
+    options = parse_output(
         {"name": ref, "oci-mediatypes": "true", "oci-layout": str(tmp_path / "layout")}
-    )
+    ).options
     export(f"tar:{tar}", options, state_dir=tmp_path / "state")
     image = open_layout(tmp_path / "layout")
     (data_layer,) = image.blob_layers

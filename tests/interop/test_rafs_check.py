@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter.export import ExportOptions, export
+from nydus_exporter.pipeline.export import export
+from nydus_exporter.pipeline.options import parse_output
 from tests.conftest import require
 from tests.e2e.test_merge_kernel import (
     corpus_data,
@@ -245,7 +246,7 @@ def test_chunk_store(registry: RegistryServer, repo_name: str, tmp_path: Path) -
             "oci-mediatypes": "true",
             "chunk-store": "true",
         }
-        options, _ = ExportOptions.from_attrs(attrs)
+        options = parse_output(attrs).options
         export(f"tar:{tar}", options, state_dir=state)
     layout = tmp_path / "copy"
     subprocess.run(

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from nydus_exporter.export import ExportOptions, export
+from nydus_exporter.pipeline.export import export
+from nydus_exporter.pipeline.options import parse_output
 from tests.conftest import require
 from tests.helpers import tarbuild as tb
 from tests.helpers.treesnap import diff_snapshots, snapshot_dir
@@ -41,9 +42,9 @@ def push_image(layers: list[list[tb.Member]], registry: RegistryServer, repo: st
     """Export the layers with push=true (and a local OCI layout copy for the bootstrap)."""
     tars = write_tars(work / "tars", layers)
     layout = work / "layout"
-    options, _ = ExportOptions.from_attrs(
+    options = parse_output(
         {"name": f"{registry.host}/{repo}:1", "oci-mediatypes": "true", "oci-layout": str(layout)}
-    )
+    ).options
     export("tar:" + ",".join(str(t) for t in tars), options, state_dir=work / "state")
     return open_layout(layout)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from nydus_exporter import cli
+from nydus_exporter.cli import main as cli
 from tests.helpers import tarbuild as tb
 from tests.helpers.treesnap import diff_snapshots, snapshot_dir, snapshot_tar
 from tests.interop.blobparts import split_blob

@@ -36,7 +36,7 @@ from nydus_exporter.errors import (
 )
 from nydus_exporter.layer.directory import iter_directory
 from nydus_exporter.layer.entry import EntryKind, LayerEntry
-from nydus_exporter.pack import PackOptions, pack_entries
+from nydus_exporter.pipeline.pack import PackOptions, pack_entries
 from tests.conftest import PROJECT_ROOT, require
 from tests.helpers.treesnap import snapshot_dir
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 
 from nydus_exporter.errors import ConfigError, FormatError, UnsafePathError
-from nydus_exporter.pack import PackOptions, pack_layer
+from nydus_exporter.pipeline.pack import PackOptions, pack_layer
 from nydus_exporter.rafs import layout
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap import write_bootstrap
@@ -211,40 +211,6 @@ CASES: dict[str, Case] = {
         [[D(".", mode=0o700, mtime=5)], [D(".", mode=0o711, mtime=7)], [F("y", mtime=2)]],
         {"/": "d7", "/y": "f2"},
     ),
-    # overlayfs forms
-    "overlayfs-char-0-0-whiteout": Case(
-        [[F("x", mtime=1), D("d", mtime=1), F("d/y", mtime=1), F(".wh.z", mtime=1)],
-         [tb.chardev("x", 0, 0), tb.chardev("d", 0, 0), tb.chardev("nothing", 0, 0),
-          tb.chardev("keep", 0, 1)]],
-        {"/": "d0", "/.wh.z": "f1", "/keep": "c0"},
-        spec="overlayfs",
-    ),
-    "overlayfs-first-layer-char-0-0-dropped": Case(
-        [[tb.chardev("x", 0, 0), F("k", mtime=1)]],
-        {"/": "d0", "/k": "f1"},
-        spec="overlayfs",
-    ),
-    "overlayfs-trusted-opaque": Case(
-        [[D("a", mtime=1), F("a/x", mtime=1)],
-         [D("a", mtime=2, xattrs={"trusted.overlay.opaque": "y"}), F("a/y", mtime=2)]],
-        {"/": "d0", "/a": "d2", "/a/y": "f2"},
-        spec="overlayfs",
-    ),
-    "overlayfs-user-opaque": Case(
-        [[D("a", mtime=1), F("a/x", mtime=1)], [D("a", mtime=2, xattrs={"user.overlay.opaque": "y"})]],
-        {"/": "d0", "/a": "d2"},
-        spec="overlayfs",
-    ),
-    "overlayfs-opaque-value-not-y-is-just-an-xattr": Case(
-        [[D("a", mtime=1), F("a/x", mtime=1)], [D("a", mtime=2, xattrs={"trusted.overlay.opaque": "n"})]],
-        {"/": "d0", "/a": "d2", "/a/x": "f1"},
-        spec="overlayfs",
-    ),
-    "overlayfs-oci-names-are-ordinary": Case(
-        [[F("x", mtime=1)], [tb.whiteout("x"), tb.opaque("")]],
-        {"/": "d0", "/x": "f1", "/.wh.x": "f0", "/.wh..wh..opq": "f0"},
-        spec="overlayfs",
-    ),
     "oci-char-0-0-is-a-device": Case(
         [[F("x", mtime=1)], [tb.chardev("x", 0, 0)]],
         {"/": "d0", "/x": "c0"},
@@ -305,23 +271,12 @@ def test_xattrs_survive_and_oci_spec_keeps_overlay_xattrs() -> None:
     assert by_path["/d"].inode.xattrs == {b"trusted.overlay.opaque": b"y", b"user.x": b"1"}
 
 
-def test_overlayfs_opaque_xattrs_are_removed_but_other_xattrs_kept() -> None:
-    result = merge(
-        [D("a", xattrs={"trusted.overlay.opaque": "y", "user.keep": "1"})],  # first layer too
-        [D("b", xattrs={"user.overlay.opaque": "y", "trusted.overlay.opaque": "y", "security.s": "2"})],
-        spec="overlayfs",
-    )
-    _, by_path = nodes(result)
-    assert by_path["/a"].inode.xattrs == {b"user.keep": b"1"}
-    assert by_path["/b"].inode.xattrs == {b"security.s": b"2"}
-
-
 def test_mixed_whiteout_specs_per_layer() -> None:
     lower = pack([F("x", mtime=1), F("y", mtime=1)])
     oci = pack([tb.whiteout("x")])
-    ovl = pack([tb.chardev("y", 0, 0)])
-    result = merge_layers([as_layer(lower), as_layer(oci, "oci"), as_layer(ovl, "overlayfs")])
-    assert view(result) == {"/": "d0"}
+    plain = pack([tb.whiteout("y")])
+    result = merge_layers([as_layer(lower), as_layer(oci, "oci"), as_layer(plain, "none")])
+    assert view(result) == {"/": "d0", "/y": "f1", "/.wh.y": "f0"}
 
 
 def test_devices_keep_rdev_and_mode() -> None:

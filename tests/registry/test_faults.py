@@ -11,6 +11,7 @@ import pytest
 
 from nydus_exporter.errors import RegistryError, RegistryUnavailableError
 from nydus_exporter.registry import RetryPolicy, Timeouts, retry
+from nydus_exporter.registry.client import UploadParts
 from tests.registry.util import blob_file, client, digest_of
 from tests.registry_fixtures import FaultProxy, RegistryServer
 
@@ -102,7 +103,7 @@ async def test_dropped_chunk_resumes_from_registry_offset(
     # chunk: the upload status says where to go on, and only that chunk is sent again.
     blob = blob_file(tmp_path, 1_000_000)
     fault_proxy.drop_body_after(100_000, nth=nth, forward=False)
-    async with client(chunk_threshold=100_000, chunk_size=256_000) as c:
+    async with client(uploads=UploadParts(threshold=100_000, part_size=256_000)) as c:
         result = await c.push_blob(fault_proxy.ref(repo_name), blob.digest, blob.size, blob.path)
     methods = [(m, s) for m, _, s in fault_proxy.log]
     assert ("PATCH", -1) in methods
@@ -120,7 +121,7 @@ async def test_truncated_chunk_restarts_the_session(
     # its status ("upload resumed at wrong offset", BLOB_UPLOAD_INVALID): start over.
     blob = blob_file(tmp_path, 1_000_000)
     fault_proxy.drop_body_after(100_000, nth=3, forward=True)
-    async with client(chunk_threshold=100_000, chunk_size=256_000) as c:
+    async with client(uploads=UploadParts(threshold=100_000, part_size=256_000)) as c:
         await c.push_blob(fault_proxy.ref(repo_name), blob.digest, blob.size, blob.path)
     assert [m for m, _, _ in fault_proxy.log].count("POST") == 2
     assert registry.stored_blob(blob.digest).read_bytes() == blob.data
@@ -170,8 +171,7 @@ async def test_secrets_never_in_errors(
     async with client(
         credentials=store,
         retry=RetryPolicy(attempts=2, backoff_base=0.001),
-        chunk_threshold=100_000,
-        chunk_size=100_000,
+        uploads=UploadParts(threshold=100_000, part_size=100_000),
     ) as c:
         await c.ping(proxy.host)
         arrangements: tuple[Callable[[], None], ...] = (

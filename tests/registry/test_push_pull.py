@@ -13,6 +13,7 @@ import pytest
 from nydus_exporter.errors import ConfigError, RegistryNotFoundError
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.registry import StaticCredentials, SyncRegistry
+from nydus_exporter.registry.client import UploadParts
 from tests.registry.util import (
     FAST_RETRY,
     blob_file,
@@ -53,7 +54,7 @@ async def test_chunked_push_above_threshold(
     fault_proxy: FaultProxy, registry: RegistryServer, repo_name: str, tmp_path: Path
 ) -> None:
     blob = blob_file(tmp_path, 1_000_000)
-    async with client(chunk_threshold=200_000, chunk_size=300_000) as c:
+    async with client(uploads=UploadParts(threshold=200_000, part_size=300_000)) as c:
         result = await c.push_blob(fault_proxy.ref(repo_name), blob.digest, blob.size, blob.path)
     assert result.outcome == "uploaded"
     patches = [entry for entry in fault_proxy.log if entry[0] == "PATCH"]
@@ -73,7 +74,7 @@ async def test_push_from_async_iterator(registry: RegistryServer, repo_name: str
 
         return chunks()
 
-    async with client(chunk_threshold=100_000, chunk_size=250_000) as c:
+    async with client(uploads=UploadParts(threshold=100_000, part_size=250_000)) as c:
         result = await c.push_blob(registry.ref(repo_name), digest, len(data), source)
     assert result.outcome == "uploaded"
     assert registry.stored_blob(digest).read_bytes() == data

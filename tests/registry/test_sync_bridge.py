@@ -18,7 +18,7 @@ from typing import TypeVar
 import pytest
 
 from nydus_exporter.errors import FormatError
-from nydus_exporter.registry_store import RegistryStore
+from nydus_exporter.image.registry import RegistryRepository
 from tests.registry.util import blob_file, digest_of
 from tests.registry_fixtures import RegistryServer
 
@@ -30,14 +30,14 @@ _deadlocked: set[int] = set()  # stores whose loop is stuck: closing them would 
 
 
 @pytest.fixture
-def store(registry: RegistryServer, repo_name: str) -> Iterator[RegistryStore]:
-    opened = RegistryStore(None, registry.ref(repo_name, "latest"))
+def store(registry: RegistryServer, repo_name: str) -> Iterator[RegistryRepository]:
+    opened = RegistryRepository(None, registry.ref(repo_name, "latest"))
     yield opened
     if id(opened) not in _deadlocked:
         opened.close()
 
 
-def on_loop(store: RegistryStore, call: Callable[[], T]) -> T:
+def on_loop(store: RegistryRepository, call: Callable[[], T]) -> T:
     """Run ``call`` on the client's loop thread and return its result (fail on a deadlock)."""
 
     async def run() -> T:
@@ -51,7 +51,7 @@ def on_loop(store: RegistryStore, call: Callable[[], T]) -> T:
         pytest.fail("the registry client's loop thread is deadlocked")
 
 
-def test_failed_open_finalized_on_the_loop_thread_does_not_deadlock(store: RegistryStore) -> None:
+def test_failed_open_finalized_on_the_loop_thread_does_not_deadlock(store: RegistryRepository) -> None:
     gc.disable()  # the only collection is the one below, on the loop thread
     try:
         try:
@@ -72,7 +72,9 @@ def test_failed_open_finalized_on_the_loop_thread_does_not_deadlock(store: Regis
     assert store.registry.blob_exists(store.reference, digest_of(b"no such blob")) is None
 
 
-def test_stream_closed_on_the_loop_thread_does_not_deadlock(store: RegistryStore, tmp_path: Path) -> None:
+def test_stream_closed_on_the_loop_thread_does_not_deadlock(
+    store: RegistryRepository, tmp_path: Path
+) -> None:
     blob = blob_file(tmp_path, 3 << 20)
     store.registry.push_blob(store.reference, blob.digest, blob.size, blob.path)
     stream = store.open_blob(blob.digest)
@@ -83,7 +85,7 @@ def test_stream_closed_on_the_loop_thread_does_not_deadlock(store: RegistryStore
         assert again.read() == blob.data
 
 
-def test_blocking_call_on_the_loop_thread_is_refused(store: RegistryStore) -> None:
+def test_blocking_call_on_the_loop_thread_is_refused(store: RegistryRepository) -> None:
     with pytest.raises(RuntimeError, match="own loop thread"):
         on_loop(store, lambda: store.registry.blob_exists(store.reference, digest_of(b"x")))
     assert store.registry.blob_exists(store.reference, digest_of(b"x")) is None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter.service.client import ExporterClient, open_channel
+from nydus_exporter.client.exporter import ExporterClient, open_channel
 from nydus_exporter.service.config import ServiceConfig
 from nydus_exporter.service.server import RunningServer, serve
 from tests.e2e.test_export import layer_base, layer_meta_only, layer_top

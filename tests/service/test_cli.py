@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from nydus_exporter import cli
+from nydus_exporter.cli import main as cli
+from nydus_exporter.cli.daemon import add_remote_export_arguments, add_serve_command, run_remote_export
 from nydus_exporter.service.server import RunningServer
-from nydus_exporter.service_cli import add_remote_export_arguments, add_serve_command, run_remote_export
 
 
 def export_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ there never lands in the image and that nothing is written out there.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -18,11 +19,11 @@ import grpc
 import pytest
 
 from nydus_exporter.api import exporter_pb2 as pb
+from nydus_exporter.client.exporter import ExporterClient, RemoteExportError
+from nydus_exporter.pipeline.sources import open_source
 from nydus_exporter.service import beneath
-from nydus_exporter.service.client import ExporterClient, RemoteExportError
 from nydus_exporter.service.errors import PathNotAllowedError, ProtocolError
 from nydus_exporter.service.server import RunningServer
-from nydus_exporter.sources import open_source
 from tests.e2e.test_export import layer_meta_only
 from tests.helpers import tarbuild as tb
 from tests.service import streams as s
@@ -74,8 +75,7 @@ async def _export_by_reference(
     await call.write(pb.ExportRequest(platform_begin=pb.PlatformBegin(platform_id="p", layers=[info])))
     wants = await s.read_until(call, "layer_wants")
     assert list(wants.layer_wants.indices) == []
-    swap.rename(swap.with_name(swap.name + ".checked"))
-    swap.symlink_to(target)
+    await asyncio.to_thread(_replace_with_symlink, swap, target)
     await call.write(s.platform_end("p"))
     await call.write(s.commit())
     await call.done_writing()
@@ -207,3 +207,9 @@ def test_open_beneath_refuses_what_is_not_the_asked_kind_or_leads_out(
         assert os.pread(fd, 16, 0) == b"tar"
     finally:
         os.close(fd)
+
+
+def _replace_with_symlink(path: Path, target: Path) -> None:
+    """Move ``path`` aside and put a symlink to ``target`` in its place."""
+    path.rename(path.with_name(path.name + ".checked"))
+    path.symlink_to(target)

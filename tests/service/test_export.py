@@ -11,13 +11,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from nydus_exporter import cli
+from nydus_exporter.cli import main as cli
+from nydus_exporter.client.exporter import ExporterClient, RemoteExportError, open_channel
+from nydus_exporter.pipeline.sources import open_source
 from nydus_exporter.registry.credentials import DockerConfigCredentials
-from nydus_exporter.service.client import ExporterClient, RemoteExportError, open_channel
 from nydus_exporter.service.jobs import SLOT_ROW
 from nydus_exporter.service.metrics import DEDUP_KINDS
 from nydus_exporter.service.server import RunningServer, serve
-from nydus_exporter.sources import open_source
 from tests.e2e.test_export import layer_base, layer_top
 from tests.registry_fixtures import FaultProxy, RegistryServer
 from tests.service.conftest import config_for
@@ -243,31 +243,15 @@ async def test_merge_manifest_into_the_live_tag_over_grpc(
     client: ExporterClient, image: Path, short_tmp: Path, registry: RegistryServer, repo_name: str
 ) -> None:
     """The daemon merges into the image under the tag when it pushes (the worker converts)."""
-    import subprocess
-
     name = f"{registry.host}/{repo_name}:app"
-    subprocess.run(
-        ["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{image}:t", f"docker://{name}"],
-        check=True,
-        capture_output=True,
-    )
-    before = json.loads(
-        subprocess.run(
-            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{name}"],
-            check=True,
-            capture_output=True,
-        ).stdout
-    )
+    await _skopeo("copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{image}:t", f"docker://{name}")
+    before = json.loads(await _skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{name}"))
     attrs = {"name": name, "oci-mediatypes": "true", "merge-manifest": "true"}
     for _ in range(2):  # a second run replaces the Nydus entries, it does not add more
         resolved = await client.resolve(attrs)
         with open_source(f"oci:{image}:t", workdir=short_tmp) as src:
             outcome = await client.export(src, resolved.instance_id)
-        after_raw = subprocess.run(
-            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{name}"],
-            check=True,
-            capture_output=True,
-        ).stdout
+        after_raw = await _skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{name}")
         after = json.loads(after_raw)
         nydus = [m for m in after["manifests"] if "artifactType" in m]
         assert [m for m in after["manifests"] if m not in nydus] == before["manifests"]
@@ -322,3 +306,11 @@ async def test_progress_rows_name_the_platform_once(
     # The row names the platform; the action does not repeat it.
     assert all(action.startswith("writing manifest sha256:") for _, action in manifests), manifests
     assert not [action for _, action in rows if action.startswith("[")]
+
+
+async def _skopeo(*args: str) -> bytes:
+    """Run skopeo off the event loop (the daemon under test shares it); its stdout."""
+    import subprocess
+
+    done = await asyncio.to_thread(subprocess.run, ["skopeo", *args], check=True, capture_output=True)
+    return done.stdout

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from nydus_exporter.api import exporter_pb2 as pb
-from nydus_exporter.service.client import ExporterClient, RemoteExportError, open_channel
+from nydus_exporter.client.exporter import ExporterClient, RemoteExportError, open_channel
 from nydus_exporter.service.server import RunningServer, serve
 from nydus_exporter.service.servicer import peer_host
 from tests.e2e.test_export import layer_meta_only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import os
@@ -22,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from nydus_exporter.api import SERVICE_NAME
-from nydus_exporter.service.client import ClientTLS, ExporterClient, RemoteExportError, open_channel
+from nydus_exporter.client.exporter import ClientTLS, ExporterClient, RemoteExportError, open_channel
 from nydus_exporter.service.errors import StateDirLockedError
 from nydus_exporter.service.server import RunningServer, serve
 from tests.service.conftest import config_for
@@ -31,7 +32,7 @@ from tests.service.conftest import config_for
 async def test_unix_socket_is_group_only_and_health_is_serving(daemon: RunningServer) -> None:
     address = daemon.addresses[0]
     assert address.startswith("unix://")
-    mode = Path(address.removeprefix("unix://")).stat().st_mode
+    mode = (await asyncio.to_thread(Path(address.removeprefix("unix://")).stat)).st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
     async with grpc.aio.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -173,7 +174,8 @@ async def test_a_second_daemon_on_the_same_state_dir_is_refused(
     assert (state / "jobs" / "a-running-job").is_dir()
     (state / "jobs" / "a-running-job").rmdir()
     # The CLI: exit status 1, one line naming the directory and the holder.
-    done = subprocess.run(
+    done = await asyncio.to_thread(
+        subprocess.run,
         [str(Path(sys.executable).parent / "nydus-exporter"), "serve", "--state-dir", str(state)],
         capture_output=True,
         text=True,

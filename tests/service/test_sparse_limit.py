@@ -7,10 +7,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from nydus_exporter.service.client import ExporterClient, RemoteExportError, open_channel
+from nydus_exporter.client.exporter import ExporterClient, RemoteExportError, open_channel
+from nydus_exporter.pipeline.sources import open_source
 from nydus_exporter.service.config import load_config
 from nydus_exporter.service.server import serve
-from nydus_exporter.sources import open_source
 from tests.helpers import tarbuild as tb
 from tests.service.conftest import config_for
 

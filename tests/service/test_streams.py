@@ -15,9 +15,9 @@ import pytest
 
 from nydus_exporter.api import exporter_pb2 as pb
 from nydus_exporter.api import exporter_pb2_grpc as pb_grpc
-from nydus_exporter.service.client import ExporterClient, RemoteExportError, open_channel
+from nydus_exporter.client.exporter import ExporterClient, RemoteExportError, open_channel
+from nydus_exporter.pipeline.sources import open_source
 from nydus_exporter.service.server import RunningServer
-from nydus_exporter.sources import open_source
 from tests.e2e.test_export import layer_meta_only, layer_top
 from tests.helpers.waiting import wait_until_async
 from tests.service import streams as s
@@ -256,7 +256,7 @@ def _start_daemon(root: Path, grace: float) -> tuple[subprocess.Popen[bytes], st
     cmd = [
         sys.executable,
         "-m",
-        "nydus_exporter.service_cli",
+        "nydus_exporter.cli.daemon",
         "serve",
         "--state-dir",
         str(root / "dstate"),

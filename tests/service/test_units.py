@@ -12,14 +12,14 @@ import grpc
 import pytest
 
 from nydus_exporter.api import exporter_pb2 as pb
+from nydus_exporter.client.exporter import answer_auth
 from nydus_exporter.errors import ConfigError, RegistryAuthError, RegistryError, RegistryUnavailableError
 from nydus_exporter.registry.auth import Challenge
 from nydus_exporter.registry.credentials import Credentials, DockerConfigCredentials
-from nydus_exporter.service.client import answer_auth
+from nydus_exporter.service.auth_broker import AuthBroker
 from nydus_exporter.service.config import load_config, redacted
 from nydus_exporter.service.errors import IdempotencyConflictError, JobCancelledError, ProtocolError
 from nydus_exporter.service.events import AuthAnswer, AuthChallenge, Event
-from nydus_exporter.service.jobs import AuthBroker
 from nydus_exporter.service.servicer import auth_answer, status_for
 from scripts.gen_proto import GENERATED, generate
 from tests.conftest import PROJECT_ROOT, require

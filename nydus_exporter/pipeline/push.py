@@ -7,6 +7,7 @@ registry is mounted from there), then each manifest and index by digest, then th
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -74,50 +75,14 @@ def push_image(
     to mount it from, a function that puts it into ``layout`` when the mount is refused).
     """
     blobs, manifests = collect(layout, root)
-    stats = PushStats()
+    pusher = _BlobPusher(registry, layout, refs[0], on_blob, remote, mountable or {})
     pushed_to: list[Reference] = []
     for ref in refs:
         mount_from = [
             p.repository for p in pushed_to if p.api_host == ref.api_host and p.repository != ref.repository
         ]
-
-        def push_one(desc: Descriptor, ref: Reference = ref, mount_from: list[str] = mount_from) -> None:
-            if desc.digest in remote:
-                if ref is refs[0]:
-                    return  # it is there (verified before the conversion used it)
-                if not any(registry.mount_blob(ref, desc.digest, repo) for repo in mount_from):
-                    raise ConfigError(
-                        f"blob {desc.digest} exists only in {refs[0]}; it cannot be mounted into {ref}"
-                    )
-                stats.mounted += 1
-                return
-            if mountable and desc.digest in mountable and not layout.has_blob(desc.digest):
-                source_repo, fetch = mountable[desc.digest]
-                if registry.blob_exists(ref, desc.digest) == desc.size:
-                    stats.blobs += 1
-                    stats.existing += 1
-                    return
-                if registry.mount_blob(ref, desc.digest, source_repo):
-                    stats.blobs += 1
-                    stats.mounted += 1
-                    return
-                fetch()  # no mount (e.g. no pull access there): copy it through this machine
-            result = registry.push_blob(
-                ref, desc.digest, desc.size, layout.blob_path(desc.digest), mount_from=mount_from
-            )
-            stats.blobs += 1
-            if result.outcome == "uploaded":
-                stats.uploaded += 1
-                stats.uploaded_bytes += result.uploaded_bytes
-            elif result.outcome == "mounted":
-                stats.mounted += 1
-            else:
-                stats.existing += 1
-            if on_blob is not None:
-                on_blob(desc.digest, result.outcome)
-
         with ThreadPoolExecutor(max_workers=MAX_PARALLEL_BLOBS, thread_name_prefix="push") as pool:
-            for future in [pool.submit(push_one, desc) for desc in blobs]:
+            for future in [pool.submit(pusher.push, desc, ref, mount_from) for desc in blobs]:
                 future.result()
         for desc in manifests:
             registry.put_manifest(ref, layout.read_blob(desc.digest), desc.media_type, tags=())  # by digest
@@ -126,4 +91,75 @@ def push_image(
     raw = layout.read_blob(root.digest)
     for ref in refs:
         registry.put_manifest(ref, raw, root.media_type, tags=[ref.tag or "latest"])
-    return stats
+    return pusher.stats
+
+
+class _BlobPusher:
+    """Puts one blob into one repository, the cheapest way it can (called from threads)."""
+
+    def __init__(
+        self,
+        registry: SyncRegistry,
+        layout: OciLayout,
+        first: Reference,
+        on_blob: Callable[[str, str], None] | None,
+        remote: Collection[str],
+        mountable: Mapping[str, tuple[str, Callable[[], None]]],
+    ) -> None:
+        self._registry = registry
+        self._layout = layout
+        self._first = first
+        self._on_blob = on_blob
+        self._remote = remote
+        self._mountable = mountable
+        self._lock = threading.Lock()
+        self.stats = PushStats()
+
+    def _count(self, outcome: str, uploaded_bytes: int = 0) -> None:
+        with self._lock:
+            self.stats.blobs += 1
+            if outcome == "uploaded":
+                self.stats.uploaded += 1
+                self.stats.uploaded_bytes += uploaded_bytes
+            elif outcome == "mounted":
+                self.stats.mounted += 1
+            else:
+                self.stats.existing += 1
+
+    def push(self, desc: Descriptor, ref: Reference, mount_from: list[str]) -> None:
+        if desc.digest in self._remote:
+            self._remote_blob(desc, ref, mount_from)
+            return
+        elsewhere = desc.digest in self._mountable and not self._layout.has_blob(desc.digest)
+        if elsewhere and self._mount_or_fetch(desc, ref):
+            return
+        result = self._registry.push_blob(
+            ref, desc.digest, desc.size, self._layout.blob_path(desc.digest), mount_from=mount_from
+        )
+        self._count(result.outcome, result.uploaded_bytes)
+        if self._on_blob is not None:
+            self._on_blob(desc.digest, result.outcome)
+
+    def _remote_blob(self, desc: Descriptor, ref: Reference, mount_from: list[str]) -> None:
+        """A blob only the first repository holds (verified before the conversion used it)."""
+        if ref is self._first:
+            return
+        if not any(self._registry.mount_blob(ref, desc.digest, repo) for repo in mount_from):
+            raise ConfigError(
+                f"blob {desc.digest} exists only in {self._first}; it cannot be mounted into {ref}"
+            )
+        with self._lock:
+            self.stats.mounted += 1
+
+    def _mount_or_fetch(self, desc: Descriptor, ref: Reference) -> bool:
+        """A blob of another repository of the registry: there already, or mounted (True), or
+        copied into the layout to be uploaded (False: no pull access there, say)."""
+        source_repo, fetch = self._mountable[desc.digest]
+        if self._registry.blob_exists(ref, desc.digest) == desc.size:
+            self._count("existing")
+            return True
+        if self._registry.mount_blob(ref, desc.digest, source_repo):
+            self._count("mounted")
+            return True
+        fetch()
+        return False

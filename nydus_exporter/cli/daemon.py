@@ -119,19 +119,19 @@ def run_remote_export(args: argparse.Namespace) -> int:
 
 
 async def _remote_export(args: argparse.Namespace) -> int:
-    from nydus_exporter.cli import parse_attrs
-    from nydus_exporter.oci.platform import Platform
-    from nydus_exporter.registry.credentials import DockerConfigCredentials
-    from nydus_exporter.service.client import (
+    from nydus_exporter.cli.remote_progress import RemoteProgressPrinter
+    from nydus_exporter.client.exporter import (
         ClientTLS,
         ExporterClient,
         RemoteExportError,
         open_channel,
     )
-    from nydus_exporter.service.printer import RemoteProgressPrinter
-    from nydus_exporter.sources import open_source
+    from nydus_exporter.oci.platform import Platform
+    from nydus_exporter.pipeline.options import parse_output_text
+    from nydus_exporter.pipeline.sources import open_source
+    from nydus_exporter.registry.credentials import DockerConfigCredentials
 
-    attrs = parse_attrs(args.output)
+    attrs = parse_output_text(args.output)
     attrs.setdefault("type", "nydus")
     if getattr(args, "threads", None) is not None:
         _warn("--threads applies to in-process exports only; the daemon chooses its own")
@@ -192,7 +192,7 @@ def _warn(message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m nydus_exporter.service_cli serve ...`` (until cli.py registers the command)."""
+    """``python -m nydus_exporter.cli.daemon serve ...`` (until cli.py registers the command)."""
     parser = argparse.ArgumentParser(prog="nydus-exporter")
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_command(sub)

@@ -18,14 +18,14 @@ from pathlib import Path
 
 from nydus_exporter.chunkstore import ChunkStore
 from nydus_exporter.errors import ConfigError
-from nydus_exporter.nydus_image_reader import host_platform_of
+from nydus_exporter.image.reader import host_platform_of
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.bootstrap_layer import write_bootstrap_layer
 from nydus_exporter.oci.descriptor import Descriptor, canonical_json
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.oci.nydus_image import build_nydus_config, build_nydus_manifest
 from nydus_exporter.oci.reference import Reference
-from nydus_exporter.push import push_image
+from nydus_exporter.pipeline.push import push_image
 from nydus_exporter.rafs import codecs, layout
 from nydus_exporter.rafs.bootstrap import write_bootstrap
 from nydus_exporter.rafs.model import Inode

@@ -9,29 +9,33 @@ Exit codes: 0 success, 1 an :class:`ExporterError` (message on stderr), 2 bad us
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from nydus_exporter import __version__, sizes
-from nydus_exporter.chunkstore.cli import add_chunkstore_commands, run_chunkstore_command
-from nydus_exporter.cli_tools import add_tool_commands, run_tool_command
-from nydus_exporter.errors import ConfigError, ExporterError, naming
-from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT
-from nydus_exporter.progress import MODES
-from nydus_exporter.rafs import codecs, layout
-from nydus_exporter.service_cli import (
+from nydus_exporter import __version__
+from nydus_exporter.cli.chunkstore import add_chunkstore_commands, run_chunkstore_command
+from nydus_exporter.cli.daemon import (
     add_remote_export_arguments,
     add_serve_command,
     run_remote_export,
     run_serve,
 )
-from nydus_exporter.termination import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate_as_exception
+from nydus_exporter.cli.progress import MODES
+from nydus_exporter.cli.termination import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Terminated,
+    terminate_as_exception,
+)
+from nydus_exporter.cli.tools import add_tool_commands, run_tool_command
+from nydus_exporter.errors import ConfigError, ExporterError, naming
+from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT
+from nydus_exporter.pipeline import sizes
+from nydus_exporter.rafs import codecs, layout
 
 
 def parse_size(text: str) -> int:
@@ -128,36 +132,41 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        code = run_tool_command(args)
-        if code is None:
-            code = run_chunkstore_command(args)
-        if code is not None:
-            return code
-        if args.command == "serve":
-            return run_serve(args)
-        if args.command == "export" and args.addr:
-            return run_remote_export(args)
-        if args.command in ("pack", "export"):
-            # These write output files: on Ctrl-C or SIGTERM their clean-ups must run.
-            try:
-                with terminate_as_exception():
-                    return _pack(args) if args.command == "pack" else _export(args)
-            except KeyboardInterrupt:
-                return EXIT_INTERRUPTED
-            except Terminated:
-                return EXIT_TERMINATED
-        if args.command == "inspect":
-            return _inspect(args)
+        return _run(args)
     except ExporterError as exc:
         print(f"nydus-exporter: error: {exc}", file=sys.stderr)
-        return 1
     except BrokenPipeError:
-        return 1
+        pass
     except OSError as exc:
         # The machine, not the input: disk full, a missing or read-only output directory.
         print(f"nydus-exporter: error: {_os_error(exc)}", file=sys.stderr)
-        return 1
-    return 2
+    return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    code = run_tool_command(args)
+    if code is None:
+        code = run_chunkstore_command(args)
+    if code is not None:
+        return code
+    if args.command == "export" and args.addr:
+        return run_remote_export(args)
+    if args.command in ("pack", "export"):
+        return _writing(_pack if args.command == "pack" else _export, args)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {"serve": run_serve, "inspect": _inspect}
+    command = commands.get(args.command)
+    return command(args) if command is not None else 2
+
+
+def _writing(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """A command that writes output files: on Ctrl-C or SIGTERM its clean-ups must run."""
+    try:
+        with terminate_as_exception():
+            return command(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Terminated:
+        return EXIT_TERMINATED
 
 
 def _os_error(exc: OSError) -> str:
@@ -170,7 +179,7 @@ def _os_error(exc: OSError) -> str:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from nydus_exporter.pack import PackOptions, pack_layer_to_file
+    from nydus_exporter.pipeline.pack import PackOptions, pack_layer_to_file
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads must be at least 1")
@@ -208,38 +217,19 @@ def _pack(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_attrs(text: str) -> dict[str, str]:
-    """``k=v,k2="a,b"`` -> dict (CSV fields, as buildctl parses --output)."""
-    attrs: dict[str, str] = {}
-    for row in csv.reader([text]):
-        for field in row:
-            if not field.strip():
-                continue
-            key, sep, value = field.partition("=")
-            if not sep:
-                raise ConfigError(f"--output field {field!r} is not key=value")
-            attrs[key.strip()] = value
-    return attrs
-
-
 def _export(args: argparse.Namespace) -> int:
-    from nydus_exporter.export import ExportOptions, export
-    from nydus_exporter.progress import ProgressPrinter
+    from nydus_exporter.cli.progress import ProgressPrinter
+    from nydus_exporter.pipeline.export import export
+    from nydus_exporter.pipeline.options import parse_output, parse_output_text
+    from nydus_exporter.pipeline.result import filter_response
 
-    attrs = parse_attrs(args.output)
-    attrs.setdefault("type", "nydus")
+    attrs = parse_output_text(args.output)
     if args.threads is not None:
         attrs.setdefault("threads", str(args.threads))
-    threads = attrs.pop("threads", None)
-    options, warnings = ExportOptions.from_attrs(attrs)
-    if threads is not None:
-        try:
-            pack = dataclasses.replace(options.pack, threads=max(1, int(threads)))
-        except ValueError:
-            raise ConfigError(f"threads={threads!r} is not a number") from None
-        options = dataclasses.replace(options, pack=pack)
-    for warning in warnings:
+    parsed = parse_output(attrs)
+    for warning in parsed.warnings:
         _warn(warning)
+    options = parsed.options
     if args.metadata_file is not None and not args.metadata_file.parent.is_dir():
         # Found out before the export, not after it wrote the image.
         raise ConfigError(
@@ -257,7 +247,7 @@ def _export(args: argparse.Namespace) -> int:
         )
     finally:
         printer.close()
-    metadata = result.metadata()
+    metadata = filter_response(result.metadata(), standard_keys=options.standard_response_keys)
     if args.metadata_file is not None:
         try:
             args.metadata_file.write_text(json.dumps(metadata, indent=2) + "\n")
@@ -272,7 +262,7 @@ def _warn(message: str) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from nydus_exporter.describe import describe_file, render_text
+    from nydus_exporter.tools.inspect import describe_file, render_text
 
     description = describe_file(args.file, files=args.files or args.json)
     if args.json:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from nydus_exporter.errors import ConfigError, FormatError
-from nydus_exporter.nydus_image_reader import ImageStore, OciLayoutStore
+from nydus_exporter.image.repository import ImageRepository, LayoutRepository
 from nydus_exporter.oci import mediatypes
 from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest
 from nydus_exporter.oci.layout import OciLayout, split_layout_spec
@@ -57,7 +57,7 @@ class SourceImage:
 class Source:
     images: list[SourceImage]
     index: bytes | None = None  # the source index, when there was one
-    store: ImageStore | None = None  # where the source's blobs live, when it is an image
+    repository: ImageRepository | None = None  # where the source's blobs live, when it is an image
     tags: list[str] = field(default_factory=list)
 
 
@@ -145,18 +145,18 @@ def open_source(
     scheme, rest = parse_source(spec)
     if scheme == "oci":
         path, tag = split_layout_spec(rest)
-        yield _from_store(OciLayoutStore(OciLayout.open(path)), tag, platforms)
+        yield _from_repository(LayoutRepository(OciLayout.open(path)), tag, platforms)
     elif scheme == "docker":
         if registry is None:
             raise ConfigError("docker:// sources need a registry client")
-        from nydus_exporter.registry_store import RegistryStore
+        from nydus_exporter.image.registry import RegistryRepository
 
         ref = parse_reference(rest.removeprefix("//"))
-        store = RegistryStore(registry, ref)
+        repo = RegistryRepository(registry, ref)
         try:
-            yield _from_store(store, None, platforms)
+            yield _from_repository(repo, None, platforms)
         finally:
-            store.close()
+            repo.close()
     elif scheme == "oci-archive":
         from nydus_exporter.oci.archive import open_oci_archive
 
@@ -166,7 +166,7 @@ def open_source(
         else:
             with _open_file(Path(rest)) as f:
                 layout = open_oci_archive(f, spool)
-        yield _from_store(OciLayoutStore(layout), None, platforms)
+        yield _from_repository(LayoutRepository(layout), None, platforms)
     elif scheme == "docker-archive":
         yield _from_docker_archive(Path(rest), workdir / "docker-archive", platforms)
     elif scheme == "tar":
@@ -228,31 +228,31 @@ def minimal_config(plat: Platform, nlayers: int) -> bytes:
     return json.dumps(minimal, separators=(",", ":")).encode()
 
 
-def _store_blob_opener(store: ImageStore, desc: Descriptor) -> OpenStream:
-    return lambda: _open_verified(lambda: store.open_blob(desc.digest), desc.digest, desc.size, desc.digest)
+def _blob_opener(repo: ImageRepository, desc: Descriptor) -> OpenStream:
+    return lambda: _open_verified(lambda: repo.open_blob(desc.digest), desc.digest, desc.size, desc.digest)
 
 
-def _image_from_manifest(store: ImageStore, desc: Descriptor, platform: Platform | None) -> SourceImage:
-    raw = store.read_blob(desc.digest)
+def _image_from_manifest(repo: ImageRepository, desc: Descriptor, platform: Platform | None) -> SourceImage:
+    raw = repo.read_blob(desc.digest)
     manifest = ImageManifest.parse(raw)
-    config = store.read_blob(manifest.config.digest)
+    config = repo.read_blob(manifest.config.digest)
     if platform is None:
         platform = Platform.of_config(config)
     layers = []
     for layer in manifest.layers:
         if not mediatypes.is_tar_layer(layer.media_type):
             raise FormatError(f"layer {layer.digest} has media type {layer.media_type}, not a tar layer")
-        layers.append(SourceLayer(layer.digest, open=_store_blob_opener(store, layer), size=layer.size))
+        layers.append(SourceLayer(layer.digest, open=_blob_opener(repo, layer), size=layer.size))
     return SourceImage(platform, config, layers, manifest=raw, manifest_descriptor=desc)
 
 
-def _from_store(store: ImageStore, tag: str | None, platforms: Sequence[Platform] | None) -> Source:
-    top = store.resolve(tag)
+def _from_repository(repo: ImageRepository, tag: str | None, platforms: Sequence[Platform] | None) -> Source:
+    top = repo.resolve(tag)
     if mediatypes.is_manifest(top.media_type):
-        image = _image_from_manifest(store, top, top.platform)
+        image = _image_from_manifest(repo, top, top.platform)
         _check_platforms([image], platforms)
-        return Source([image], store=store)
-    index_raw = store.read_blob(top.digest)
+        return Source([image], repository=repo)
+    index_raw = repo.read_blob(top.digest)
     index = ImageIndex.parse(index_raw)
     images = []
     for entry in index.manifests:
@@ -260,9 +260,9 @@ def _from_store(store: ImageStore, tag: str | None, platforms: Sequence[Platform
             continue
         if platforms and (entry.platform is None or not any(_matches(entry.platform, p) for p in platforms)):
             continue
-        images.append(_image_from_manifest(store, entry, entry.platform))
+        images.append(_image_from_manifest(repo, entry, entry.platform))
     _check_platforms(images, platforms)
-    return Source(images, index=index_raw, store=store)
+    return Source(images, index=index_raw, repository=repo)
 
 
 def _is_attestation(entry: Descriptor) -> bool:

@@ -1,21 +1,21 @@
-"""An :class:`~nydus_exporter.nydus_image_reader.ImageStore` over an OCI distribution registry.
+"""An :class:`~nydus_exporter.image.reader.ImageRepository` over an OCI distribution registry.
 
 ``docker://HOST/REPO[:TAG|@DIGEST]`` images are read through one
 :class:`~nydus_exporter.registry.SyncRegistry` (the async client on its private loop thread),
 so the verification tools (``check``, ``unpack``, ``cat``) work on registries unchanged:
 
-* :meth:`RegistryStore.resolve` — ``GET /v2/<repo>/manifests/<tag|digest>``; the raw
+* :meth:`RegistryRepository.resolve` — ``GET /v2/<repo>/manifests/<tag|digest>``; the raw
   manifest is kept so that reading it again costs nothing;
-* :meth:`RegistryStore.read_blob` — small documents (configs, child manifests of an index),
+* :meth:`RegistryRepository.read_blob` — small documents (configs, child manifests of an index),
   whole and verified against their digest. A digest listed by an index already read is a
   manifest (``/manifests/<digest>``); anything else is tried as a blob first;
-* :meth:`RegistryStore.open_blob` — a blocking stream of a blob: the async
+* :meth:`RegistryRepository.open_blob` — a blocking stream of a blob: the async
   :class:`~nydus_exporter.registry.BlobStream` feeds a bounded queue on the client's loop
   (at most :data:`QUEUE_DEPTH` pieces of at most 1 MiB in memory); ``close()`` cancels the
-  transfer. Like the OCI layout store the stream is not verified (the readers hash what they
+  transfer. Like the OCI layout repository the stream is not verified (the readers hash what they
   read), unless ``verify=True``;
-* :meth:`RegistryStore.read_at` — one HTTP ``Range`` GET per call (what nydusd does for a
-  chunk, [format §7.1]); :meth:`RegistryStore.blob_size` — ``HEAD`` (cached).
+* :meth:`RegistryRepository.read_at` — one HTTP ``Range`` GET per call (what nydusd does for a
+  chunk, [format §7.1]); :meth:`RegistryRepository.blob_size` — ``HEAD`` (cached).
 
 A blob the registry does not have raises :class:`~nydus_exporter.errors.FormatError` naming
 it, as a missing file of an OCI layout does; other registry failures are
@@ -39,7 +39,7 @@ from nydus_exporter.oci.descriptor import Descriptor, ImageIndex
 from nydus_exporter.oci.reference import Reference, parse_reference
 from nydus_exporter.registry import CredentialStore, RegistryStats, RetryPolicy, SyncRegistry
 
-__all__ = ["DOCKER_SCHEME", "QUEUE_DEPTH", "RegistryOptions", "RegistryStore", "parse_docker_spec"]
+__all__ = ["DOCKER_SCHEME", "QUEUE_DEPTH", "RegistryOptions", "RegistryRepository", "parse_docker_spec"]
 
 DOCKER_SCHEME = "docker://"
 QUEUE_DEPTH = 4  # pieces (<= 1 MiB each) buffered between the loop and a reading thread
@@ -73,11 +73,11 @@ def parse_docker_spec(spec: str) -> Reference:
         raise ConfigError(f"image {spec!r}: {exc}") from None
 
 
-class RegistryStore:
-    """:class:`~nydus_exporter.nydus_image_reader.ImageStore` of one registry image.
+class RegistryRepository:
+    """:class:`~nydus_exporter.image.reader.ImageRepository` of one registry image.
 
-    ``RegistryStore(registry, ref)`` reads through a shared :class:`SyncRegistry`, which
-    :meth:`close` leaves open; ``RegistryStore(None, ref, options)`` makes (and owns) one
+    ``RegistryRepository(registry, ref)`` reads through a shared :class:`SyncRegistry`, which
+    :meth:`close` leaves open; ``RegistryRepository(None, ref, options)`` makes (and owns) one
     from ``options``. Safe to use from several threads.
     """
 
@@ -89,7 +89,7 @@ class RegistryStore:
     ) -> None:
         self._ref = ref
         if registry is not None and options is not None:
-            raise ConfigError("RegistryStore: pass either a registry client or the options to make one")
+            raise ConfigError("RegistryRepository: pass either a registry client or the options to make one")
         options = options or RegistryOptions()
         if registry is None:
             kwargs: dict[str, object] = {
@@ -112,8 +112,8 @@ class RegistryStore:
         self._closed = False
 
     @classmethod
-    def open(cls, spec: str, options: RegistryOptions | None = None) -> RegistryStore:
-        """The store of ``docker://HOST/REPO[:TAG|@DIGEST]``."""
+    def open(cls, spec: str, options: RegistryOptions | None = None) -> RegistryRepository:
+        """The repository of ``docker://HOST/REPO[:TAG|@DIGEST]``."""
         return cls(None, parse_docker_spec(spec), options)
 
     # -- properties ---------------------------------------------------------------------------
@@ -246,7 +246,7 @@ class RegistryStore:
         if self._owned:
             self._sync.close()
 
-    def __enter__(self) -> RegistryStore:
+    def __enter__(self) -> RegistryRepository:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -265,10 +265,10 @@ class _BlobPipe(io.RawIOBase):
     for the response headers, so a missing blob fails here, not at the first read.
     """
 
-    def __init__(self, store: RegistryStore, digest: str, verify: bool) -> None:
+    def __init__(self, repo: RegistryRepository, digest: str, verify: bool) -> None:
         super().__init__()
-        self._store = store
-        self._sync = store.registry
+        self._repo = repo
+        self._sync = repo.registry
         self._digest = digest
         self._verify = verify
         self._piece = memoryview(b"")
@@ -279,7 +279,7 @@ class _BlobPipe(io.RawIOBase):
             self._sync.run(self._start())
         except RegistryNotFoundError:
             self._abandon()
-            raise FormatError(f"blob {digest} not found in {store.name}") from None
+            raise FormatError(f"blob {digest} not found in {repo.name}") from None
         except BaseException:
             self._abandon()
             raise
@@ -307,7 +307,7 @@ class _BlobPipe(io.RawIOBase):
         queue = self._queue
         assert queue is not None
         try:
-            async with self._sync.client.open_blob(self._store.reference, self._digest) as stream:
+            async with self._sync.client.open_blob(self._repo.reference, self._digest) as stream:
                 opened.set_result(None)
                 pieces = cast(AsyncGenerator[bytes, None], stream.__aiter__())
                 async with contextlib.aclosing(pieces):
@@ -321,7 +321,7 @@ class _BlobPipe(io.RawIOBase):
                             raise
                         if self._verify:
                             raise FormatError(
-                                f"blob {self._digest} in {self._store.name} does not match its digest"
+                                f"blob {self._digest} in {self._repo.name} does not match its digest"
                             ) from None
             await queue.put(_END)
         except asyncio.CancelledError:
@@ -384,5 +384,5 @@ class _BlobPipe(io.RawIOBase):
                         self._sync.run(self._cancel())
         finally:
             self._piece = memoryview(b"")
-            self._store._forget(self)
+            self._repo._forget(self)
             super().close()

@@ -88,8 +88,8 @@ def run_chunkstore_command(args: argparse.Namespace) -> int | None:
 def _chunkdict_push(args: argparse.Namespace) -> int:
     import tempfile
 
-    from nydus_exporter.chunkdict_image import push_chunk_dict
     from nydus_exporter.oci.reference import parse_reference
+    from nydus_exporter.pipeline.chunkdict_image import push_chunk_dict
     from nydus_exporter.registry.sync import SyncRegistry
 
     ref = parse_reference(args.reference).with_default_tag()

@@ -1,7 +1,7 @@
 """The verification subcommands of ``nydus-exporter``: ``check``, ``unpack``, ``cat``, ``mount``,
 ``umount``.
 
-``nydus_exporter.cli`` wires them in with::
+``nydus_exporter.cli.main`` wires them in with::
 
     add_tool_commands(sub)                 # in build_parser(), after the other subcommands
     code = run_tool_command(args)          # in main(), inside its ExporterError handler
@@ -10,7 +10,7 @@
 
 Errors are raised as :class:`~nydus_exporter.errors.ExporterError` for ``cli.main`` to print;
 ``check`` prints every problem and returns 1 when there are any. :func:`main` runs these
-subcommands alone (same error handling), e.g. ``python -m nydus_exporter.cli_tools check ...``.
+subcommands alone (same error handling), e.g. ``python -m nydus_exporter.cli.tools check ...``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from nydus_exporter.registry_store import RegistryOptions
+    from nydus_exporter.image.registry import RegistryOptions
 
 TOOL_COMMANDS = ("check", "unpack", "cat", "mount", "umount")
 _IMAGE_HELP = (
@@ -45,7 +45,7 @@ def _add_registry_options(parser: argparse.ArgumentParser) -> None:
 def _registry_options(args: argparse.Namespace) -> RegistryOptions | None:
     if not args.insecure and args.ca_file is None:
         return None  # the defaults; and no registry module import for oci: images
-    from nydus_exporter.registry_store import RegistryOptions
+    from nydus_exporter.image.registry import RegistryOptions
 
     return RegistryOptions(insecure=args.insecure, ca_file=args.ca_file)
 
@@ -143,7 +143,7 @@ def _warn(message: str) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from nydus_exporter.check import check_image
+    from nydus_exporter.tools.check import check_image
 
     report = check_image(
         args.image,
@@ -168,7 +168,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _unpack(args: argparse.Namespace) -> int:
-    from nydus_exporter.unpack import unpack_image
+    from nydus_exporter.tools.unpack import unpack_image
 
     result = unpack_image(
         args.image, args.output, platform=args.platform, warn=_warn, registry=_registry_options(args)
@@ -179,13 +179,13 @@ def _unpack(args: argparse.Namespace) -> int:
 
 
 def _cat(args: argparse.Namespace) -> int:
-    from nydus_exporter.cat import cat_file
+    from nydus_exporter.tools.cat import cat_file
 
     result = cat_file(
         args.image, args.path, sys.stdout.buffer, platform=args.platform, registry=_registry_options(args)
     )
     if args.stats:
-        read = result.store
+        read = result.reads
         print(
             f"nydus-exporter: cat {result.path}: {result.size} bytes in {result.chunks} chunk(s); read "
             f"{read.total_bytes} bytes: {read.document_bytes} in {read.documents} document(s) "
@@ -204,7 +204,7 @@ def _cat(args: argparse.Namespace) -> int:
 
 
 def _mount(args: argparse.Namespace) -> int:
-    from nydus_exporter.mount import mount_image
+    from nydus_exporter.tools.mount import mount_image
 
     result = mount_image(args.image, args.mountpoint, platform=args.platform, state_dir=args.state_dir)
     cached = f", {len(result.reused)} blob image(s) from the cache" if result.reused else ""
@@ -213,7 +213,7 @@ def _mount(args: argparse.Namespace) -> int:
 
 
 def _umount(args: argparse.Namespace) -> int:
-    from nydus_exporter.mount import umount_image
+    from nydus_exporter.tools.mount import umount_image
 
     loops = umount_image(args.mountpoint, state_dir=args.state_dir)
     print(f"unmounted {args.mountpoint} (detached {' '.join(loops) or 'no loop devices'})")

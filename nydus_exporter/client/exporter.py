@@ -4,7 +4,7 @@
 then an Export stream (header, per platform ``platform_begin`` with the whole layer chain,
 the layers the server wants as 1 MiB ``layer_data`` chunks with ``layer_end`` digests,
 ``platform_end``, ``commit``), then Finalize when the export was deferred. Layers are read
-from a :class:`~nydus_exporter.sources.Source` as they are stored (compressed bytes as in the
+from a :class:`~nydus_exporter.pipeline.sources.Source` as they are stored (compressed bytes as in the
 source) and streamed, never held in memory. Directory layers are sent by reference (the
 daemon must share the filesystem and allow the path); tar files can be too.
 
@@ -27,9 +27,9 @@ from nydus_exporter.api import exporter_pb2 as pb
 from nydus_exporter.api import exporter_pb2_grpc as pb_grpc
 from nydus_exporter.errors import ConfigError
 from nydus_exporter.oci.platform import Platform
+from nydus_exporter.pipeline.sources import Source, SourceLayer
 from nydus_exporter.registry.auth import parse_challenges
 from nydus_exporter.registry.credentials import CredentialStore
-from nydus_exporter.sources import Source, SourceLayer
 
 CHUNK = 1 << 20  # [contract §5.6]: 1 MiB layer_data
 MAX_MESSAGE = 16 << 20
@@ -127,9 +127,10 @@ def _layer_digest(layer: SourceLayer) -> tuple[str, int]:
 
 
 class ExporterClient:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, chunk_size: int = CHUNK) -> None:
         self.channel = channel
         self.stub = pb_grpc.ExporterStub(channel)
+        self.chunk_size = chunk_size  # bytes of layer data per message
 
     async def get_info(self) -> pb.GetInfoResponse:
         response: pb.GetInfoResponse = await _call(self.stub.GetInfo(pb.GetInfoRequest()))
@@ -164,133 +165,30 @@ class ExporterClient:
         by_reference: bool = False,
         on_event: OnEvent | None = None,
         credentials: CredentialStore | None = None,
-        chunk_size: int = CHUNK,
         metadata: Mapping[str, bytes] | None = None,
     ) -> ExportOutcome:
         """Stream ``source`` to the daemon; returns once the result arrived."""
-        call = self.stub.Export()
-        write_lock = asyncio.Lock()
-        wants: dict[str, asyncio.Future[tuple[int, ...]]] = {}
-        accepted: asyncio.Future[pb.Accepted] = asyncio.get_running_loop().create_future()
-        result: asyncio.Future[pb.Result] = asyncio.get_running_loop().create_future()
-        events: list[pb.ExportEvent] = []
-        sent = 0
-
-        async def write(request: pb.ExportRequest) -> None:
-            async with write_lock:
-                await call.write(request)
-
-        taken: set[str] = set()
-        platforms = [(platform_id(img.platform, i, taken), img) for i, img in enumerate(source.images)]
-        header_metadata = dict(metadata or {})
-        for pid, image in platforms:
-            key = "containerimage.config" if len(platforms) == 1 else f"containerimage.config/{pid}"
-            header_metadata[key] = image.config
-        for pid, _ in platforms:
-            wants[pid] = asyncio.get_running_loop().create_future()
-
-        async def reader() -> None:
-            async for event in _events(call):
-                events.append(event)
-                kind = event.WhichOneof("ev")
-                if kind == "accepted" and not accepted.done():
-                    accepted.set_result(event.accepted)
-                elif kind == "layer_wants":
-                    future = wants.get(event.layer_wants.platform_id)
-                    if future is None or future.done():
-                        raise RemoteExportError(grpc.StatusCode.INTERNAL, "unexpected layer_wants")
-                    future.set_result(tuple(event.layer_wants.indices))
-                elif kind == "auth_request":
-                    await write(
-                        pb.ExportRequest(auth_reply=await answer_auth(event.auth_request, credentials))
-                    )
-                elif kind == "result":
-                    result.set_result(event.result)
-                    return
-                if on_event is not None:
-                    on_event(event)
-            raise RemoteExportError(grpc.StatusCode.INTERNAL, "the stream ended without a result")
-
-        async def sender() -> None:
-            nonlocal sent
-            await write(
-                pb.ExportRequest(
-                    header=pb.ExportHeader(
-                        instance_id=instance_id,
-                        idempotency_key=idempotency_key,
-                        defer_push=defer_push,
-                        metadata=header_metadata,
-                        platforms=[_platform_pb(pid, img.platform) for pid, img in platforms],
-                    )
-                )
-            )
-            if (await accepted).resumed:
-                return  # the server has (or is making) this export already
-            for pid, image in platforms:
-                infos, digests = [], []
-                for index, layer in enumerate(image.layers):
-                    info = pb.LayerInfo(index=index)
-                    if layer.directory is not None:
-                        kind = (
-                            pb.LayerReference.KIND_DIRECTORY_OVERLAYFS
-                            if layer.whiteouts == "overlayfs"
-                            else pb.LayerReference.KIND_DIRECTORY_OCI
-                        )
-                        info.reference.CopyFrom(pb.LayerReference(path=str(layer.directory), kind=kind))
-                        digests.append("")
-                    elif by_reference and not layer.name.startswith("sha256:"):
-                        info.reference.CopyFrom(
-                            pb.LayerReference(path=layer.name, kind=pb.LayerReference.KIND_TAR)
-                        )
-                        digests.append("")
-                    else:
-                        digest, size = await asyncio.to_thread(_layer_digest, layer)
-                        info.blob_digest, info.size = digest, size
-                        digests.append(digest)
-                    infos.append(info)
-                await write(pb.ExportRequest(platform_begin=pb.PlatformBegin(platform_id=pid, layers=infos)))
-                for index in await wants[pid]:
-                    sent += await self._send_layer(
-                        write, pid, index, image.layers[index], digests[index], chunk_size
-                    )
-                await write(pb.ExportRequest(platform_end=pb.PlatformEnd(platform_id=pid)))
-            await write(pb.ExportRequest(commit=pb.Commit()))
-            # The write side stays open until the result: auth replies may still be needed.
-
+        stream = _ExportStream(self.stub.Export(), source, on_event, credentials, self.chunk_size)
+        header = pb.ExportHeader(
+            instance_id=instance_id,
+            idempotency_key=idempotency_key,
+            defer_push=defer_push,
+            metadata=stream.header_metadata(metadata),
+            platforms=[_platform_pb(pid, img.platform) for pid, img in stream.platforms],
+        )
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(reader())
-                tg.create_task(sender())
-            await call.done_writing()
+                tg.create_task(stream.read_events())
+                tg.create_task(stream.send(header, by_reference=by_reference))
+            await stream.call.done_writing()
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
         except grpc.aio.AioRpcError as exc:
             raise RemoteExportError(exc.code(), exc.details() or "") from None
+        accepted = stream.accepted.result()
         return ExportOutcome(
-            accepted.result().job_id, accepted.result().resumed, result.result(), sent, events
+            accepted.job_id, accepted.resumed, stream.result.result(), stream.sent, stream.events
         )
-
-    async def _send_layer(
-        self,
-        write: Callable[[pb.ExportRequest], Awaitable[None]],
-        pid: str,
-        index: int,
-        layer: SourceLayer,
-        digest: str,
-        chunk_size: int,
-    ) -> int:
-        assert layer.open is not None
-        offset = 0
-        with layer.open() as f:
-            while chunk := await asyncio.to_thread(f.read, chunk_size):
-                await write(
-                    pb.ExportRequest(
-                        layer_data=pb.LayerData(platform_id=pid, index=index, offset=offset, data=chunk)
-                    )
-                )
-                offset += len(chunk)
-        await write(pb.ExportRequest(layer_end=pb.LayerEnd(platform_id=pid, index=index, digest=digest)))
-        return offset
 
     async def finalize(
         self,
@@ -334,6 +232,115 @@ async def _call(awaitable: Awaitable[Any]) -> Any:
         return await awaitable
     except grpc.aio.AioRpcError as exc:
         raise RemoteExportError(exc.code(), exc.details() or "") from None
+
+
+class _ExportStream:
+    """One Export call: the events read from it, and the requests sent on it (one writer at a
+    time: auth replies interleave with layer data)."""
+
+    def __init__(
+        self,
+        call: Any,
+        source: Source,
+        on_event: OnEvent | None,
+        credentials: CredentialStore | None,
+        chunk_size: int,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.call = call
+        self._on_event = on_event
+        self._credentials = credentials
+        self._chunk_size = chunk_size
+        self._write_lock = asyncio.Lock()
+        taken: set[str] = set()
+        self.platforms = [(platform_id(img.platform, i, taken), img) for i, img in enumerate(source.images)]
+        self._wants: dict[str, asyncio.Future[tuple[int, ...]]] = {
+            pid: loop.create_future() for pid, _ in self.platforms
+        }
+        self.accepted: asyncio.Future[pb.Accepted] = loop.create_future()
+        self.result: asyncio.Future[pb.Result] = loop.create_future()
+        self.events: list[pb.ExportEvent] = []
+        self.sent = 0
+
+    def header_metadata(self, metadata: Mapping[str, bytes] | None) -> dict[str, bytes]:
+        out = dict(metadata or {})
+        for pid, image in self.platforms:
+            key = "containerimage.config" if len(self.platforms) == 1 else f"containerimage.config/{pid}"
+            out[key] = image.config
+        return out
+
+    async def write(self, request: pb.ExportRequest) -> None:
+        async with self._write_lock:
+            await self.call.write(request)
+
+    async def read_events(self) -> None:
+        async for event in _events(self.call):
+            self.events.append(event)
+            kind = event.WhichOneof("ev")
+            if kind == "accepted" and not self.accepted.done():
+                self.accepted.set_result(event.accepted)
+            elif kind == "layer_wants":
+                future = self._wants.get(event.layer_wants.platform_id)
+                if future is None or future.done():
+                    raise RemoteExportError(grpc.StatusCode.INTERNAL, "unexpected layer_wants")
+                future.set_result(tuple(event.layer_wants.indices))
+            elif kind == "auth_request":
+                reply = await answer_auth(event.auth_request, self._credentials)
+                await self.write(pb.ExportRequest(auth_reply=reply))
+            elif kind == "result":
+                self.result.set_result(event.result)
+                return
+            if self._on_event is not None:
+                self._on_event(event)
+        raise RemoteExportError(grpc.StatusCode.INTERNAL, "the stream ended without a result")
+
+    async def send(self, header: pb.ExportHeader, *, by_reference: bool) -> None:
+        await self.write(pb.ExportRequest(header=header))
+        if (await self.accepted).resumed:
+            return  # the server has (or is making) this export already
+        for pid, image in self.platforms:
+            infos, digests = [], []
+            for index, layer in enumerate(image.layers):
+                info, digest = await _layer_info(index, layer, by_reference=by_reference)
+                infos.append(info)
+                digests.append(digest)
+            await self.write(pb.ExportRequest(platform_begin=pb.PlatformBegin(platform_id=pid, layers=infos)))
+            for index in await self._wants[pid]:
+                self.sent += await self._send_layer(pid, index, image.layers[index], digests[index])
+            await self.write(pb.ExportRequest(platform_end=pb.PlatformEnd(platform_id=pid)))
+        await self.write(pb.ExportRequest(commit=pb.Commit()))
+        # The write side stays open until the result: auth replies may still be needed.
+
+    async def _send_layer(self, pid: str, index: int, layer: SourceLayer, digest: str) -> int:
+        assert layer.open is not None
+        offset = 0
+        with layer.open() as f:
+            while chunk := await asyncio.to_thread(f.read, self._chunk_size):
+                data = pb.LayerData(platform_id=pid, index=index, offset=offset, data=chunk)
+                await self.write(pb.ExportRequest(layer_data=data))
+                offset += len(chunk)
+        await self.write(pb.ExportRequest(layer_end=pb.LayerEnd(platform_id=pid, index=index, digest=digest)))
+        return offset
+
+
+async def _layer_info(index: int, layer: SourceLayer, *, by_reference: bool) -> tuple[pb.LayerInfo, str]:
+    """How ``platform_begin`` announces a layer: by reference (a directory; a tar file with
+    ``by_reference``), or by digest and size (its bytes follow when wanted)."""
+    info = pb.LayerInfo(index=index)
+    if layer.directory is not None:
+        kind = (
+            pb.LayerReference.KIND_DIRECTORY_OVERLAYFS
+            if layer.whiteouts == "overlayfs"
+            else pb.LayerReference.KIND_DIRECTORY_OCI
+        )
+        info.reference.CopyFrom(pb.LayerReference(path=str(layer.directory), kind=kind))
+        return info, ""
+    if by_reference and not layer.name.startswith("sha256:"):
+        info.reference.CopyFrom(pb.LayerReference(path=layer.name, kind=pb.LayerReference.KIND_TAR))
+        return info, ""
+    digest, size = await asyncio.to_thread(_layer_digest, layer)
+    info.blob_digest, info.size = digest, size
+    return info, digest
 
 
 def _unwrap(group: BaseExceptionGroup) -> BaseException:

@@ -31,14 +31,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from nydus_exporter.errors import ConfigError
-from nydus_exporter.nydus_image_reader import FileContent, NydusImage, open_image
+from nydus_exporter.image.reader import FileContent, NydusImage, open_image
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs import layout
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.rafs.model import Inode, walk
 
 if TYPE_CHECKING:
-    from nydus_exporter.registry_store import RegistryOptions
+    from nydus_exporter.image.registry import RegistryOptions
 
 _NSEC = 1_000_000_000
 _TAR_TYPES = {

@@ -10,7 +10,7 @@ import sys
 from typing import TextIO
 
 from nydus_exporter.api import exporter_pb2 as pb
-from nydus_exporter.progress import MODES
+from nydus_exporter.cli.progress import MODES
 
 
 class RemoteProgressPrinter:

@@ -38,7 +38,7 @@ from typing import Any
 
 from nydus_exporter.chunkstore.store import default_state_dir
 from nydus_exporter.errors import ConfigError, FormatError
-from nydus_exporter.nydus_image_reader import NydusImage, open_image
+from nydus_exporter.image.reader import NydusImage, open_image
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.rafs.model import BlobInfo

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from nydus_exporter.export import ProgressEvent
+    from nydus_exporter.pipeline.progress import ProgressEvent
 
 MODES = ("auto", "tty", "plain", "quiet")
 

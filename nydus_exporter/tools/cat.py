@@ -6,7 +6,7 @@ the chunks of the file are fetched. For each chunk of the file the merged bootst
 table ([format §2.14]) gives the blob index, whose blob table entry ([format §2.5]) names the blob (its id is
 the hex of the blob layer's digest, [format §5.3]) with its compressor and digester, and the chunk's
 ``compressed_offset`` / ``compressed_size``: exactly that byte range is read
-(:meth:`~nydus_exporter.nydus_image_reader.ImageStore.read_at`: an HTTP ``Range`` GET on a
+(:meth:`~nydus_exporter.image.reader.ImageRepository.read_at`: an HTTP ``Range`` GET on a
 registry, ``pread`` on an OCI layout), decompressed and checked against the chunk digest
 before any of it is written. Chunks stored back to back in one blob are read with one
 request (up to :data:`MAX_RANGE` bytes), never reading a byte the file does not need.
@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 from nydus_exporter.errors import ConfigError, FormatError
-from nydus_exporter.nydus_image_reader import CountingStore, NydusImage, StoreStats, open_image_in, open_store
+from nydus_exporter.image.reader import NydusImage, open_image_in
+from nydus_exporter.image.repository import CountingRepository, ReadStats, open_repository
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs import codecs, layout
 from nydus_exporter.rafs.bootstrap_reader import Bootstrap, read_bootstrap
-from nydus_exporter.rafs.model import ChunkRef, Inode, Node
+from nydus_exporter.rafs.model import BlobInfo, ChunkRef, Inode, Node
 
 if TYPE_CHECKING:
+    from nydus_exporter.image.registry import RegistryOptions
     from nydus_exporter.registry import RegistryStats
-    from nydus_exporter.registry_store import RegistryOptions
 
 __all__ = ["MAX_RANGE", "MAX_SYMLINKS", "CatResult", "cat_file", "file_chunks", "lookup"]
 
@@ -55,7 +56,7 @@ class CatResult:
     path: str  # the file's own path in the image (symlinks resolved)
     size: int  # bytes written
     chunks: int  # chunk references of the file
-    store: StoreStats = field(default_factory=StoreStats)  # what was read from the store
+    reads: ReadStats = field(default_factory=ReadStats)  # what was read from the repository
     registry: RegistryStats | None = None  # the registry client's counters (docker:// only)
 
 
@@ -149,7 +150,7 @@ def file_chunks(image: NydusImage, boot: Bootstrap, inode: Inode, *, name: str =
             raise FormatError(f"{name}: a chunk names blob {group.blob_index} of {len(boot.blobs)}")
         blob = boot.blobs[group.blob_index]
         layer = image.blob_layer(blob.blob_id)
-        data = image.store.read_at(layer.digest, group.start, group.end - group.start)
+        data = image.repository.read_at(layer.digest, group.start, group.end - group.start)
         if len(data) != group.end - group.start:
             raise FormatError(
                 f"{name}: blob layer {layer.digest} ends before {group.end} "
@@ -159,33 +160,35 @@ def file_chunks(image: NydusImage, boot: Bootstrap, inode: Inode, *, name: str =
             if left <= 0:
                 break
             where = f"{name}: chunk {ref.index} of blob layer {layer.digest}"
-            if ref.flags & _UNSUPPORTED_CHUNK_FLAGS:
-                raise FormatError(f"{where}: encrypted or batch chunks are not supported")
-            if ref.uncompressed_size > boot.chunk_size or ref.uncompressed_size == 0:
-                raise FormatError(f"{where}: {ref.uncompressed_size} bytes for chunk size {boot.chunk_size}")
-            stored = data[
-                ref.compressed_offset - group.start : ref.compressed_offset
-                - group.start
-                + ref.compressed_size
-            ]
-            if ref.compressed:
-                plain = codecs.compressor_by_id(blob.compressor).decompress(stored, ref.uncompressed_size)
-            elif len(stored) == ref.uncompressed_size:
-                plain = stored
-            else:
-                raise FormatError(
-                    f"{where}: stored {len(stored)} bytes uncompressed, expected {ref.uncompressed_size}"
-                )
-            if len(plain) != ref.uncompressed_size:
-                raise FormatError(f"{where}: {len(plain)} bytes, expected {ref.uncompressed_size}")
-            digester = codecs.digester_by_id(blob.digester)
-            if digester.digest(plain) != ref.digest:
-                raise FormatError(f"{where} does not match its {digester.name} digest in the bootstrap")
+            start = ref.compressed_offset - group.start
+            plain = _chunk_plain(data[start : start + ref.compressed_size], ref, blob, boot.chunk_size, where)
             piece = plain[: min(len(plain), left)]
             left -= len(piece)
             yield piece
     if left > 0:
         raise FormatError(f"{name}: its chunks hold {inode.size - left} of its {inode.size} bytes")
+
+
+def _chunk_plain(stored: bytes, ref: ChunkRef, blob: BlobInfo, chunk_size: int, where: str) -> bytes:
+    """The uncompressed bytes of one chunk, checked against its size and digest."""
+    if ref.flags & _UNSUPPORTED_CHUNK_FLAGS:
+        raise FormatError(f"{where}: encrypted or batch chunks are not supported")
+    if ref.uncompressed_size > chunk_size or ref.uncompressed_size == 0:
+        raise FormatError(f"{where}: {ref.uncompressed_size} bytes for chunk size {chunk_size}")
+    if ref.compressed:
+        plain = codecs.compressor_by_id(blob.compressor).decompress(stored, ref.uncompressed_size)
+    elif len(stored) == ref.uncompressed_size:
+        plain = stored
+    else:
+        raise FormatError(
+            f"{where}: stored {len(stored)} bytes uncompressed, expected {ref.uncompressed_size}"
+        )
+    if len(plain) != ref.uncompressed_size:
+        raise FormatError(f"{where}: {len(plain)} bytes, expected {ref.uncompressed_size}")
+    digester = codecs.digester_by_id(blob.digester)
+    if digester.digest(plain) != ref.digest:
+        raise FormatError(f"{where} does not match its {digester.name} digest in the bootstrap")
+    return plain
 
 
 def cat_file(
@@ -198,8 +201,8 @@ def cat_file(
 ) -> CatResult:
     """Write the content of ``path`` in the Nydus image ``spec`` (``oci:DIR[:TAG]`` or
     ``docker://REF``) to ``out``; see the module docstring."""
-    store, tag = open_store(spec, registry)
-    counting = CountingStore(store)
+    repo, tag = open_repository(spec, registry)
+    counting = CountingRepository(repo)
     with open_image_in(counting, spec, tag, platform) as image:
         boot = read_bootstrap(image.bootstrap())
         resolved, node = lookup(boot.root, path, where=spec)
@@ -214,6 +217,6 @@ def cat_file(
             out.write(piece)
             written += len(piece)
         out.flush()
-        # A RegistryStore's client counters (HTTP requests, blob body bytes).
-        registry_stats: RegistryStats | None = getattr(store, "registry_stats", None)
+        # A RegistryRepository's client counters (HTTP requests, blob body bytes).
+        registry_stats: RegistryStats | None = getattr(repo, "registry_stats", None)
         return CatResult(resolved, written, len(inode.chunks), counting.stats, registry_stats)

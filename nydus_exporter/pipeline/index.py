@@ -1,0 +1,123 @@
+"""The top of an export: the manifest, or an index of the Nydus manifests (merged with an existing image)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from nydus_exporter.errors import ConfigError
+from nydus_exporter.oci import mediatypes as mt
+from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest, canonical_json, sha256_digest
+from nydus_exporter.oci.layout import OciLayout
+from nydus_exporter.oci.nydus_image import (
+    build_merged_index,
+    is_nydus_entry,
+)
+from nydus_exporter.oci.reference import parse_reference
+from nydus_exporter.pipeline.options import ExportOptions
+from nydus_exporter.pipeline.result import PlatformResult
+from nydus_exporter.pipeline.sources import Source
+
+if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports that use it
+    pass
+
+
+def oci_manifests(out: OciLayout, root: Descriptor) -> dict[str, str]:
+    """platform -> digest of the plain (non-Nydus) manifests a merged index keeps."""
+    index = ImageIndex.parse(out.read_blob(root.digest))
+    return {
+        str(entry.platform): entry.digest
+        for entry in index.manifests
+        if entry.platform is not None and not is_nydus_entry(entry)
+    }
+
+
+def tags_of(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The layout tag and full image name of each ``name=``: ``sample:1`` is tagged ``1`` and
+    named ``docker.io/library/sample:1``, as containerd and BuildKit write OCI layouts (so that
+    ``oci:DIR:1`` and ``oci:DIR:sample:1`` both find it)."""
+    tags: list[tuple[str, str]] = []
+    for name in names:
+        ref = parse_reference(name)
+        tags.append((ref.tag or "latest", str(ref if ref.tag or ref.digest else ref.with_tag("latest"))))
+    return tags
+
+
+def named_descriptor(descriptor: Descriptor, image_name: str | None) -> Descriptor:
+    """``descriptor`` with the image name annotation containerd reads (none: as it is)."""
+    if image_name is None:
+        return descriptor
+    annotations = {**(descriptor.annotations or {}), mt.ANNOTATION_IMAGE_NAME: image_name}
+    return dataclasses.replace(descriptor, annotations=annotations)
+
+
+def nydus_manifests(out: OciLayout, root: Descriptor) -> list[Descriptor]:
+    """The per-platform Nydus manifests of a (not merged) export result's root."""
+    if mt.is_manifest(root.media_type):
+        return [root]
+    return list(ImageIndex.parse(out.read_blob(root.digest)).manifests)
+
+
+def merged_index(
+    out: OciLayout, existing: bytes | None, manifests: Sequence[Descriptor], options: ExportOptions
+) -> Descriptor:
+    """The index that keeps ``existing`` (index or manifest, or nothing) and adds or replaces
+    the Nydus ``manifests`` (each with its platform), written into ``out``."""
+    for manifest in manifests:
+        if manifest.platform is None:
+            raise ConfigError(f"merge-manifest needs a platform for Nydus manifest {manifest.digest}")
+        existing = build_merged_index(
+            existing=existing,
+            nydus_manifest=replace(manifest, platform=None),
+            platform=manifest.platform,
+            mode=options.merge_manifest_mode,
+            oci=options.oci_mediatypes,
+        )
+    assert existing is not None
+    index = ImageIndex.parse(existing)
+    return Descriptor(index.media_type, out.write_blob(existing), len(existing))
+
+
+def root_descriptor(
+    out: OciLayout, existing: bytes | None, results: Sequence[PlatformResult], options: ExportOptions
+) -> Descriptor:
+    """The manifest (single platform) or an index of the Nydus manifests (merged or not)."""
+    if options.merge_manifest:
+        return merged_index(out, existing, [r.manifest for r in results], options)
+    if len(results) == 1:
+        return results[0].manifest
+    index_raw = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.index_media_type(oci=options.oci_mediatypes),
+            "manifests": [r.manifest.to_json() for r in results],
+        }
+    )
+    return Descriptor(
+        mt.index_media_type(oci=options.oci_mediatypes), out.write_blob(index_raw), len(index_raw)
+    )
+
+
+def source_top(out: OciLayout, source: Source, *, push: bool) -> bytes | None:
+    """The source image (index or manifest) a merged index keeps, with its content copied into
+    ``out`` so the result is complete (merge-manifest-source=build, or a local layout)."""
+    if source.repository is None:
+        return None
+    for image in source.images:
+        if image.manifest is None or image.manifest_descriptor is None:
+            continue
+        manifest = ImageManifest.parse(image.manifest)
+        for desc in (manifest.config, *manifest.layers):
+            if not out.has_blob(desc.digest):
+                with source.repository.open_blob(desc.digest) as f, out.blob_writer(desc.digest) as sink:
+                    shutil.copyfileobj(f, sink, 1 << 20)
+        if not out.has_blob(image.manifest_descriptor.digest):
+            out.write_blob(image.manifest)
+    if source.index is not None:
+        if not out.has_blob(sha256_digest(source.index)):
+            out.write_blob(source.index)
+        return source.index
+    return source.images[0].manifest
