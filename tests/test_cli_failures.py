@@ -11,13 +11,13 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import require
+from tests.helpers.waiting import wait_until
 
 
 def _layer(path: Path, size: int = 3 << 20) -> Path:
@@ -114,14 +114,6 @@ def test_export_metadata_file_in_a_missing_directory_fails_before_the_export(tmp
     assert not out.exists()
 
 
-def _wait_for(condition: object, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_pack_leaves_no_temp_file(tmp_path: Path, sig: signal.Signals) -> None:
     layer = _layer(tmp_path / "layer.tar").read_bytes()
@@ -136,7 +128,7 @@ def test_a_signal_during_pack_leaves_no_temp_file(tmp_path: Path, sig: signal.Si
         assert process.stdin is not None
         process.stdin.write(layer[: 1 << 20])  # pack waits for the rest of the layer
         process.stdin.flush()
-        _wait_for(lambda: any(out_dir.iterdir()), "the temporary output file")
+        wait_until(lambda: any(out_dir.iterdir()), 60, what="the temporary output file exists")
         process.send_signal(sig)
         process.stdin.close()
         assert process.wait(timeout=60) == 128 + sig

@@ -22,14 +22,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import PROJECT_ROOT, require
+from tests.helpers.waiting import wait_until_serving
 from tests.registry_fixtures import RegistryServer
 
 BIN = PROJECT_ROOT / "bin"
@@ -40,16 +40,6 @@ _START_TIMEOUT = 60.0
 _BASE_TOOLS = ("sh", "rm", "ln", "chmod", "mkdir", "cp", "mv", "cat", "echo", "touch", "ls", "true", "head")
 
 
-def _wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT
-    while not ready():
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start in {_START_TIMEOUT}s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.1)
-
-
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -58,14 +48,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Poll ``condition`` (no fixed sleeps); fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 @dataclass
@@ -149,7 +131,7 @@ def start_daemon(
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=directory)
     daemon = Daemon(socket_path, directory / "state", http, log)
     try:
-        _wait_for("nydus-exporter serve", socket_path.exists, proc, log)
+        wait_until_serving("nydus-exporter serve", socket_path.exists, proc, log, _START_TIMEOUT)
     except BaseException:
         stop(proc)
         raise
@@ -188,7 +170,7 @@ def start_buildkitd(
         return bk.buildctl(["debug", "workers"], timeout=30).returncode == 0
 
     try:
-        _wait_for("nydus-buildkitd", ready, proc, log)
+        wait_until_serving("nydus-buildkitd", ready, proc, log, _START_TIMEOUT)
     except BaseException:
         stop(proc)
         raise

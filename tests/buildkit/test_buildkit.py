@@ -31,11 +31,11 @@ from tests.buildkit.conftest import (
     start_buildkitd,
     stop,
     unmount_under,
-    wait_until,
 )
 from tests.conftest import require
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available
 from tests.helpers.treesnap import Snapshot, diff_snapshots, snapshot_dir
+from tests.helpers.waiting import wait_until
 from tests.registry_fixtures import RegistryServer, start_registry
 
 NYDUS_BOOTSTRAP_ANNOTATION = "containerd.io/snapshot/nydus-bootstrap"
@@ -337,8 +337,14 @@ def test_interrupted_export_cancels_the_job(
     res = run_until_export(argv, lambda proc: proc.send_signal(signal.SIGINT))
     assert res.returncode != 0, res.stderr[-4000:]
 
-    wait_until(lambda: nydus_daemon.metric("nydus_exporter_exports_total", outcome="cancelled") > cancelled)
-    wait_until(lambda: not any((nydus_daemon.state_dir / "jobs").glob("*")))
+    wait_until(
+        lambda: nydus_daemon.metric("nydus_exporter_exports_total", outcome="cancelled") > cancelled,
+        60,
+        what="the daemon counts the export as cancelled",
+    )
+    wait_until(
+        lambda: not any((nydus_daemon.state_dir / "jobs").glob("*")), 60, what="no job directory is left"
+    )
     assert (
         subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"]).returncode
         != 0

@@ -8,10 +8,12 @@ happened; ``timeout`` only bounds a hang, it is never the thing under test.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["ConditionTimeout", "wait_until", "wait_until_async"]
+__all__ = ["ConditionTimeout", "wait_until", "wait_until_async", "wait_until_serving"]
 
 _FIRST_POLL = 0.001  # seconds; doubles up to _MAX_POLL, so quick conditions cost little
 _MAX_POLL = 0.05
@@ -63,3 +65,20 @@ async def wait_until_async(
 def _name(predicate: Callable[[], object]) -> str:
     name = getattr(predicate, "__name__", "")
     return "the condition holds" if not name or name == "<lambda>" else f"{name}() holds"
+
+
+def wait_until_serving(
+    what: str, ready: Callable[[], object], proc: subprocess.Popen[bytes], log: Path, timeout: float = 120.0
+) -> None:
+    """Wait until the started process ``proc`` is ``ready``; fail at once if it exits, and
+    after ``timeout`` seconds otherwise, with the tail of its ``log`` either way."""
+
+    def serving() -> object:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        return ready()
+
+    try:
+        wait_until(serving, timeout, what=f"{what} is ready")
+    except ConditionTimeout as exc:
+        raise ConditionTimeout(f"{exc}:\n{log.read_text()[-4000:]}") from None

@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from nydus_exporter.pipeline.export import export
 from nydus_exporter.pipeline.options import parse_output
 from tests.conftest import require
 from tests.helpers import tarbuild as tb
+from tests.helpers.waiting import wait_until_serving
 from tests.interop import summary
 from tests.interop.images import open_layout, write_tars
 from tests.interop.tools import tool
@@ -48,15 +48,6 @@ START_TIMEOUT = 60.0
 CONTAINERD_REASON = (
     "needs root, /dev/fuse, overlayfs and containerd + ctr + runc (apt-get install containerd)"
 )
-
-
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args!r} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        assert time.monotonic() < deadline, f"{path} did not appear:\n{log.read_text()[-3000:]}"
-        time.sleep(0.05)
 
 
 def _our_processes(marker: str) -> list[int]:
@@ -143,11 +134,11 @@ disable = true
                     ["containerd", "--config", str(root / "containerd.toml")], stdout=out, stderr=out
                 )
             )
-        _wait_for(sock, procs[-1], ctd_log)
+        wait_until_serving("containerd", sock.exists, procs[-1], ctd_log, START_TIMEOUT)
         with snap_log.open("wb") as out:
             snap = [str(tool("containerd-nydus-grpc")), "--config", str(root / "snap" / "config.toml")]
             procs.append(subprocess.Popen(snap, stdout=out, stderr=out))
-        _wait_for(snap_sock, procs[-1], snap_log)
+        wait_until_serving("nydus-snapshotter", snap_sock.exists, procs[-1], snap_log, START_TIMEOUT)
         yield sock
     finally:
         for proc in reversed(procs):

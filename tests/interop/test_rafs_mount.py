@@ -25,6 +25,7 @@ from nydus_exporter.pipeline.options import parse_output
 from tests.conftest import require
 from tests.helpers import tarbuild as tb
 from tests.helpers.treesnap import diff_snapshots, snapshot_dir
+from tests.helpers.waiting import wait_until
 from tests.interop import summary
 from tests.interop.images import Image, kernel_tree, open_layout, write_tars
 from tests.interop.test_rafs_check import rich_layer
@@ -82,10 +83,7 @@ def rafs_mount(bootstrap: Path, source: list[str], work: Path) -> Iterator[tuple
 
 
 def _wait_for_mount(mnt: Path) -> None:
-    deadline = time.monotonic() + MOUNT_TIMEOUT
-    while not os.path.ismount(mnt):
-        assert time.monotonic() < deadline, f"{mnt} never became a mountpoint"
-        time.sleep(0.05)
+    wait_until(lambda: os.path.ismount(mnt), MOUNT_TIMEOUT, what=f"{mnt} is a mountpoint")
 
 
 def test_tree_equals_kernel(registry: RegistryServer, repo_name: str, tmp_path: Path) -> None:

@@ -5,8 +5,7 @@ RESOURCE_EXHAUSTED (or DEADLINE_EXCEEDED) naming the limit, and the daemon keeps
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from nydus_exporter.client.exporter import ExporterClient, RemoteExportError, op
 from nydus_exporter.service.server import RunningServer, serve
 from nydus_exporter.service.servicer import peer_host
 from tests.e2e.test_export import layer_meta_only
+from tests.helpers.waiting import wait_until_async
 from tests.service import streams as s
 from tests.service.conftest import config_for
 
@@ -45,14 +45,6 @@ async def strict(short_tmp: Path) -> AsyncIterator[RunningServer]:
 async def strict_client(strict: RunningServer) -> AsyncIterator[ExporterClient]:
     async with open_channel(strict.addresses[0]) as channel:
         yield ExporterClient(channel)
-
-
-async def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    began = time.monotonic()
-    while not condition():
-        if time.monotonic() - began > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
 
 
 def _metadata(key: str, size: int) -> list[pb.ExportRequest]:
@@ -118,7 +110,7 @@ async def test_metadata_of_one_export_is_capped(
     error = await _failure(call)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
     assert "max_metadata_bytes_per_job" in (error.details() or "")
-    await _wait_for(lambda: strict.jobs.metadata_held.used == 0, "metadata given back")
+    await wait_until_async(lambda: strict.jobs.metadata_held.used == 0, 30.0, what="metadata given back")
     await _export_ok(strict_client, short_tmp)
 
 
@@ -132,7 +124,9 @@ async def test_metadata_across_exports_is_capped_and_given_back_on_cancel(
     await first.write(s.header(instance))
     for request in _metadata("a", 2 * MiB - 1024):  # within the per-job limit
         await first.write(request)
-    await _wait_for(lambda: strict.jobs.metadata_held.used > MiB, "the first export holds its metadata")
+    await wait_until_async(
+        lambda: strict.jobs.metadata_held.used > MiB, 30.0, what="the first export holds its metadata"
+    )
     second = strict_client.stub.Export()
     await second.write(s.header(instance))
     await _send(second, _metadata("a", 2 * MiB - 1024))
@@ -140,7 +134,9 @@ async def test_metadata_across_exports_is_capped_and_given_back_on_cancel(
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
     assert "max_metadata_bytes_total" in (error.details() or "")
     first.cancel()
-    await _wait_for(lambda: strict.jobs.metadata_held.used == 0, "metadata given back on cancel")
+    await wait_until_async(
+        lambda: strict.jobs.metadata_held.used == 0, 30.0, what="metadata given back on cancel"
+    )
     await _export_ok(strict_client, short_tmp)
 
 
@@ -171,7 +167,9 @@ async def test_a_stream_without_a_header_times_out(
     error = await _failure(call)
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error.details()
     assert "no header within 0.5 s" in (error.details() or "")
-    await _wait_for(lambda: strict.metrics.in_flight._value.get() == 0, "no longer in flight")
+    await wait_until_async(
+        lambda: strict.metrics.in_flight._value.get() == 0, 30.0, what="no longer in flight"
+    )
     await _export_ok(strict_client, short_tmp)
 
 
@@ -193,7 +191,9 @@ async def test_open_streams_per_client_are_capped(
     assert "max_streams_per_peer" in (error.details() or "")
     for call in held:
         call.cancel()
-    await _wait_for(lambda: strict.metrics.in_flight._value.get() == 0, "the held streams ended")
+    await wait_until_async(
+        lambda: strict.metrics.in_flight._value.get() == 0, 30.0, what="the held streams ended"
+    )
     await _export_ok(strict_client, short_tmp)
 
 
