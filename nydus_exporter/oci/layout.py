@@ -23,7 +23,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -337,7 +337,7 @@ class OciLayout:
             manifests = index.get("manifests", [])
             if not isinstance(manifests, list):
                 raise FormatError(f"{self._root}/{INDEX_FILE} has no 'manifests' list")
-            kept = [m for m in manifests if not _same_slot(m, entry, tag)]
+            kept = [m for m in manifests if not same_slot(m, entry, tag)]
             kept.append(entry)
             new_index: dict[str, Any] = {
                 "schemaVersion": 2,
@@ -401,8 +401,9 @@ class OciLayout:
             os.close(fd)
 
 
-def _same_slot(existing: object, entry: dict[str, object], tag: str | None) -> bool:
-    """Whether ``existing`` (an index.json entry) is replaced by ``entry``."""
+def same_slot(existing: object, entry: Mapping[str, object], tag: str | None) -> bool:
+    """Whether ``existing`` (an index.json entry) is replaced by ``entry``: the same tag, or
+    both untagged with the same digest."""
     if not isinstance(existing, dict):
         return False
     annotations = existing.get("annotations")

@@ -30,6 +30,7 @@ from nydus_exporter.oci.layout import (
     INDEX_FILE,
     OCI_LAYOUT_FILE,
     OciLayout,
+    same_slot,
 )
 from nydus_exporter.service.beneath import open_beneath
 from nydus_exporter.service.errors import PathNotAllowedError
@@ -65,7 +66,7 @@ def publish_layout(staging: Path, destination: Path, roots: Sequence[Path]) -> N
             for desc in entries:
                 tag = desc.annotation(mt.ANNOTATION_REF_NAME)
                 entry = desc.to_json()
-                index["manifests"] = [m for m in index["manifests"] if not _same_slot(m, entry, tag)]
+                index["manifests"] = [m for m in index["manifests"] if not same_slot(m, entry, tag)]
                 index["manifests"].append(entry)
             _write(dest, INDEX_FILE, canonical_json(index))
     finally:
@@ -171,13 +172,3 @@ def _read_index(dir_fd: int, destination: Path) -> dict[str, Any]:
         kept["annotations"] = index["annotations"]
     return kept
 
-
-def _same_slot(existing: object, entry: dict[str, Any], tag: str | None) -> bool:
-    """Whether the index entry ``existing`` is replaced by ``entry`` (as OciLayout.add_manifest)."""
-    if not isinstance(existing, dict):
-        return False
-    annotations = existing.get("annotations")
-    existing_tag = annotations.get(mt.ANNOTATION_REF_NAME) if isinstance(annotations, dict) else None
-    if tag is not None:
-        return bool(existing_tag == tag)
-    return existing_tag is None and existing.get("digest") == entry["digest"]
