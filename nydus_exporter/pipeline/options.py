@@ -56,6 +56,9 @@ class ExportOptions:
     merge_manifest_source: MergeSource = "registry"  # the tag's current image | the source
     insecure: bool = False  # registry.insecure: plain HTTP or unverified TLS for the named registries
     ca_file: Path | None = None
+    # Registry limits (seconds; None: the daemon's configured value, else the client's default).
+    registry_timeout: float | None = None  # connect and read stall timeout of one request
+    registry_retry_deadline: float | None = None  # time retrying may take without progress
     chunk_dedup: bool = False  # layers reference chunks their lower layers stored ([format §4.2])
     chunk_dict: str | None = None  # a Nydus image whose chunks layers reference ([format §4.2])
     chunk_store: bool = False  # reference chunks the state dir's chunk store knows in the target
@@ -235,6 +238,26 @@ def _epoch(value: str) -> int | None:
     return epoch
 
 
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(value: str) -> float:
+    """``30s``, ``2m``, ``1h``, ``500ms`` or plain seconds (``45``, ``2.5``); positive."""
+    text = value.strip().lower()
+    unit = next((u for u in ("ms", "s", "m", "h") if text.endswith(u)), "")
+    try:
+        seconds = float(text.removesuffix(unit)) * _DURATION_UNITS.get(unit, 1.0)
+    except ValueError:
+        raise _Bad("is not a duration (e.g. 30s, 2m, 45)") from None
+    if not 0 < seconds < float("inf"):
+        raise _Bad("must be a positive duration")
+    return seconds
+
+
+def _render_duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
 def _not_yet(what: str) -> Callable[[str], bool]:
     """A boolean key of the image exporter this builder does not implement: ``false`` (its
     default) is accepted, ``true`` refused rather than silently ignored."""
@@ -275,6 +298,20 @@ KEYS: tuple[Key, ...] = (
     Key("merge-manifest-source", "merge_manifest_source", _one_of("registry", "build"), default="registry"),
     Key("registry.insecure", "insecure", _bool, _render_bool, "false"),
     Key("registry.ca-file", "ca_file", _path, host_path=True),
+    Key(
+        "registry.timeout",
+        "registry_timeout",
+        _duration,
+        _render_duration,
+        doc="connect and read stall timeout",
+    ),
+    Key(
+        "registry.retry-deadline",
+        "registry_retry_deadline",
+        _duration,
+        _render_duration,
+        doc="how long temporary registry failures are retried without progress",
+    ),
     Key("platform", "platforms", _platforms, lambda ps: ",".join(str(p) for p in ps)),
     Key(
         "compressor",
