@@ -99,6 +99,7 @@ class Key:
     scope: Scope = "both"
     daemon: DaemonPolicy = DaemonPolicy.ALLOWED
     host_path: bool = False  # a path on the daemon's host: absolute, under an allowed root
+    readable_file: bool = False  # a file read later: refused now when it cannot be read
     lenient: bool = False  # a bad value is a warning and the default (the PR #2045 exporter)
     doc: str = ""
 
@@ -297,7 +298,7 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("merge-manifest-source", "merge_manifest_source", _one_of("registry", "build"), default="registry"),
     Key("registry.insecure", "insecure", _bool, _render_bool, "false"),
-    Key("registry.ca-file", "ca_file", _path, host_path=True),
+    Key("registry.ca-file", "ca_file", _path, host_path=True, readable_file=True),
     Key(
         "registry.timeout",
         "registry_timeout",
@@ -417,6 +418,8 @@ class _Reader:
             return
         if key.host_path and self._daemon:
             self._check_host_path(key, value)
+        if key.readable_file:
+            _check_readable(given, value)
         self._put(key, key.render(parsed), given)
         if key.target.startswith("pack."):
             self._pack[key.target.removeprefix("pack.")] = parsed
@@ -472,6 +475,17 @@ class _Reader:
         if options.push and not options.names:
             raise ConfigError("push=true needs name=REF (where to push the image)")
         return ParsedOutput(options, dict(self.normalized), tuple(self.warnings))
+
+
+def _check_readable(given: str, value: str) -> None:
+    """A file the export reads later (a CA bundle) is checked now, at parse time (the daemon's
+    Resolve), rather than failing the export after its layers were converted. Over the
+    daemon this runs after the allowed-roots check, so it tells nothing about other paths."""
+    try:
+        with open(value, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{given}={excerpt(value)} cannot be read: {exc.strerror or exc}") from None
 
 
 def options_for_worker(options: ExportOptions, staging: Path, *, merge_at_push: bool) -> ExportOptions:

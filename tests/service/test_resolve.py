@@ -203,3 +203,24 @@ async def test_a_huge_value_is_quoted_as_an_excerpt(
     assert len(info.value.message) < 1000
     # The daemon goes on serving.
     assert (await client.resolve(_attrs({}, short_tmp / "out"))).instance_id
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+async def test_a_ca_file_that_cannot_be_read_is_refused_at_resolve(
+    client: ExporterClient, short_tmp: Path, kind: str
+) -> None:
+    """Not later, when the export pushes: the message names the key and the path."""
+    ca_file = short_tmp / f"ca-{kind}.pem"
+    if kind == "directory":
+        ca_file.mkdir()
+    with pytest.raises(RemoteExportError) as info:
+        await client.resolve(_attrs({"registry.ca-file": str(ca_file)}, short_tmp / "out"))
+    assert info.value.code == INVALID, info.value
+    assert f"registry.ca-file='{ca_file}' cannot be read" in info.value.message
+
+
+async def test_a_readable_ca_file_is_accepted(client: ExporterClient, short_tmp: Path) -> None:
+    ca_file = short_tmp / "ca.pem"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\n")
+    response = await client.resolve(_attrs({"registry.ca-file": str(ca_file)}, short_tmp / "out"))
+    assert response.normalized_attrs["registry.ca-file"] == str(ca_file)
