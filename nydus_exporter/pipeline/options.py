@@ -59,6 +59,7 @@ class ExportOptions:
     # Registry limits (seconds; None: the daemon's configured value, else the client's default).
     registry_timeout: float | None = None  # connect and read stall timeout of one request
     registry_retry_deadline: float | None = None  # time retrying may take without progress
+    registry_probe_timeout: float | None = None  # TLS handshake of the HTTPS-before-HTTP probe
     chunk_dedup: bool = False  # layers reference chunks their lower layers stored ([format §4.2])
     chunk_dict: str | None = None  # a Nydus image whose chunks layers reference ([format §4.2])
     chunk_store: bool = False  # reference chunks the state dir's chunk store knows in the target
@@ -312,6 +313,13 @@ KEYS: tuple[Key, ...] = (
         _duration,
         _render_duration,
         doc="how long temporary registry failures are retried without progress",
+    ),
+    Key(
+        "registry.tls-probe-timeout",
+        "registry_probe_timeout",
+        _duration,
+        _render_duration,
+        doc="connect/TLS handshake timeout of the HTTPS attempt before plain HTTP",
     ),
     Key("platform", "platforms", _platforms, lambda ps: ",".join(str(p) for p in ps)),
     Key(

@@ -1,4 +1,5 @@
-"""The registry client's limits for one export: ``registry.timeout``, ``registry.retry-deadline``.
+"""The registry client's limits for one export: ``registry.timeout``, ``registry.retry-deadline``
+and ``registry.tls-probe-timeout``.
 
 An output key wins; else the daemon's configured default (``defaults``); else the client's
 own defaults (:class:`~nydus_exporter.registry.transport.Timeouts`,
@@ -23,6 +24,7 @@ class RegistryLimits:
 
     timeout: float | None = None
     retry_deadline: float | None = None
+    probe_timeout: float | None = None
 
 
 def client_limits(options: ExportOptions, defaults: RegistryLimits | None = None) -> dict[str, Any]:
@@ -32,9 +34,15 @@ def client_limits(options: ExportOptions, defaults: RegistryLimits | None = None
     defaults = defaults or RegistryLimits()
     timeout = options.registry_timeout or defaults.timeout
     deadline = options.registry_retry_deadline or defaults.retry_deadline
+    probe = options.registry_probe_timeout or defaults.probe_timeout
     kwargs: dict[str, Any] = {}
+    timeouts = DEFAULT_TIMEOUTS
     if timeout is not None:
-        kwargs["timeouts"] = dataclasses.replace(DEFAULT_TIMEOUTS, connect=timeout, read=timeout)
+        timeouts = dataclasses.replace(timeouts, connect=timeout, read=timeout)
+    if probe is not None:
+        timeouts = dataclasses.replace(timeouts, probe=probe)
+    if timeouts != DEFAULT_TIMEOUTS:
+        kwargs["timeouts"] = timeouts
     if deadline is not None:
         kwargs["retry"] = dataclasses.replace(DEFAULT_RETRY, deadline=deadline)
     return kwargs

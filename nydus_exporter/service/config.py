@@ -47,10 +47,12 @@ class ServiceConfig:
     grace_period: float = 30.0  # SIGTERM: seconds running exports may take to finish
     allowed_roots: tuple[Path, ...] = ()  # host paths a client may name (oci-layout, layer refs)
     use_docker_config: bool = False  # fall back to the daemon's own docker config for registries
-    # Defaults of the registry.timeout / registry.retry-deadline output keys (seconds; None:
-    # the registry client's own: 30 s connect, 120 s read, 300 s of retrying).
+    # Defaults of the registry.timeout / registry.retry-deadline / registry.tls-probe-timeout
+    # output keys (seconds; None: the registry client's own: 30 s connect, 120 s read, 300 s
+    # of retrying, 3 s for the HTTPS attempt before plain HTTP).
     registry_timeout: float | None = None
     registry_retry_deadline: float | None = None
+    registry_tls_probe_timeout: float | None = None
     max_chunk_bytes: int = 1 << 20  # largest LayerData.data
     max_message_bytes: int = 16 << 20  # gRPC message limit both ways ([contract §5.6])
     # What a client can make the daemon hold in memory (service/budget.py) and how long and
@@ -91,6 +93,10 @@ class ServiceConfig:
             (
                 1.0 if self.registry_retry_deadline is None else self.registry_retry_deadline,
                 "registry_retry_deadline",
+            ),
+            (
+                1.0 if self.registry_tls_probe_timeout is None else self.registry_tls_probe_timeout,
+                "registry_tls_probe_timeout",
             ),
         ):
             if value <= 0:

@@ -157,5 +157,10 @@ def sync_registry(
         credential_provider=bridge,
         insecure_hosts=[ref.api_host for ref in refs] if options.insecure else [],
         ca_file=options.ca_file,
-        **client_limits(options, RegistryLimits(config.registry_timeout, config.registry_retry_deadline)),
+        **client_limits(
+            options,
+            RegistryLimits(
+                config.registry_timeout, config.registry_retry_deadline, config.registry_tls_probe_timeout
+            ),
+        ),
     )
