@@ -59,6 +59,13 @@ GOOD: list[tuple[str, dict[str, str], dict[str, str]]] = [
     ("platform", {"platform": "linux/amd64,linux/arm64/v8"}, {"platform": "linux/amd64,linux/arm64/v8"}),
     ("registry.insecure empty is true", {"registry.insecure": ""}, {"registry.insecure": "true"}),
     ("registry.insecure", {"registry.insecure": "1"}, {"registry.insecure": "true"}),
+    ("registry.timeout", {"registry.timeout": "2m"}, {"registry.timeout": "120s"}),
+    ("registry.retry-deadline", {"registry.retry-deadline": "90"}, {"registry.retry-deadline": "90s"}),
+    (
+        "registry.tls-probe-timeout",
+        {"registry.tls-probe-timeout": "500ms"},
+        {"registry.tls-probe-timeout": "0.5s"},
+    ),
     ("with-referrer false", {"with-referrer": "false"}, {"with-referrer": "false"}),
     ("name-canonical false", {"name-canonical": "false"}, {"name-canonical": "false"}),
     ("push-by-digest false", {"push-by-digest": "0"}, {"push-by-digest": "false"}),
@@ -100,6 +107,18 @@ BAD: list[tuple[str, dict[str, str], grpc.StatusCode, str]] = [
     ("digester", {"digester": "md5"}, INVALID, "digester='md5'"),
     ("platform", {"platform": "linux"}, INVALID, "invalid platform 'linux'"),
     ("registry.insecure", {"registry.insecure": "sometimes"}, INVALID, "registry.insecure='sometimes'"),
+    (
+        "registry.timeout",
+        {"registry.timeout": "forever"},
+        INVALID,
+        "registry.timeout='forever' is not a duration",
+    ),
+    (
+        "registry.retry-deadline",
+        {"registry.retry-deadline": "0"},
+        INVALID,
+        "registry.retry-deadline='0' must be",
+    ),
     ("with-referrer", {"with-referrer": "x"}, INVALID, "with-referrer='x'"),
     # Accepted keys do something: the image exporter's keys this builder lacks are refused.
     ("with-referrer true", {"with-referrer": "true"}, PRECONDITION, "with-referrer=true"),
