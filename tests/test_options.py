@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,11 @@ def test_the_options_survive_the_trip_to_the_worker_as_they_are() -> None:
     assert pickle.loads(pickle.dumps(options)) == options
     assert parsed.normalized["chunk-size"] == "0x200000"
     assert parsed.normalized["source-date-epoch"] == "1700000000"
+
+
+def test_a_missing_ca_file_is_refused_when_the_keys_are_read(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    with pytest.raises(
+        ConfigError, match=re.escape(f"registry.ca-file='{missing}' cannot be read: No such file")
+    ):
+        parse_output({"name": "registry.example/app:1", "registry.ca-file": str(missing)})

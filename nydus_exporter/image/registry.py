@@ -37,7 +37,7 @@ from nydus_exporter.errors import ConfigError, FormatError, RegistryError, Regis
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.descriptor import Descriptor, ImageIndex
 from nydus_exporter.oci.reference import Reference, parse_reference
-from nydus_exporter.registry import CredentialStore, RegistryStats, RetryPolicy, SyncRegistry
+from nydus_exporter.registry import CredentialStore, RegistryStats, RetryPolicy, SyncRegistry, Timeouts
 
 __all__ = ["DOCKER_SCHEME", "QUEUE_DEPTH", "RegistryOptions", "RegistryRepository", "parse_docker_spec"]
 
@@ -60,6 +60,7 @@ class RegistryOptions:
     ca_file: Path | None = None
     credentials: CredentialStore | None = None
     retry: RetryPolicy | None = None
+    timeouts: Timeouts | None = None  # the stall timeouts of each request
 
 
 def parse_docker_spec(spec: str) -> Reference:
@@ -99,6 +100,8 @@ class RegistryRepository:
             }
             if options.retry is not None:
                 kwargs["retry"] = options.retry
+            if options.timeouts is not None:
+                kwargs["timeouts"] = options.timeouts
             registry = SyncRegistry(**kwargs)
             self._owned = True
         else:

@@ -37,6 +37,7 @@ from nydus_exporter.pipeline.index import (
 )
 from nydus_exporter.pipeline.options import ExportOptions
 from nydus_exporter.pipeline.progress import Progress, ProgressEvent, no_progress
+from nydus_exporter.pipeline.registry_limits import client_limits
 from nydus_exporter.pipeline.result import ExportResult
 from nydus_exporter.pipeline.sources import Source, open_source
 from nydus_exporter.rafs.blob import BlobResult
@@ -75,6 +76,7 @@ def export(
                         insecure_hosts=_insecure_hosts(source_spec, options),
                         ca_file=options.ca_file,
                         credential_provider=credential_provider,
+                        **client_limits(options),
                     )
                 )
             source = stack.enter_context(
@@ -131,7 +133,13 @@ def _external_blobs_loader(
     for that platform when it has one, else its only or host image; closed with ``stack``)."""
     from nydus_exporter.image.registry import RegistryOptions
 
-    where = RegistryOptions(insecure=options.insecure, ca_file=options.ca_file)
+    limits = client_limits(options)
+    where = RegistryOptions(
+        insecure=options.insecure,
+        ca_file=options.ca_file,
+        retry=limits.get("retry"),
+        timeouts=limits.get("timeouts"),
+    )
     loaded: dict[str, ExternalBlobs] = {}
 
     def load(platform: Platform | None) -> ExternalBlobs:

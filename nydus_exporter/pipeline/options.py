@@ -59,6 +59,10 @@ class ExportOptions:
     merge_manifest_source: MergeSource = "registry"  # the tag's current image | the source
     insecure: bool = False  # registry.insecure: plain HTTP or unverified TLS for the named registries
     ca_file: Path | None = None
+    # Registry limits (seconds; None: the daemon's configured value, else the client's default).
+    registry_timeout: float | None = None  # connect and read stall timeout of one request
+    registry_retry_deadline: float | None = None  # time retrying may take without progress
+    registry_probe_timeout: float | None = None  # TLS handshake of the HTTPS-before-HTTP probe
     chunk_dedup: bool = False  # layers reference chunks their lower layers stored ([format §4.2])
     chunk_dict: str | None = None  # a Nydus image whose chunks layers reference ([format §4.2])
     chunk_store: bool = False  # reference chunks the state dir's chunk store knows in the target
@@ -99,6 +103,7 @@ class Key:
     scope: Scope = "both"
     daemon: DaemonPolicy = DaemonPolicy.ALLOWED
     host_path: bool = False  # a path on the daemon's host: absolute, under an allowed root
+    readable_file: bool = False  # a file read later: refused now when it cannot be read
     lenient: bool = False  # a bad value is a warning and the default (the PR #2045 exporter)
     doc: str = ""
 
@@ -245,6 +250,26 @@ def _epoch(value: str) -> int | None:
     return epoch
 
 
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(value: str) -> float:
+    """``30s``, ``2m``, ``1h``, ``500ms`` or plain seconds (``45``, ``2.5``); positive."""
+    text = value.strip().lower()
+    unit = next((u for u in ("ms", "s", "m", "h") if text.endswith(u)), "")
+    try:
+        seconds = float(text.removesuffix(unit)) * _DURATION_UNITS.get(unit, 1.0)
+    except ValueError:
+        raise _Bad("is not a duration (e.g. 30s, 2m, 45)") from None
+    if not 0 < seconds < float("inf"):
+        raise _Bad("must be a positive duration")
+    return seconds
+
+
+def _render_duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
 def _not_yet(what: str) -> Callable[[str], bool]:
     """A boolean key of the image exporter this builder does not implement: ``false`` (its
     default) is accepted, ``true`` refused rather than silently ignored."""
@@ -284,7 +309,28 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("merge-manifest-source", "merge_manifest_source", _one_of("registry", "build"), default="registry"),
     Key("registry.insecure", "insecure", _bool, _render_bool, "false"),
-    Key("registry.ca-file", "ca_file", _path, host_path=True),
+    Key("registry.ca-file", "ca_file", _path, host_path=True, readable_file=True),
+    Key(
+        "registry.timeout",
+        "registry_timeout",
+        _duration,
+        _render_duration,
+        doc="connect and read stall timeout",
+    ),
+    Key(
+        "registry.retry-deadline",
+        "registry_retry_deadline",
+        _duration,
+        _render_duration,
+        doc="how long temporary registry failures are retried without progress",
+    ),
+    Key(
+        "registry.tls-probe-timeout",
+        "registry_probe_timeout",
+        _duration,
+        _render_duration,
+        doc="connect/TLS handshake timeout of the HTTPS attempt before plain HTTP",
+    ),
     Key("platform", "platforms", _platforms, lambda ps: ",".join(str(p) for p in ps)),
     Key(
         "compressor",
@@ -411,6 +457,8 @@ class _Reader:
         cap = self._caps.get(key.name)
         if cap is not None and parsed > cap:
             raise ConfigError(f"{given}={excerpt(value)} is above this daemon's limit ({cap} bytes)")
+        if key.readable_file:
+            _check_readable(given, value)
         self._put(key, key.render(parsed), given)
         self._set(key, parsed)
 
@@ -474,6 +522,17 @@ class _Reader:
         if options.push and not options.names:
             raise ConfigError("push=true needs name=REF (where to push the image)")
         return ParsedOutput(options, dict(self.normalized), tuple(self.warnings))
+
+
+def _check_readable(given: str, value: str) -> None:
+    """A file the export reads later (a CA bundle) is checked now, at parse time (the daemon's
+    Resolve), rather than failing the export after its layers were converted. Over the
+    daemon this runs after the allowed-roots check, so it tells nothing about other paths."""
+    try:
+        with open(value, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{given}={excerpt(value)} cannot be read: {exc.strerror or exc}") from None
 
 
 def options_for_worker(options: ExportOptions, staging: Path, *, merge_at_push: bool) -> ExportOptions:

@@ -22,6 +22,7 @@ from nydus_exporter.image.repository import ImageRepository, LayoutRepository
 from nydus_exporter.oci import mediatypes
 from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest
 from nydus_exporter.oci.layout import OciLayout, split_layout_spec
+from nydus_exporter.oci.nydus_image import is_nydus_entry, is_nydus_manifest
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
 
@@ -234,6 +235,10 @@ def _blob_opener(repo: ImageRepository, desc: Descriptor) -> OpenStream:
 
 def _image_from_manifest(repo: ImageRepository, desc: Descriptor, platform: Platform | None) -> SourceImage:
     raw = repo.read_blob(desc.digest)
+    if is_nydus_manifest(raw):
+        raise ConfigError(
+            f"{repo.name}: manifest {desc.digest} is already a Nydus image; convert its OCI image instead"
+        )
     manifest = ImageManifest.parse(raw)
     config = repo.read_blob(manifest.config.digest)
     if platform is None:
@@ -255,12 +260,20 @@ def _from_repository(repo: ImageRepository, tag: str | None, platforms: Sequence
     index_raw = repo.read_blob(top.digest)
     index = ImageIndex.parse(index_raw)
     images = []
+    nydus_entries = 0
     for entry in index.manifests:
         if not mediatypes.is_manifest(entry.media_type) or _is_attestation(entry):
+            continue
+        if is_nydus_entry(entry):
+            # An index merged before (merge-manifest): its Nydus manifests were converted
+            # from its OCI ones, which are converted again; the merge replaces the old entries.
+            nydus_entries += 1
             continue
         if platforms and (entry.platform is None or not any(_matches(entry.platform, p) for p in platforms)):
             continue
         images.append(_image_from_manifest(repo, entry, entry.platform))
+    if not images and nydus_entries:
+        raise ConfigError(f"{repo.name}: the index holds only Nydus manifests: it is already a Nydus image")
     _check_platforms(images, platforms)
     return Source(images, index=index_raw, repository=repo)
 

@@ -72,11 +72,15 @@ class Timeouts:
     """Stall timeouts of one request (seconds): connecting (TCP + TLS), and waiting for bytes.
 
     There is no total per-request timeout: a multi-GiB blob may take long, but it must keep
-    moving. The retry policy's deadline bounds the time spent retrying.
+    moving. The retry policy's deadline bounds the time spent retrying. ``probe`` bounds
+    connecting (TCP + TLS handshake) for the HTTPS attempt that precedes plain HTTP on
+    insecure and loopback hosts: a plain-HTTP port that accepts and never answers a TLS hello
+    would otherwise cost the whole connect timeout before the fallback.
     """
 
     connect: float = 30.0
     read: float = 120.0
+    probe: float = 3.0
 
 
 @dataclass(slots=True)
@@ -219,11 +223,19 @@ class Transport:
     async def _probe_scheme(self, host: str) -> URL:
         session = self._get_session()
         https = URL(f"https://{host}")
+        # Only connecting is shortened: a registry that does speak TLS and is slow to answer
+        # /v2/ is still waited for (falling back to HTTP would then fail anyway).
+        probe_timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self._timeouts.probe,
+            sock_connect=self._timeouts.probe,
+            sock_read=self._timeouts.read,
+        )
         try:
             async with state_slot(self._state(host)):
                 self.stats.requests += 1
                 async with session.get(
-                    https / "v2" / "", ssl=self._ssl_for(host), allow_redirects=False
+                    https / "v2" / "", ssl=self._ssl_for(host), allow_redirects=False, timeout=probe_timeout
                 ) as r:
                     await r.read()
             return https

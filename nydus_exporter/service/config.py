@@ -50,6 +50,12 @@ class ServiceConfig:
     use_docker_config: bool = False  # fall back to the daemon's own docker config for registries
     # sparse-limit of exports that name none, and the most one may ask for (bytes)
     sparse_limit: int = DEFAULT_SPARSE_LIMIT
+    # Defaults of the registry.timeout / registry.retry-deadline / registry.tls-probe-timeout
+    # output keys (seconds; None: the registry client's own: 30 s connect, 120 s read, 300 s
+    # of retrying, 3 s for the HTTPS attempt before plain HTTP).
+    registry_timeout: float | None = None
+    registry_retry_deadline: float | None = None
+    registry_tls_probe_timeout: float | None = None
     max_chunk_bytes: int = 1 << 20  # largest LayerData.data
     max_message_bytes: int = 16 << 20  # gRPC message limit both ways ([contract §5.6])
     # What a client can make the daemon hold in memory (service/budget.py) and how long and
@@ -87,6 +93,15 @@ class ServiceConfig:
             (self.job_ttl, "job_ttl"),
             (self.grace_period, "grace_period"),
             (self.header_timeout, "header_timeout"),
+            (1.0 if self.registry_timeout is None else self.registry_timeout, "registry_timeout"),
+            (
+                1.0 if self.registry_retry_deadline is None else self.registry_retry_deadline,
+                "registry_retry_deadline",
+            ),
+            (
+                1.0 if self.registry_tls_probe_timeout is None else self.registry_tls_probe_timeout,
+                "registry_tls_probe_timeout",
+            ),
         ):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -146,6 +161,7 @@ _COERCIONS: tuple[tuple[Callable[[str], bool], Callable[[object], object]], ...]
     (lambda kind: kind == "bool", _bool),
     (lambda kind: kind == "int", _int),
     (lambda kind: kind == "float", lambda v: float(v)),  # type: ignore[arg-type]
+    (lambda kind: kind == "float | None", lambda v: float(v) if v not in (None, "") else None),  # type: ignore[arg-type]
 )
 
 

@@ -19,6 +19,7 @@ from nydus_exporter.pipeline.chunk_store_session import record_packed
 from nydus_exporter.pipeline.index import merged_index, nydus_manifests
 from nydus_exporter.pipeline.options import ExportOptions
 from nydus_exporter.pipeline.push import push_image
+from nydus_exporter.pipeline.registry_limits import RegistryLimits, client_limits
 from nydus_exporter.registry.auth import Challenge
 from nydus_exporter.registry.credentials import Credentials, StaticCredentials
 from nydus_exporter.registry.sync import SyncRegistry
@@ -156,4 +157,10 @@ def sync_registry(
         credential_provider=bridge,
         insecure_hosts=[ref.api_host for ref in refs] if options.insecure else [],
         ca_file=options.ca_file,
+        **client_limits(
+            options,
+            RegistryLimits(
+                config.registry_timeout, config.registry_retry_deadline, config.registry_tls_probe_timeout
+            ),
+        ),
     )

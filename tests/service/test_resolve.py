@@ -59,6 +59,13 @@ GOOD: list[tuple[str, dict[str, str], dict[str, str]]] = [
     ("platform", {"platform": "linux/amd64,linux/arm64/v8"}, {"platform": "linux/amd64,linux/arm64/v8"}),
     ("registry.insecure empty is true", {"registry.insecure": ""}, {"registry.insecure": "true"}),
     ("registry.insecure", {"registry.insecure": "1"}, {"registry.insecure": "true"}),
+    ("registry.timeout", {"registry.timeout": "2m"}, {"registry.timeout": "120s"}),
+    ("registry.retry-deadline", {"registry.retry-deadline": "90"}, {"registry.retry-deadline": "90s"}),
+    (
+        "registry.tls-probe-timeout",
+        {"registry.tls-probe-timeout": "500ms"},
+        {"registry.tls-probe-timeout": "0.5s"},
+    ),
     ("with-referrer false", {"with-referrer": "false"}, {"with-referrer": "false"}),
     ("name-canonical false", {"name-canonical": "false"}, {"name-canonical": "false"}),
     ("push-by-digest false", {"push-by-digest": "0"}, {"push-by-digest": "false"}),
@@ -102,6 +109,18 @@ BAD: list[tuple[str, dict[str, str], grpc.StatusCode, str]] = [
     ("digester", {"digester": "md5"}, INVALID, "digester='md5'"),
     ("platform", {"platform": "linux"}, INVALID, "invalid platform 'linux'"),
     ("registry.insecure", {"registry.insecure": "sometimes"}, INVALID, "registry.insecure='sometimes'"),
+    (
+        "registry.timeout",
+        {"registry.timeout": "forever"},
+        INVALID,
+        "registry.timeout='forever' is not a duration",
+    ),
+    (
+        "registry.retry-deadline",
+        {"registry.retry-deadline": "0"},
+        INVALID,
+        "registry.retry-deadline='0' must be",
+    ),
     ("with-referrer", {"with-referrer": "x"}, INVALID, "with-referrer='x'"),
     # Accepted keys do something: the image exporter's keys this builder lacks are refused.
     ("with-referrer true", {"with-referrer": "true"}, PRECONDITION, "with-referrer=true"),
@@ -207,3 +226,24 @@ async def test_a_huge_value_is_quoted_as_an_excerpt(
     assert len(info.value.message) < 1000
     # The daemon goes on serving.
     assert (await client.resolve(_attrs({}, short_tmp / "out"))).instance_id
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+async def test_a_ca_file_that_cannot_be_read_is_refused_at_resolve(
+    client: ExporterClient, short_tmp: Path, kind: str
+) -> None:
+    """Not later, when the export pushes: the message names the key and the path."""
+    ca_file = short_tmp / f"ca-{kind}.pem"
+    if kind == "directory":
+        ca_file.mkdir()
+    with pytest.raises(RemoteExportError) as info:
+        await client.resolve(_attrs({"registry.ca-file": str(ca_file)}, short_tmp / "out"))
+    assert info.value.code == INVALID, info.value
+    assert f"registry.ca-file='{ca_file}' cannot be read" in info.value.message
+
+
+async def test_a_readable_ca_file_is_accepted(client: ExporterClient, short_tmp: Path) -> None:
+    ca_file = short_tmp / "ca.pem"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\n")
+    response = await client.resolve(_attrs({"registry.ca-file": str(ca_file)}, short_tmp / "out"))
+    assert response.normalized_attrs["registry.ca-file"] == str(ca_file)
