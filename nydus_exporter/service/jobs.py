@@ -179,7 +179,8 @@ class JobRegistry:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self.runner = runner or WorkerRunner()
+        # As many warm workers as can run at once (idle ones cost memory, not CPU).
+        self.runner = runner or WorkerRunner(spares=config.max_concurrent_exports)
         self.pusher: Pusher = pusher or RegistryPusher(config)
         self._clock = clock
         self.instances: dict[str, Instance] = {}
@@ -217,6 +218,8 @@ class JobRegistry:
                 f"the attrs are {size} bytes, more than the "
                 f"{self.config.max_attrs_bytes_per_instance} max_attrs_bytes_per_instance allows"
             )
+        if self.config.chunk_store and "chunk-store" not in attrs:
+            attrs = {**attrs, "chunk-store": "true"}  # the daemon's default; the client's key wins
         resolved = resolve_attrs(attrs, path_allowed=self.config.path_allowed)
         self.attrs_held.reserve(size)  # given back when the instance is released or expires
         instance = Instance(

@@ -245,11 +245,57 @@ async def test_cancel_rpc_kills_a_running_conversion(
         task.cancel()
     assert info.value.code == grpc.StatusCode.CANCELLED
     await _wait_for(lambda: _no_job_files(daemon), 1.0, "job directory removed")
+    await daemon.jobs.runner.settled()
     workers = await asyncio.to_thread(
         subprocess.run, ["pgrep", "-f", "nydus_exporter.service.worker"], capture_output=True, text=True
     )
-    assert workers.stdout.strip() == ""
+    # Only the idle warm workers are left: the job's worker is gone.
+    assert {int(pid) for pid in workers.stdout.split()} <= set(daemon.jobs.runner.spare_pids)
     assert not (short_tmp / "out").exists()
+
+
+def _incompressible_tar(path: Path, size: int) -> None:
+    import tarfile
+
+    payload = path.with_suffix(".payload")
+    payload.write_bytes(os.urandom(size))
+    with tarfile.open(path, "w") as tar:
+        tar.add(payload, arcname="payload")
+    payload.unlink()
+
+
+async def test_a_job_runs_in_a_warm_worker_and_killing_it_fails_that_job_only(
+    client: ExporterClient, daemon: RunningServer, image: Path, short_tmp: Path
+) -> None:
+    """Workers are started with the daemon (imports done before a job arrives); a job takes one
+    and a replacement starts in the background. SIGKILL of a job's worker fails that job only."""
+    runner = daemon.jobs.runner
+    await runner.settled()
+    warm = set(runner.spare_pids)
+    assert len(warm) == daemon.config.max_concurrent_exports
+    big = short_tmp / "big.tar"
+    _incompressible_tar(big, 48 << 20)
+    resolved = await client.resolve({"push": "false", "oci-layout": str(short_tmp / "out")})
+
+    async def export() -> None:
+        with open_source(f"tar:{big}", workdir=short_tmp) as src:
+            await client.export(src, resolved.instance_id)
+
+    task = asyncio.create_task(export())
+    try:
+        await _wait_for(lambda: bool(runner.job_pids), 20, "converting")
+        (pid,) = runner.job_pids
+        assert pid in warm
+        os.killpg(pid, signal.SIGKILL)
+        with pytest.raises(RemoteExportError) as info:
+            await task
+    finally:
+        task.cancel()
+    assert info.value.code == grpc.StatusCode.INTERNAL
+    await runner.settled()
+    assert len(runner.spare_pids) == daemon.config.max_concurrent_exports  # replaced
+    assert pid not in runner.spare_pids
+    await _export_ok(client, image, short_tmp / "good", short_tmp)
 
 
 def _start_daemon(root: Path, grace: float) -> tuple[subprocess.Popen[bytes], str]:
