@@ -72,7 +72,8 @@ test: system-deps venv
 #       tar:.state/run/sample.tar --output type=nydus,push=false,oci-layout=$(CURDIR)/.state/daemon/out,name=sample:1
 run: system-deps venv
 	mkdir -p $(DAEMON_DIR)
-	$(BIN)/nydus-exporter serve --state-dir $(CURDIR)/$(DAEMON_DIR) --http $(METRICS_ADDR) --log-format console
+	$(BIN)/nydus-exporter serve --state-dir $(CURDIR)/$(DAEMON_DIR) --http $(METRICS_ADDR) --log-format console \
+		--chunk-store
 
 # A small sample layer and an in-process pack + inspect of it (no daemon needed).
 sample: venv

@@ -47,6 +47,9 @@ class ServiceConfig:
     grace_period: float = 30.0  # SIGTERM: seconds running exports may take to finish
     allowed_roots: tuple[Path, ...] = ()  # host paths a client may name (oci-layout, layer refs)
     use_docker_config: bool = False  # fall back to the daemon's own docker config for registries
+    # The default of the chunk-store output key for exports through this daemon (a client's
+    # chunk-store=true/false wins): the daemon's state dir is the chunk store's natural home.
+    chunk_store: bool = False
     max_chunk_bytes: int = 1 << 20  # largest LayerData.data
     max_message_bytes: int = 16 << 20  # gRPC message limit both ways ([contract §5.6])
     # What a client can make the daemon hold in memory (service/budget.py) and how long and
