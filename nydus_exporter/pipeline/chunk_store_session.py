@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports t
 
 
 class ChunkStoreSession:
-    """The chunk store as one export uses it: the dictionary of the target repository (blobs
+    """The chunk store as one export uses it: the external blobs of the target repository (blobs
     verified there first), and recording what was pushed."""
 
     def __init__(

@@ -64,8 +64,8 @@ class Converter:
         self._out = out
         self._hooks = hooks
         self._external_blobs = external_blobs
-        self.remote_blobs: set[str] = set()  # dictionary blobs left in the target repository
-        # dictionary blobs to mount from another repository of the target registry when
+        self.remote_blobs: set[str] = set()  # external blobs left in the target repository
+        # external blobs to mount from another repository of the target registry when
         # pushing: digest -> (repository, copy it into the output instead)
         self.mountable: dict[str, tuple[str, Callable[[], None]]] = {}
         self.packed: list[BlobResult] = []  # every layer blob this export packed
@@ -90,7 +90,7 @@ class Converter:
                 blob = self._pack_layer(layer, i, n, label, chunk_dict)
                 chunk_dict.add_layer(read_bootstrap(blob.bootstrap), blob.blob_info)
                 blobs.append(blob)
-        else:  # layers in parallel, all against the same (read-only) dictionary, if any
+        else:  # layers in parallel, all against the same (read-only) chunk dictionary, if any
             with ThreadPoolExecutor(max_workers=max(1, min(self._options.parallel_layers, n or 1))) as pool:
                 futures = [
                     pool.submit(self._pack_layer, layer, i, n, label, base)

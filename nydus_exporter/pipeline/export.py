@@ -104,7 +104,7 @@ def export(
 def _external_blobs_loader(
     options: ExportOptions, stack: contextlib.ExitStack, store: ChunkStoreSession | None
 ) -> Callable[[Platform | None], ExternalBlobs]:
-    """The outside chunks each image may reference: the chunk store's (one dictionary for
+    """The outside chunks each image may reference: the chunk store's (one set for
     every platform) and the ``chunk-dict`` image's (opened once per platform: its own image
     for that platform when it has one, else its only or host image; closed with ``stack``)."""
     from nydus_exporter.image.registry import RegistryOptions

@@ -54,7 +54,7 @@ class ExternalBlobs:
         return cls(ChunkDict.from_bootstrap(boot), layers, image.blob_metas(), opens, mounts)
 
     def extended(self, other: ExternalBlobs) -> ExternalBlobs:
-        """This dictionary, then ``other`` for digests this one does not know."""
+        """These blobs, then ``other``'s for chunk digests these do not hold."""
         chunks = self.chunks.copy()
         for blob in other.chunks.blobs:
             chunks.add_blob(blob, other.chunks.chunks_of(blob.blob_id))

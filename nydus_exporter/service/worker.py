@@ -143,14 +143,14 @@ def run(spec: WorkerSpec, out: _Output) -> None:
     def progress(event: ProgressEvent) -> None:
         out.send({"progress": dataclasses.asdict(event)})
 
-    dictionary = _chunk_store_blobs(spec, options) if spec.store_dir else None
+    external = _chunk_store_blobs(spec, options) if spec.store_dir else None
     result = export_source(
         source,
         options,
         workdir=Path(spec.workdir),
         progress=progress,
         hooks=_CacheHooks(cache),
-        external_blobs=(lambda _platform: dictionary) if dictionary is not None else None,
+        external_blobs=(lambda _platform: external) if external is not None else None,
     )
     out.send(
         {
