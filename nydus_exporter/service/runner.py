@@ -5,8 +5,8 @@ Warm workers: starting a worker interpreter and importing the pipeline takes lon
 converting a small layer, so the runner keeps ``spares`` idle workers, started with the daemon,
 each blocked on reading its spec. A job takes one (it is still a process of its own, in its own
 process group: killing it cancels that job only) and a replacement is started in the
-background. A spec with inherited descriptors (layers sent by reference) needs a worker
-started with them, so it gets a fresh one.
+background when the job's worker has exited. A spec with inherited descriptors (layers sent
+by reference) needs a worker started with them, so it gets a fresh one.
 """
 
 from __future__ import annotations
@@ -126,9 +126,9 @@ class WorkerRunner:
         if not spec.inherited_fds:
             while self._spares:
                 proc = self._spares.popleft()
-                self._spawn_spare_later()
                 if proc.returncode is None:
                     return proc
+                self._spawn_spare_later()  # it died idle
         return await self._spawn(spec.inherited_fds)
 
     async def convert(
@@ -165,6 +165,10 @@ class WorkerRunner:
             self.job_pids.discard(proc.pid)
             if proc.returncode is None:
                 await asyncio.shield(_kill(proc))
+            # The replacement starts once the job's worker is gone, not beside it: starting an
+            # interpreter competes for the CPUs the conversion needs.
+            if len(self._spares) + len(self._spawning) < self._spares_wanted:
+                self._spawn_spare_later()
         if outcome is not None and "result" in outcome:
             r = outcome["result"]
             return Conversion(
