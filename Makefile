@@ -21,7 +21,8 @@ METRICS_ADDR ?= 127.0.0.1:9464
 DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zstd xz-utils util-linux mount procps kmod \
 	ca-certificates
 
-.PHONY: all venv system-deps test lint proto run sample bench bench-export bench-push bench-daemon bench-dedup clean distclean
+.PHONY: all venv system-deps test lint proto run sample bench bench-export bench-push bench-daemon bench-dedup \
+	bench-rebuild bench-concurrent bench-all clean distclean
 
 all: test
 
@@ -99,6 +100,18 @@ bench-daemon: system-deps venv
 # Bytes uploaded for three image versions with/without the chunk store (needs network for apt).
 bench-dedup: system-deps venv
 	$(BIN)/python bench/dedup.py $(BENCH_ARGS)
+
+# Export+push against export+skopeo copy, and a chunk-store rebuild against the first export.
+bench-rebuild: system-deps venv
+	$(BIN)/python bench/rebuild.py $(BENCH_ARGS)
+
+# 8 concurrent exports of different 200 MB layers through one daemon (throughput, RSS).
+bench-concurrent: system-deps venv
+	$(BIN)/python bench/concurrent.py $(BENCH_ARGS)
+
+# Every benchmark, then one table (what, now, target); BENCH_ARGS=--quick: one run of each.
+bench-all: system-deps venv
+	$(BIN)/python bench/all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .state build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
