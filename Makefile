@@ -105,9 +105,10 @@ bench-dedup: system-deps venv
 bench-rebuild: system-deps venv
 	$(BIN)/python bench/rebuild.py $(BENCH_ARGS)
 
-# 8 concurrent exports of different 200 MB layers through one daemon (throughput, RSS).
+# 8 concurrent exports of different 200 MB layers through one daemon (throughput, RSS); not named
+# concurrent.py, which would shadow the concurrent package on sys.path.
 bench-concurrent: system-deps venv
-	$(BIN)/python bench/concurrent.py $(BENCH_ARGS)
+	$(BIN)/python bench/concurrency.py $(BENCH_ARGS)
 
 # Every benchmark, then one table (what, now, target); BENCH_ARGS=--quick: one run of each.
 bench-all: system-deps venv

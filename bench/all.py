@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run every benchmark and print one table: what is compared, the ratio now, the target.
 
-Each benchmark (pack.py, daemon.py, rebuild.py, push.py, dedup.py, concurrent.py) runs as its
+Each benchmark (pack.py, daemon.py, rebuild.py, push.py, dedup.py, concurrency.py) runs as its
 own process with ``--json``; its JSON report is kept in bench/.cache/results/NAME.json and its
 stderr in NAME.log, and the table is made from those files. Every benchmark measures its pair
 side by side in one run (interleaved), so the ratios hold up on a busy machine better than
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
-BENCHES = ("pack", "daemon", "rebuild", "push", "dedup", "concurrent")
+BENCHES = ("pack", "daemon", "rebuild", "push", "dedup", "concurrency")
 
 Report = dict[str, Any]
 
@@ -86,7 +86,7 @@ ROWS: list[tuple[str, str, Callable[[Report], str], str]] = [
     ("pack", "`pack` / `mkfs.erofs --chunksize=1M --blobdev` (which compresses nothing)", _pack, "≤ 1.00x"),
     ("dedup", "three image versions (`make bench-dedup`), time of the third export / the first",
      _dedup, "≤ 0.30x"),
-    ("concurrent", "8 concurrent exports of different 200 MB layers through one daemon", _concurrent,
+    ("concurrency", "8 concurrent exports of different 200 MB layers through one daemon", _concurrent,
      "all succeed; ≥ 0.85x; RSS ≤ 1 GiB"),
 ]  # fmt: skip
 
