@@ -22,7 +22,7 @@ DEB_PACKAGES := erofs-utils docker-registry skopeo umoci debootstrap tar gzip zs
 	ca-certificates
 
 .PHONY: all venv system-deps test lint proto run sample bench bench-export bench-push bench-daemon bench-dedup \
-	bench-rebuild bench-concurrent bench-all clean distclean
+	bench-rebuild bench-concurrency bench-all clean distclean
 
 all: test
 
@@ -107,7 +107,7 @@ bench-rebuild: system-deps venv
 
 # 8 concurrent exports of different 200 MB layers through one daemon (throughput, RSS); not named
 # concurrent.py, which would shadow the concurrent package on sys.path.
-bench-concurrent: system-deps venv
+bench-concurrency: system-deps venv
 	$(BIN)/python bench/concurrency.py $(BENCH_ARGS)
 
 # Every benchmark, then one table (what, now, target); BENCH_ARGS=--quick: one run of each.
