@@ -71,7 +71,7 @@ from nydus_exporter.service.publish import (
     store_location,
     with_root,
 )
-from nydus_exporter.service.runner import Conversion, WorkerRunner
+from nydus_exporter.service.runner import Conversion, EarlyWorker, WorkerRunner
 from nydus_exporter.service.worker_spec import WorkerImage, WorkerSpec
 
 log = structlog.get_logger("nydus_exporter.service")
@@ -264,11 +264,50 @@ class JobRegistry:
             self._by_key[key] = job
         return job, False
 
+    async def early_worker(self, options: ExportOptions) -> EarlyWorker | None:
+        """A build slot and an idle worker, to convert layers while they are received, if both
+        are free right now and the export's layers convert independently of each other (no
+        chunk dictionary of any kind: those are known only at conversion). The caller hands it
+        to :meth:`convert` or gives it back with :meth:`abandon_early`."""
+        independent = not options.chunk_dedup and options.chunk_dict is None
+        if not independent or (options.chunk_store and options.push) or self._slots.locked():
+            return None
+        worker = self.runner.early_worker()
+        if worker is not None:
+            await self._slots.acquire()  # free (checked above): does not wait
+        return worker
+
+    async def abandon_early(self, worker: EarlyWorker) -> None:
+        try:
+            await worker.abandon()
+        finally:
+            self._slots.release()
+
     async def convert(
-        self, job: Job, images: Sequence[WorkerImage], emit: Emit, broker: AuthBroker | None = None
+        self,
+        job: Job,
+        images: Sequence[WorkerImage],
+        emit: Emit,
+        broker: AuthBroker | None = None,
+        early: EarlyWorker | None = None,
     ) -> Conversion:
-        """Wait for a build slot, then run the worker; progress goes to ``emit``."""
+        """Wait for a build slot, then run the worker; progress goes to ``emit``. With
+        ``early`` (from :meth:`early_worker`), the slot is held and the worker started."""
         rows = _ProgressRows(emit, self.metrics)
+        if early is not None:
+            try:
+                job.state = JobState.CONVERTING
+                try:
+                    spec = self._spec(job, images, {})
+                except BaseException:
+                    await early.abandon()
+                    raise
+                began = self._clock()
+                conversion = await self.runner.convert(spec, rows.on_progress, early)
+                log.info("converted", job_id=job.job_id, seconds=round(self._clock() - began, 3))
+                return conversion
+            finally:
+                self._slots.release()
         waited = self._slots.locked()
         if waited:
             job.state = JobState.WAITING
@@ -285,16 +324,7 @@ class JobRegistry:
                 store: dict[str, Any] = {}
                 if options.chunk_store and options.push and broker is not None:
                     store = await self._store_for_worker(options, broker)
-                spec = WorkerSpec(
-                    # The worker has no registry access: with merge-manifest against the live
-                    # tag, the pusher merges.
-                    options=options_for_worker(options, job.staging, merge_at_push=merges_live_tag(options)),
-                    staging=str(job.staging),
-                    workdir=str(job.workdir),
-                    cache_dir=str(self.cache.root),
-                    images=tuple(images),
-                    **store,
-                )
+                spec = self._spec(job, images, store)
                 began = self._clock()
                 conversion = await self.runner.convert(spec, rows.on_progress)
                 log.info("converted", job_id=job.job_id, seconds=round(self._clock() - began, 3))
@@ -302,6 +332,19 @@ class JobRegistry:
         finally:
             if waited:
                 self.metrics.waiting.dec()
+
+    def _spec(self, job: Job, images: Sequence[WorkerImage], store: dict[str, Any]) -> WorkerSpec:
+        options = job.instance.attrs.options
+        return WorkerSpec(
+            # The worker has no registry access: with merge-manifest against the live tag, the
+            # pusher merges.
+            options=options_for_worker(options, job.staging, merge_at_push=merges_live_tag(options)),
+            staging=str(job.staging),
+            workdir=str(job.workdir),
+            cache_dir=str(self.cache.root),
+            images=tuple(images),
+            **store,
+        )
 
     async def _store_for_worker(self, options: ExportOptions, broker: AuthBroker) -> dict[str, Any]:
         """The WorkerSpec fields of chunk-store=true: the store and the blobs verified in the

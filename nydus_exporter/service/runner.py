@@ -25,7 +25,7 @@ from typing import Any
 from nydus_exporter import errors as core_errors
 from nydus_exporter.pipeline.progress import ProgressEvent
 from nydus_exporter.service import errors as service_errors
-from nydus_exporter.service.worker_spec import WorkerSpec
+from nydus_exporter.service.worker_spec import EarlyLayer, WorkerSpec
 
 
 @dataclass
@@ -131,10 +131,38 @@ class WorkerRunner:
                 self._spawn_spare_later()  # it died idle
         return await self._spawn(spec.inherited_fds)
 
+    def early_worker(self) -> EarlyWorker | None:
+        """An idle warm worker for a job that packs layers while it receives them (None: none
+        is idle; the job then converts after receiving, as usual)."""
+        while self._spares:
+            proc = self._spares.popleft()
+            if proc.returncode is None:
+                self.job_pids.add(proc.pid)
+                return EarlyWorker(self, proc)
+            self._spawn_spare_later()  # it died idle
+        return None
+
+    async def _release(self, proc: asyncio.subprocess.Process) -> None:
+        """The job's worker is done with: killed if still running, replaced."""
+        self.job_pids.discard(proc.pid)
+        if proc.returncode is None:
+            await asyncio.shield(_kill(proc))
+        # The replacement starts once the job's worker is gone, not beside it: starting an
+        # interpreter competes for the CPUs the conversion needs.
+        if len(self._spares) + len(self._spawning) < self._spares_wanted:
+            self._spawn_spare_later()
+
     async def convert(
-        self, spec: WorkerSpec, on_progress: Callable[[ProgressEvent], Awaitable[None]]
+        self,
+        spec: WorkerSpec,
+        on_progress: Callable[[ProgressEvent], Awaitable[None]],
+        early: EarlyWorker | None = None,
     ) -> Conversion:
-        proc = await self._worker_for(spec)
+        """Run ``spec``, in ``early``'s worker when given (which is then used up)."""
+        if early is not None and spec.inherited_fds:
+            await early.abandon()  # it cannot have the layers sent by reference
+            early = None
+        proc = early.proc if early is not None else await self._worker_for(spec)
         self.job_pids.add(proc.pid)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         stderr_tail = bytearray()
@@ -162,13 +190,7 @@ class WorkerRunner:
                 proc.stdin.close()
                 await proc.wait()
         finally:
-            self.job_pids.discard(proc.pid)
-            if proc.returncode is None:
-                await asyncio.shield(_kill(proc))
-            # The replacement starts once the job's worker is gone, not beside it: starting an
-            # interpreter competes for the CPUs the conversion needs.
-            if len(self._spares) + len(self._spawning) < self._spares_wanted:
-                self._spawn_spare_later()
+            await self._release(proc)
         if outcome is not None and "result" in outcome:
             r = outcome["result"]
             return Conversion(
@@ -184,6 +206,25 @@ class WorkerRunner:
         raise WorkerCrashedError(
             f"conversion worker exited with status {proc.returncode}: {' | '.join(tail)}"
         )
+
+
+class EarlyWorker:
+    """A job's worker taken before its spec: told about layers as they start arriving
+    (:class:`EarlyLayer`), then handed to :meth:`WorkerRunner.convert` or abandoned."""
+
+    def __init__(self, runner: WorkerRunner, proc: asyncio.subprocess.Process) -> None:
+        self._runner = runner
+        self.proc = proc
+
+    async def pack(self, layer: EarlyLayer) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(ConnectionError):  # a dead worker fails the job at convert
+            self.proc.stdin.write(layer.to_bytes())
+            await self.proc.stdin.drain()
+
+    async def abandon(self) -> None:
+        """The job ended before its conversion: kill the worker (it may be packing)."""
+        await self._runner._release(self.proc)
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:

@@ -19,6 +19,7 @@ from nydus_exporter.api import exporter_pb2_grpc as pb_grpc
 from nydus_exporter.client.exporter import ExporterClient, RemoteExportError, open_channel
 from nydus_exporter.pipeline.sources import open_source
 from nydus_exporter.service.server import RunningServer
+from tests.helpers import tarbuild as tb
 from tests.service import streams as s
 from tests.test_export import layer_meta_only, layer_top
 
@@ -234,10 +235,8 @@ async def test_cancel_rpc_kills_a_running_conversion(
 
     task = asyncio.create_task(export())
     try:
-        await _wait_for(
-            lambda: any(j.state.value == "converting" for j in daemon.jobs.jobs.values()), 20, "converting"
-        )
-        await asyncio.sleep(0.2)
+        # A worker is converting (the layer packs while it is received, or after).
+        await _wait_for(lambda: bool(daemon.jobs.runner.job_pids), 20, "converting")
         assert await client.cancel(instance_id=resolved.instance_id) == 1
         with pytest.raises(RemoteExportError) as info:
             await task
@@ -382,3 +381,55 @@ async def test_sigterm_cancels_what_outlives_the_grace_period(short_tmp: Path) -
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _read_position(pid: int, path: Path) -> int | None:
+    """Where process ``pid`` is reading ``path`` (its open descriptor's offset), if it has it open."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        for fd in fd_dir.iterdir():
+            if os.readlink(fd) == str(path):
+                for line in (Path(f"/proc/{pid}/fdinfo") / fd.name).read_text().splitlines():
+                    if line.startswith("pos:"):
+                        return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+async def test_a_layer_converts_while_it_is_received(
+    client: ExporterClient, daemon: RunningServer, short_tmp: Path
+) -> None:
+    """Convert while receiving: the worker reads a layer's spool while the client is still
+    sending it (the rest comes only after the worker has read the first half), and the image
+    is the one the in-process export makes."""
+    from tests.service.test_export import files_of, in_process
+
+    layer = tb.tar_of(*(tb.file(f"f{i}", os.urandom(64 << 10)) for i in range(16)))
+    half = len(layer) // 2
+    instance = await _instance(client, short_tmp / "out")
+    call = client.stub.Export()
+    await call.write(s.header(instance))
+    await call.write(s.begin("p", layer))
+    await s.read_until(call, "layer_wants")
+    await call.write(s.data("p", 0, 0, layer[:half]))
+    spools = daemon.config.state_dir / "jobs"
+    await _wait_for(lambda: any(spools.rglob("*.layer")), 20, "the layer is spooled")
+    (spool,) = spools.rglob("*.layer")
+    await _wait_for(
+        lambda: any(_read_position(pid, spool) == half for pid in daemon.jobs.runner.job_pids),
+        20,
+        "the worker read the first half of the layer",
+    )
+    await call.write(s.data("p", 0, half, layer[half:]))
+    await call.write(s.end("p", 0, s.sha(layer)))
+    await call.write(s.platform_end("p"))
+    await call.write(s.commit())
+    await call.done_writing()
+    result = await s.read_until(call, "result")
+    tar = short_tmp / "layer.tar"
+    tar.write_bytes(layer)
+    local = in_process(f"tar:{tar}", short_tmp / "local")
+    assert result.result.response["containerimage.digest"] == local["containerimage.digest"]
+    assert files_of(short_tmp / "out") == files_of(short_tmp / "local")
+
