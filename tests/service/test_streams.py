@@ -432,4 +432,3 @@ async def test_a_layer_converts_while_it_is_received(
     local = in_process(f"tar:{tar}", short_tmp / "local")
     assert result.result.response["containerimage.digest"] == local["containerimage.digest"]
     assert files_of(short_tmp / "out") == files_of(short_tmp / "local")
-
