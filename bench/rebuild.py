@@ -6,8 +6,9 @@ The input is the one-layer Debian bookworm minbase rootfs tar that bench/pack.py
 bench/.cache/layer-rebuild.tar, the same tar with a few files changed (REBUILT_FILES regular
 files of the rootfs get a line appended: "a few files changed in the one layer").
 
-Each part of a run uses a fresh, empty ``docker-registry`` (plain HTTP on 127.0.0.1, a
-temporary directory) and, as the median of --runs runs, reports the wall time of:
+Each measured command pushes to a fresh, empty ``docker-registry`` of its own (plain HTTP on
+127.0.0.1, a temporary directory: no blob can be mounted from an earlier push) and, as the
+median of --runs runs, reports the wall time of:
 
 1. Push. Side by side (alternating which goes first):
 
@@ -112,29 +113,32 @@ def run(exporter: Path, layer: Path, rebuilt: Path, runs: int, scratch: Path) ->
     rebuild_bytes: list[int] = []
     for i in range(runs):
         print(f"run {i + 1}/{runs}", file=sys.stderr)
-        registry = start_registry(scratch)
-        try:
-            host = registry.host
-            ours_argv = _export(exporter, layer, f"type=nydus,name={host}/ours/app:1,oci-mediatypes=true")
-            layout = scratch / "layout"
-            skopeo_steps = [
-                _export(exporter, layer, f"type=nydus,push=false,oci-layout={layout},{TO_LAYOUT}"),
-                [
-                    "skopeo", "copy", "--quiet", "--dest-tls-verify=false",
-                    f"oci:{layout}:1", f"docker://{host}/skopeo/app:1",
-                ],
-            ]  # fmt: skip
-            ours.argv, skopeo.argv = ours_argv, [" && ".join(" ".join(s) for s in skopeo_steps)]
-            order = ["ours", "skopeo"] if i % 2 == 0 else ["skopeo", "ours"]
-            for which in order:
+        # Each side on a registry of its own: skopeo would otherwise mount the blob ours
+        # pushed (the conversion is reproducible), and the other way round.
+        order = ["ours", "skopeo"] if i % 2 == 0 else ["skopeo", "ours"]
+        for which in order:
+            registry = start_registry(scratch)
+            try:
+                host = registry.host
                 if which == "ours":
-                    ours.wall_s.append(_timed(ours_argv, "export + push"))
-                else:
-                    shutil.rmtree(layout, ignore_errors=True)
-                    skopeo.wall_s.append(sum(_timed(step, "export + skopeo") for step in skopeo_steps))
-
-        finally:
-            registry.stop()
+                    ours.argv = _export(
+                        exporter, layer, f"type=nydus,name={host}/ours/app:1,oci-mediatypes=true"
+                    )
+                    ours.wall_s.append(_timed(ours.argv, "export + push"))
+                    continue
+                layout = scratch / "layout"
+                shutil.rmtree(layout, ignore_errors=True)
+                steps = [
+                    _export(exporter, layer, f"type=nydus,push=false,oci-layout={layout},{TO_LAYOUT}"),
+                    [
+                        "skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+                        f"oci:{layout}:1", f"docker://{host}/skopeo/app:1",
+                    ],
+                ]  # fmt: skip
+                skopeo.argv = [" && ".join(" ".join(step) for step in steps)]
+                skopeo.wall_s.append(sum(_timed(step, "export + skopeo") for step in steps))
+            finally:
+                registry.stop()
         # A registry of its own: the first export's blob must count as new bytes.
         registry = start_registry(scratch)
         try:
