@@ -8,6 +8,7 @@
     │   ├── UnsafePathError            ``..`` escapes, absolute hardlink escapes, bare ``.wh.``
     │   ├── HardlinkError              hardlink to a missing target or to a directory
     │   └── UnsupportedEntryError      entry or attribute the format cannot carry
+    │       └── EntryLimitError        entry beyond a bound (sparse-limit, PATH_MAX)
     ├── FormatError                    a bootstrap or blob does not parse (corrupt or foreign input)
     ├── ConfigError                    a bad option (chunk size, compressor name, ...)
     ├── UnsupportedError               a valid option this builder cannot do (fs-version=5,
@@ -22,10 +23,14 @@
                                        retry deadline ran out
 
 Every error carries a message naming the problem; callers map the classes to
-exit codes (CLI) or gRPC status codes (service) in one place each.
+exit codes (CLI) or gRPC status codes (service) in one place each. Failures of the machine
+(disk full, a missing output directory) stay :class:`OSError`, with the path they concern
+(:func:`naming`), so that the CLI can say so in one line.
 """
 
 from __future__ import annotations
+
+import os
 
 
 class ExporterError(Exception):
@@ -50,6 +55,11 @@ class HardlinkError(InvalidLayerError):
 
 class UnsupportedEntryError(InvalidLayerError):
     """An entry or attribute the RAFS v6 format cannot represent."""
+
+
+class EntryLimitError(UnsupportedEntryError):
+    """An entry beyond a bound that keeps a small layer from costing unbounded time or memory:
+    a sparse file larger than ``sparse-limit``, a path of ``PATH_MAX`` bytes or more."""
 
 
 class FormatError(ExporterError):
@@ -141,3 +151,13 @@ def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}… ({len(text) - limit} more characters)"
+
+
+def naming(exc: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``exc`` with ``path`` as its file name if it has none: a failed ``write()`` (ENOSPC,
+    EDQUOT, EIO) names no file, and "No space left on device" alone does not say where."""
+    if exc.filename is not None:
+        return exc
+    named = OSError(exc.errno, exc.strerror or str(exc), os.fspath(path))
+    named.__cause__ = exc
+    return named

@@ -12,13 +12,27 @@ from pathlib import Path
 
 import pytest
 
-# Real-registry fixtures (docker-registry on 127.0.0.1, auth, TLS, fault proxy).
-pytest_plugins = ["tests.registry_fixtures"]
+# Real-registry fixtures (docker-registry on 127.0.0.1, auth, TLS, fault proxy), and the check
+# that a run leaves nothing in the temporary directory.
+pytest_plugins = ["pytester", "tests.registry_fixtures", "tests.tempcheck"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+E2E_DIR = Path(__file__).resolve().parent / "e2e"
 # Golden files of the real Nydus toolchain, committed with their provenance (tests/fixtures/README.md).
 FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
 NYDUS_FIXTURES = FIXTURES / "nydus"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e/ is an end-to-end test (``-m "not e2e"`` leaves them out).
+
+    Slow tests run first (in collection order otherwise): the parallel workers then finish
+    together instead of one of them starting a 30-second test at the end.
+    """
+    for item in items:
+        if item.path.is_relative_to(E2E_DIR):
+            item.add_marker(pytest.mark.e2e)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def in_ci() -> bool:

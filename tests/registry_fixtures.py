@@ -35,6 +35,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -48,6 +49,7 @@ from aiohttp import web
 
 from nydus_exporter.oci.reference import Reference, parse_reference
 from tests.conftest import require
+from tests.helpers.waiting import wait_until
 
 T = TypeVar("T")
 
@@ -55,6 +57,7 @@ REGISTRY_BINARY = "docker-registry"
 TOKEN_SERVICE = "test-registry"
 TOKEN_ISSUER = "test-token-issuer"
 _START_TIMEOUT = 20.0
+_START_ATTEMPTS = 5
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -334,6 +337,27 @@ def start_registry(
         shutil.which(REGISTRY_BINARY) is not None, "docker-registry is not installed (Debian docker-registry)"
     )
     directory.mkdir(parents=True, exist_ok=True)
+    # The free port is found before the registry binds it: another process (a parallel test
+    # worker) may take it in between. The registry then exits at once; try another port.
+    for _ in range(_START_ATTEMPTS - 1):
+        try:
+            return _start_registry_once(directory, auth=auth, tls=tls, extra_env=extra_env)
+        except _PortTaken:
+            continue
+    return _start_registry_once(directory, auth=auth, tls=tls, extra_env=extra_env)
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+def _start_registry_once(
+    directory: Path,
+    *,
+    auth: dict[str, Any] | None,
+    tls: TestCA | None,
+    extra_env: dict[str, str] | None,
+) -> RegistryServer:
     root = directory / "storage"
     port = free_port()
     http: dict[str, Any] = {"addr": f"127.0.0.1:{port}", "secret": uuid.uuid4().hex}
@@ -372,20 +396,26 @@ def start_registry(
         ca_file=tls.ca_file if tls else None,
     )
     context = ssl.create_default_context(cafile=str(tls.ca_file)) if tls else None
-    deadline = time.monotonic() + _START_TIMEOUT
-    while True:
+
+    def answers() -> bool:
         if process.poll() is not None:
-            raise RuntimeError(f"docker-registry exited: {log_file.read_text(errors='replace')[-2000:]}")
+            output = log_file.read_text(errors="replace")
+            if "address already in use" in output:
+                raise _PortTaken(f"port {port} was taken before docker-registry bound it")
+            raise RuntimeError(f"docker-registry exited: {output[-2000:]}")
         try:
             with urllib.request.urlopen(f"{server.url}/v2/", timeout=2, context=context):
-                break
+                return True
         except urllib.error.HTTPError:
-            break  # 401: up, wants auth
+            return True  # 401: up, wants auth
         except (urllib.error.URLError, OSError):
-            if time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError(f"docker-registry did not answer on {server.url}") from None
-            time.sleep(0.05)
+            return False
+
+    try:
+        wait_until(answers, _START_TIMEOUT, what=f"docker-registry answers on {server.url}")
+    except BaseException:
+        server.stop()
+        raise
     return server
 
 
@@ -501,6 +531,35 @@ class FaultProxy:
     def ref(self, repository: str, tag: str | None = None) -> Reference:
         return parse_reference(f"{self.host}/{repository}" + (f":{tag}" if tag else ""))
 
+    async def _forward_truncated(self, request: web.Request, headers: dict[str, str], nbytes: int) -> None:
+        """Send the upstream ``request`` with only its first ``nbytes`` body bytes, then end the
+        stream. The bytes always arrive before the end of the stream (no reset can discard
+        them), and the registry is done with the request, having kept what it got, once it
+        closes its side: waiting for that is waiting for the condition, not for a guessed time."""
+        upstream = urllib.parse.urlsplit(self.upstream.url)
+        assert upstream.scheme == "http" and upstream.hostname, "truncated bodies are sent over plain HTTP"
+        assert "Content-Length" in headers, "a truncated body needs a declared length"
+        reader, writer = await asyncio.open_connection(upstream.hostname, upstream.port)
+        try:
+            head = [f"{request.method} {request.path_qs} HTTP/1.1"]
+            head += [f"{key}: {value}" for key, value in headers.items()] + ["Connection: close", "", ""]
+            writer.write("\r\n".join(head).encode("latin-1"))
+            sent = 0
+            while sent < nbytes:
+                chunk = await request.content.read(min(64 << 10, nbytes - sent))
+                if not chunk:
+                    break
+                writer.write(chunk)
+                sent += len(chunk)
+            self.upload_bytes += sent
+            await writer.drain()
+            writer.write_eof()
+            await asyncio.wait_for(reader.read(), 30)  # until the registry closes the connection
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if self.hang:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -553,19 +612,17 @@ class FaultProxy:
         headers["Host"] = self.host  # the registry builds Location URLs from it
         if request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
-        cut = asyncio.Event()
+        if drop_at is not None:
+            # Send the first bytes, then cut both connections (the registry sees a truncated
+            # body, the client a reset), like a network failure in the middle of a chunk.
+            await self._forward_truncated(request, headers, drop_at)
+            self.log.append((request.method, request.path, -1))
+            assert request.transport is not None
+            request.transport.abort()
+            raise asyncio.CancelledError
 
         async def forward_body() -> AsyncIterator[bytes]:
-            sent = 0
             async for chunk in request.content.iter_chunked(64 << 10):
-                if drop_at is not None and sent + len(chunk) >= drop_at:
-                    chunk = chunk[: drop_at - sent]
-                    if is_upload_body:
-                        self.upload_bytes += len(chunk)
-                    yield chunk
-                    cut.set()
-                    return
-                sent += len(chunk)
                 if is_upload_body:
                     self.upload_bytes += len(chunk)
                 yield chunk
@@ -573,21 +630,6 @@ class FaultProxy:
         assert self._session is not None
         upstream_url = f"{self.upstream.url}{request.path_qs}"
         data = forward_body() if request.can_read_body else None
-        if drop_at is not None:
-            # Send the first bytes, then cut both connections (the registry sees a truncated
-            # body, the client a reset), like a network failure in the middle of a chunk.
-            task = asyncio.ensure_future(
-                self._session.request(request.method, upstream_url, headers=headers, data=data)
-            )
-            await cut.wait()
-            await asyncio.sleep(0.2)  # bounded: lets the registry store what it got before the reset
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                (await task).release()
-            self.log.append((request.method, request.path, -1))
-            assert request.transport is not None
-            request.transport.abort()
-            raise asyncio.CancelledError
         async with self._session.request(
             request.method, upstream_url, headers=headers, data=data, allow_redirects=False
         ) as upstream:

@@ -98,7 +98,7 @@ def test_identical_content_is_stored_once(sample_tar: bytes) -> None:
     digests = reader.chunk_digests()
     assert digests is not None and len(digests) == len(set(digests))
     boot = read_bootstrap(reader.bootstrap() or b"")
-    doc = boot.root.children[b"usr"].children[b"share"].children[b"doc"].children  # type: ignore[union-attr,index]
+    doc = boot.root.children[b"usr"].children[b"share"].children[b"doc"].children  # type: ignore[index]
     assert doc is not None
     copy_chunks = [c.index for c in doc[b"copy.txt"].inode.chunks]
     assert copy_chunks == [c.index for c in doc[b"text.txt"].inode.chunks]

@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,20 +25,25 @@ from nydus_exporter.cli.daemon import (
     run_serve,
 )
 from nydus_exporter.cli.progress import MODES
+from nydus_exporter.cli.termination import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Terminated,
+    terminate_as_exception,
+)
 from nydus_exporter.cli.tools import add_tool_commands, run_tool_command
-from nydus_exporter.errors import ConfigError, ExporterError
+from nydus_exporter.errors import ConfigError, ExporterError, naming
+from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT
+from nydus_exporter.pipeline import sizes
 from nydus_exporter.rafs import codecs, layout
-
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "ki": 1 << 10, "m": 1 << 20, "mi": 1 << 20}
 
 
 def parse_size(text: str) -> int:
-    """``1048576``, ``0x100000``, ``1M``, ``1MiB``, ``512KiB`` -> bytes."""
-    match = re.fullmatch(r"\s*(0x[0-9a-fA-F]+|\d+)\s*([kKmM]i?)?[bB]?\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
-    number = int(match.group(1), 0)
-    return number * _SIZE_UNITS[(match.group(2) or "").lower()]
+    """``1048576``, ``0x100000``, ``1M``, ``1MiB``, ``512KiB``, ``16GiB`` -> bytes."""
+    try:
+        return sizes.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _chunk_size(text: str) -> int:
@@ -75,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--compressor", choices=codecs.COMPRESSOR_NAMES, default="zstd")
     pack.add_argument("--digester", choices=codecs.DIGESTER_NAMES, default="blake3")
     pack.add_argument("--threads", type=int, default=None, help="worker threads (default: CPU count)")
+    pack.add_argument(
+        "--sparse-limit",
+        type=parse_size,
+        default=DEFAULT_SPARSE_LIMIT,
+        help="largest apparent size of a sparse file in the layer; larger ones are refused "
+        f"(default {DEFAULT_SPARSE_LIMIT >> 30}GiB)",
+    )
     pack.add_argument("--json", action="store_true", help="print the result as JSON")
 
     export = sub.add_parser(
@@ -88,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         required=True,
         help="exporter attrs as for buildctl: type=nydus,push=false,oci-layout=DIR[,name=REF]"
-        "[,oci-mediatypes=true][,merge-manifest=true][,platform=linux/amd64,...]",
+        "[,oci-mediatypes=true][,merge-manifest=true][,platform=linux/amd64,...][,sparse-limit=16GiB]",
     )
     export.add_argument("--config", type=Path, help="image config JSON for tar:/dir: sources")
     export.add_argument(
@@ -121,27 +132,50 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        code = run_tool_command(args)
-        if code is None:
-            code = run_chunkstore_command(args)
-        if code is not None:
-            return code
-        if args.command == "serve":
-            return run_serve(args)
-        if args.command == "export" and args.addr:
-            return run_remote_export(args)
-        if args.command == "pack":
-            return _pack(args)
-        if args.command == "inspect":
-            return _inspect(args)
-        if args.command == "export":
-            return _export(args)
+        return _run(args)
     except ExporterError as exc:
         print(f"nydus-exporter: error: {exc}", file=sys.stderr)
-        return 1
     except BrokenPipeError:
-        return 1
-    return 2
+        pass
+    except OSError as exc:
+        # The machine, not the input: disk full, a missing or read-only output directory.
+        print(f"nydus-exporter: error: {_os_error(exc)}", file=sys.stderr)
+    return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    code = run_tool_command(args)
+    if code is None:
+        code = run_chunkstore_command(args)
+    if code is not None:
+        return code
+    if args.command == "export" and args.addr:
+        return run_remote_export(args)
+    if args.command in ("pack", "export"):
+        return _writing(_pack if args.command == "pack" else _export, args)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {"serve": run_serve, "inspect": _inspect}
+    command = commands.get(args.command)
+    return command(args) if command is not None else 2
+
+
+def _writing(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """A command that writes output files: on Ctrl-C or SIGTERM its clean-ups must run."""
+    try:
+        with terminate_as_exception():
+            return command(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Terminated:
+        return EXIT_TERMINATED
+
+
+def _os_error(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    if exc.filename2 is not None:
+        return f"{exc.filename} -> {exc.filename2}: {reason}"
+    return f"{exc.filename}: {reason}"
 
 
 def _pack(args: argparse.Namespace) -> int:
@@ -154,6 +188,7 @@ def _pack(args: argparse.Namespace) -> int:
         compressor=args.compressor,
         digester=args.digester,
         threads=args.threads or os.cpu_count() or 1,
+        sparse_limit=args.sparse_limit,
     )
     stream: BinaryIO
     if args.layer == "-":
@@ -195,6 +230,11 @@ def _export(args: argparse.Namespace) -> int:
     for warning in parsed.warnings:
         _warn(warning)
     options = parsed.options
+    if args.metadata_file is not None and not args.metadata_file.parent.is_dir():
+        # Found out before the export, not after it wrote the image.
+        raise ConfigError(
+            f"--metadata-file {args.metadata_file}: directory {args.metadata_file.parent} does not exist"
+        )
     printer = ProgressPrinter(args.progress)
     try:
         result = export(
@@ -209,7 +249,10 @@ def _export(args: argparse.Namespace) -> int:
         printer.close()
     metadata = filter_response(result.metadata(), standard_keys=options.standard_response_keys)
     if args.metadata_file is not None:
-        args.metadata_file.write_text(json.dumps(metadata, indent=2) + "\n")
+        try:
+            args.metadata_file.write_text(json.dumps(metadata, indent=2) + "\n")
+        except OSError as exc:
+            raise naming(exc, args.metadata_file) from exc
     print(result.descriptor.digest)
     return 0
 

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 TOOL_COMMANDS = ("check", "unpack", "cat", "mount", "umount")
 _IMAGE_HELP = (
-    "the Nydus image: oci:DIR[:TAG] (an OCI image layout) or docker://HOST/REPO[:TAG|@DIGEST] (a registry)"
+    "the Nydus image: oci:DIR[:TAG] (an OCI image layout; TAG may be the name given to export, "
+    "e.g. oci:out:sample:1) or docker://HOST/REPO[:TAG|@DIGEST] (a registry)"
 )
 
 

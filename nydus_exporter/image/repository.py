@@ -25,7 +25,7 @@ from nydus_exporter.errors import ConfigError, FormatError, RegistryNotFoundErro
 from nydus_exporter.oci.descriptor import (
     Descriptor,
 )
-from nydus_exporter.oci.layout import OciLayout
+from nydus_exporter.oci.layout import OciLayout, split_layout_spec
 
 if TYPE_CHECKING:
     from nydus_exporter.image.registry import RegistryOptions
@@ -125,8 +125,9 @@ class LayoutRepository:
 
 
 def parse_image_spec(spec: str) -> tuple[str, str, str | None]:
-    """``oci:DIR[:TAG]`` -> ``("oci", DIR, TAG)``; ``docker://REF`` -> ``("docker", REF, None)``
-    (the tag or digest stays in the reference); :class:`ConfigError` otherwise."""
+    """``oci:DIR[:TAG]`` -> ``("oci", DIR, TAG)``, TAG a tag or a name with a tag (``sample:1``);
+    ``docker://REF`` -> ``("docker", REF, None)`` (the tag or digest stays in the reference);
+    :class:`ConfigError` otherwise."""
     if spec.startswith("docker://"):
         ref = spec.removeprefix("docker://")
         if not ref:
@@ -135,11 +136,8 @@ def parse_image_spec(spec: str) -> tuple[str, str, str | None]:
     scheme, sep, rest = spec.partition(":")
     if not sep or not rest or scheme != "oci":
         raise ConfigError(f"image {spec!r}: expected oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST]")
-    # A tag never contains '/'; a directory path may contain ':' only before it.
-    path, colon, tag = rest.rpartition(":")
-    if colon and path and "/" not in tag and tag:
-        return scheme, path, tag
-    return scheme, rest, None
+    path, tag = split_layout_spec(rest)  # a tag, or a name with a tag
+    return scheme, str(path), tag
 
 
 def open_repository(spec: str, registry: RegistryOptions | None = None) -> tuple[ImageRepository, str | None]:
@@ -150,10 +148,7 @@ def open_repository(spec: str, registry: RegistryOptions | None = None) -> tuple
         from nydus_exporter.image.registry import RegistryRepository  # aiohttp only when needed
 
         return RegistryRepository.open(path, registry), None
-    directory = Path(path)
-    if not directory.is_dir() and tag is not None and Path(f"{path}:{tag}").is_dir():
-        directory, tag = Path(f"{path}:{tag}"), None  # a directory whose name has a ':'
-    return LayoutRepository.open(directory), tag
+    return LayoutRepository.open(Path(path)), tag
 
 
 class RepositoryWrapper:

@@ -31,8 +31,10 @@ Rules ([format §5.1], [pitfalls §4]):
 * Paths are made absolute and normalised by :func:`normalize_path`; ``..`` climbing above
   the root, a bare ``.wh.`` component, NUL bytes and empty names raise
   :class:`UnsafePathError`, and so does an entry for the root (``/``, ``./``) that is not a
-  directory. Hardlink targets are normalised the same way (they resolve from the archive
-  root); symlink targets are kept verbatim.
+  directory. A name of :data:`PATH_MAX` bytes or more raises :class:`EntryLimitError`
+  before it is split: no extraction could pass it to the kernel, and its implied
+  directories would cost memory far beyond its size. Hardlink targets are normalised the
+  same way (they resolve from the archive root); symlink targets are kept verbatim.
 * ``/stargz.index.json``, ``/.prefetch.landmark`` and ``/.no.prefetch.landmark`` are skipped,
   as nydus does.
 * The size field always counts the data bytes that follow a header, whatever the type (as
@@ -58,13 +60,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
-from nydus_exporter.errors import CorruptLayerError, UnsafePathError, UnsupportedEntryError
+from nydus_exporter.errors import CorruptLayerError, EntryLimitError, UnsafePathError, UnsupportedEntryError
 from nydus_exporter.layer.entry import EntryKind, LayerEntry
 
 BLOCK_SIZE = 512
 ZERO_BLOCK = bytes(BLOCK_SIZE)
 MAX_EXTENDED_HEADER = 16 << 20  # PAX / GNU long-name payloads larger than this are refused
 MAX_SPARSE_SEGMENTS = 1 << 18  # bounds the memory of one sparse map
+# Linux's PATH_MAX, with its terminating NUL: entry names and hardlink targets must be
+# shorter. It also bounds the depth of one path to 2048 directories, so a small tar cannot
+# imply millions of them (each one a tree node).
+PATH_MAX = 4096
+SHOWN_NAME_BYTES = 200  # names quoted in errors are cut to this
 SKIPPED_PATHS = frozenset({b"/stargz.index.json", b"/.prefetch.landmark", b"/.no.prefetch.landmark"})
 
 _STREAM_BUFFER = 1 << 20
@@ -128,18 +135,23 @@ def normalize_path(raw: bytes, what: str = "path") -> bytes:
     """
     if not raw:
         raise UnsafePathError(f"empty {what}")
+    if len(raw) >= PATH_MAX:
+        raise EntryLimitError(
+            f"{what} {show_name(raw)} is {len(raw)} bytes long;"
+            f" paths must be shorter than PATH_MAX ({PATH_MAX})"
+        )
     if b"\x00" in raw:
-        raise UnsafePathError(f"NUL byte in {what} {_show(raw)}")
+        raise UnsafePathError(f"NUL byte in {what} {show_name(raw)}")
     parts: list[bytes] = []
     for component in raw.split(b"/"):
         if component in (b"", b"."):
             continue
         if component == b"..":
             if not parts:
-                raise UnsafePathError(f"{what} {_show(raw)} escapes the root")
+                raise UnsafePathError(f"{what} {show_name(raw)} escapes the root")
             parts.pop()
         elif component == b".wh.":
-            raise UnsafePathError(f"{what} {_show(raw)} has a bare whiteout component '.wh.'")
+            raise UnsafePathError(f"{what} {show_name(raw)} has a bare whiteout component '.wh.'")
         else:
             parts.append(component)
     return b"/" + b"/".join(parts)
@@ -155,7 +167,10 @@ def iter_entries(stream: BinaryIO) -> Iterator[LayerEntry]:
     return _TarReader(stream).entries()
 
 
-def _show(raw: bytes) -> str:
+def show_name(raw: bytes) -> str:
+    """A name for an error message: quoted, and cut short (a PAX name may be megabytes)."""
+    if len(raw) > SHOWN_NAME_BYTES:
+        return repr(raw[:SHOWN_NAME_BYTES].decode("utf-8", "backslashreplace") + "…")
     return repr(raw.decode("utf-8", "backslashreplace"))
 
 
@@ -449,10 +464,11 @@ class _Layout:
 
     segments: list[tuple[int, int]]
     real_size: int
+    sparse: bool = True  # declared sparse in the tar (it may have holes)
 
     @classmethod
     def contiguous(cls, size: int) -> _Layout:
-        return cls([(0, size)] if size else [], size)
+        return cls([(0, size)] if size else [], size, sparse=False)
 
 
 def _validated_layout(pairs: Sequence[tuple[int, int]], real_size: int, stored: int, where: str) -> _Layout:
@@ -626,6 +642,16 @@ class _EntryData(io.BufferedIOBase):
         self._pos += data
         return piece
 
+    def skip_hole(self, size: int) -> None:
+        """Pass over ``size`` bytes of hole without materialising them (see ``HoleSkipping``)."""
+        self._check_open()
+        while size > 0:
+            hole, _ = self._next_run(size)
+            if not hole:
+                raise ValueError(f"data of {self._where}: no hole of {size} bytes at {self._pos}")
+            self._pos += hole
+            size -= hole
+
     def _next_run(self, limit: int) -> tuple[int, int]:
         """(hole bytes, 0) or (0, stored bytes) available at ``_pos``, at most ``limit``."""
         while self._seg < len(self._segments):
@@ -739,11 +765,11 @@ class _TarReader:
         that follow, after what this method consumed itself (extended sparse headers, maps)."""
         pax = _effective_pax(ext, self._global_pax)
         raw_name = self._raw_name(header, ext, pax)
-        where = f"entry {_show(raw_name)} at offset {header.offset}"
+        where = f"entry {show_name(raw_name)} at offset {header.offset}"
         kind = _KINDS.get(header.typeflag)
         if kind is None:
             raise UnsupportedEntryError(
-                f"unsupported tar entry type {header.typeflag!r} for {_show(raw_name)}"
+                f"unsupported tar entry type {header.typeflag!r} for {show_name(raw_name)}"
                 f" at offset {header.offset}"
             )
         if header.typeflag == b"\x00" and raw_name.endswith(b"/"):
@@ -770,6 +796,8 @@ class _TarReader:
             layout, stored = self._layout(header, pax, ext, stored, where)
             entry.size = layout.real_size
             entry.data = cast(BinaryIO, _EntryData(self._source, layout, where))
+            if layout.sparse:
+                entry.data_runs = layout.segments
         elif kind in (EntryKind.SYMLINK, EntryKind.HARDLINK):
             entry.link_target = self._link_target(header, ext, pax, kind, where)
         elif kind in (EntryKind.CHAR_DEVICE, EntryKind.BLOCK_DEVICE):

@@ -6,8 +6,11 @@ Layout of the tar (what nydus-snapshotter ``packToTar`` writes and unpacks at pu
     image/image.boot             the merged RAFS bootstrap, mode 0444
     image/<blob-hex>.blob.meta   one per blob layer with chunks, mode 0444 ([format §3.10] cache file)
 
-uid/gid 0, empty uname/gname, mtime 0, USTAR headers, ended by two zero blocks without
-record padding (as Go ``archive/tar`` does). The gzip stream has mtime 0, no file name, OS
+uid/gid 0, empty uname/gname, mtime 0, USTAR headers exactly as Go ``archive/tar`` writes a
+``tar.Header{Name, Mode, Typeflag, Size}`` (the directory is named ``image`` without a
+trailing slash, and devmajor/devminor are octal zeros), ended by two zero blocks without
+record padding: the tar (and its ``diff_id``) is byte-identical to the real converter's
+(tests/interop/test_bootstrap_layer_go.py). The gzip stream has mtime 0, no file name, OS
 "unknown" (255) and default level 6 like Go ``compress/gzip`` — same input, same bytes. The
 Go *deflate* output cannot be reproduced from Python, so only ``diff_id`` (sha256 of the
 uncompressed tar) may match the real toolchain, never ``digest`` ([format §10] open question 6).
@@ -100,15 +103,37 @@ def write_bootstrap_layer(
     return sink.finish()
 
 
+def _octal(value: int, width: int) -> bytes:
+    # Go formatOctal: zero-padded octal digits and a NUL terminator filling the field.
+    return b"%0*o\x00" % (width - 1, value)
+
+
 def _header(name: str, kind: bytes, mode: int, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.mode = mode
-    info.size = size
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.mtime = 0
-    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+    """A USTAR header as Go's archive/tar writes it (``Writer.templateV7Plus``).
+
+    Python's tarfile differs in two places: it appends "/" to directory names and leaves
+    devmajor/devminor empty for non-devices, where Go writes the name as given and octal
+    zeros in every numeric field.
+    """
+    raw_name = name.encode()
+    if len(raw_name) > 100:
+        raise FormatError(f"bootstrap layer entry name {name!r} is longer than 100 bytes")
+    block = bytearray(_BLOCK)
+    block[0 : len(raw_name)] = raw_name
+    block[100:108] = _octal(mode, 8)
+    block[108:116] = _octal(0, 8)  # uid
+    block[116:124] = _octal(0, 8)  # gid
+    block[124:136] = _octal(size, 12)
+    block[136:148] = _octal(0, 12)  # mtime (Go's zero time.Time)
+    block[156:157] = kind
+    block[257:265] = b"ustar\x0000"  # magic + version
+    block[329:337] = _octal(0, 8)  # devmajor
+    block[337:345] = _octal(0, 8)  # devminor
+    # The checksum is computed with its own field as spaces, then written as 6 octal digits,
+    # NUL and a space.
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\x00 " % sum(block)
+    return bytes(block)
 
 
 def _write_file(sink: _GzipHashingWriter, name: str, data: bytes) -> None:

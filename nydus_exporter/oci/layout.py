@@ -23,11 +23,11 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from nydus_exporter.errors import ConfigError, FormatError
+from nydus_exporter.errors import ConfigError, FormatError, naming
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.descriptor import (
     Blob,
@@ -39,6 +39,7 @@ from nydus_exporter.oci.descriptor import (
     parse_json_object,
     validate_digest,
 )
+from nydus_exporter.oci.reference import parse_reference
 
 OCI_LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
@@ -63,8 +64,9 @@ def validate_tag(tag: str) -> str:
 class BlobSink:
     """Write end of :meth:`OciLayout.blob_writer`. ``digest``/``size`` are valid after close."""
 
-    def __init__(self, file: BinaryIO, algorithm: str) -> None:
+    def __init__(self, file: BinaryIO, algorithm: str, directory: Path | None = None) -> None:
         self._file = file
+        self._directory = directory  # named by write errors (disk full)
         self._hash = hashlib.new(algorithm)
         self._algorithm = algorithm
         self._size = 0
@@ -73,7 +75,10 @@ class BlobSink:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._digest is not None:
             raise ValueError("write to a closed blob writer")
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise exc if self._directory is None else naming(exc, self._directory) from exc
         self._hash.update(data)
         self._size += len(data)
         return len(data)
@@ -203,11 +208,19 @@ class OciLayout:
         fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=directory)
         tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as f:
-                sink = BlobSink(cast(BinaryIO, f), algorithm)
+            f = os.fdopen(fd, "wb")
+            try:
+                sink = BlobSink(cast(BinaryIO, f), algorithm, directory)
                 yield sink
-                f.flush()
-                os.fsync(f.fileno())
+                try:
+                    f.flush()
+                    os.fsync(f.fileno())
+                    f.close()
+                except OSError as exc:
+                    raise naming(exc, directory) from exc
+            finally:
+                with contextlib.suppress(OSError):
+                    f.close()  # after a failed write: must not replace that error
             digest = sink._close()
             if expected_digest is not None and digest != expected_digest:
                 raise FormatError(f"blob digest mismatch: expected {expected_digest}, got {digest}")
@@ -336,16 +349,44 @@ class OciLayout:
             atomic_write_file(self._root, INDEX_FILE, canonical_json(new_index))
 
     def resolve(self, tag: str | None = None) -> Descriptor:
-        """The entry tagged ``tag`` (the last one, if several), or the only entry."""
+        """The entry ``tag`` names (the last one, if several), or the only entry.
+
+        ``tag`` is what follows the directory in ``oci:DIR:REF``, and is matched as the tools
+        that write layouts spell it (see :func:`_named_by`): a ``ref.name`` of ``1`` (ours,
+        containerd's, BuildKit's) or of ``sample:1`` (skopeo's ``oci:DIR:sample:1``), and an
+        ``io.containerd.image.name`` of ``docker.io/library/sample:1``. A miss lists what
+        the layout holds.
+        """
         entries = self.index().manifests
         if tag is None:
             if len(entries) != 1:
-                raise FormatError(f"OCI layout {self._root} has {len(entries)} entries: name a tag")
+                raise FormatError(
+                    f"OCI layout {self._root} has {len(entries)} entries: name one "
+                    f"(oci:DIR:TAG){self._holding(entries)}"
+                )
             return entries[0]
         matching = [d for d in entries if d.annotation(mt.ANNOTATION_REF_NAME) == tag]
         if not matching:
-            raise FormatError(f"no image tagged {tag!r} in OCI layout {self._root}")
+            matching = [d for d in entries if _named_by(d, tag)]
+        if not matching:
+            raise FormatError(
+                f"no image tagged or named {tag!r} in OCI layout {self._root}{self._holding(entries)}"
+            )
         return matching[-1]
+
+    @staticmethod
+    def _holding(entries: Sequence[Descriptor]) -> str:
+        """``; its tags: 1 (docker.io/library/sample:1), latest`` (at most 20)."""
+        names = []
+        for entry in entries:
+            tag = entry.annotation(mt.ANNOTATION_REF_NAME)
+            image = entry.annotation(mt.ANNOTATION_IMAGE_NAME)
+            if tag is not None:
+                names.append(f"{tag} ({image})" if image and image != tag else tag)
+        if not names:
+            return "; it has no tagged images"
+        more = f", ... ({len(names) - 20} more)" if len(names) > 20 else ""
+        return f"; its tags: {', '.join(names[:20])}{more}"
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -371,14 +412,57 @@ def _same_slot(existing: object, entry: dict[str, object], tag: str | None) -> b
     return existing_tag is None and existing.get("digest") == entry["digest"]
 
 
+def _named_by(entry: Descriptor, text: str) -> bool:
+    """Whether ``text``, an image name with a tag (``sample:1``, ``reg.io/app:1``), names
+    ``entry``: its ``io.containerd.image.name`` is that name (normalised, as containerd writes
+    it), or it has none and its ``ref.name`` is the tag (our layouts before that annotation)."""
+    try:
+        ref = parse_reference(text)
+    except ConfigError:
+        return False
+    if ref.tag is None or ref.digest is not None:
+        return False
+    image = entry.annotation(mt.ANNOTATION_IMAGE_NAME)
+    if image is not None:
+        return image in (text, str(ref))
+    return entry.annotation(mt.ANNOTATION_REF_NAME) == ref.tag
+
+
+def split_layout_spec(rest: str) -> tuple[Path, str | None]:
+    """``DIR[:REF]`` (what follows ``oci:``) -> the layout directory and the reference in it.
+
+    REF may be a tag (``1``) or a name with a tag (``sample:1``, ``localhost:5000/app:1``), and
+    a directory name may contain ``:`` too: the directory is the longest prefix ending before a
+    ``:`` that is an existing directory. When none is, the last ``:`` not followed by a ``/``
+    starts the tag (so the error names the missing directory).
+    """
+    if Path(rest).is_dir():
+        return Path(rest), None
+    position = len(rest)
+    while (position := rest.rfind(":", 0, position)) > 0:
+        if Path(rest[:position]).is_dir():
+            return Path(rest[:position]), rest[position + 1 :] or None
+    path, colon, tag = rest.rpartition(":")
+    if colon and path and tag and "/" not in tag:
+        return Path(path), tag
+    return Path(rest), None
+
+
 def atomic_write_file(directory: Path, name: str, data: bytes) -> None:
     """Write ``directory/name`` atomically: temp file in ``directory``, fsync, rename, fsync dir."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{name}{_TMP_PREFIX}", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
+        f = os.fdopen(fd, "wb")
+        try:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            f.close()
+        except OSError as exc:
+            raise naming(exc, directory / name) from exc
+        finally:
+            with contextlib.suppress(OSError):
+                f.close()  # after a failed write: must not replace that error
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, directory / name)
         _fsync_dir(directory)

@@ -49,6 +49,9 @@ NYDUS_OS_FEATURE = "nydus.remoteimage.v1"
 # --- Annotation keys ------------------------------------------------------------------------
 # image-spec annotations.go
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+# containerd's (and BuildKit's OCI exporter's) full image name of an index.json entry, next to
+# a ref.name that holds only the tag.
+ANNOTATION_IMAGE_NAME = "io.containerd.image.name"
 ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_BASE_IMAGE_NAME = "org.opencontainers.image.base.name"
 ANNOTATION_BASE_IMAGE_DIGEST = "org.opencontainers.image.base.digest"

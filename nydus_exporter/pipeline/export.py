@@ -28,7 +28,13 @@ from nydus_exporter.oci.reference import parse_reference
 from nydus_exporter.pipeline.chunk_store_session import ChunkStoreSession
 from nydus_exporter.pipeline.convert import Converter, LayerHooks
 from nydus_exporter.pipeline.external import ExternalBlobs
-from nydus_exporter.pipeline.index import oci_manifests, root_descriptor, source_top, tags_of
+from nydus_exporter.pipeline.index import (
+    named_descriptor,
+    oci_manifests,
+    root_descriptor,
+    source_top,
+    tags_of,
+)
 from nydus_exporter.pipeline.options import ExportOptions
 from nydus_exporter.pipeline.progress import Progress, ProgressEvent, no_progress
 from nydus_exporter.pipeline.result import ExportResult
@@ -56,6 +62,7 @@ def export(
     ``state_dir`` holds the chunk store (``chunk-store=true``; default: the XDG state dir).
     """
     base = workdir or Path(tempfile.gettempdir())
+    created = _first_missing(options.oci_layout) if options.oci_layout is not None else None
     tmp = Path(tempfile.mkdtemp(prefix="nydus-export-", dir=base))
     try:
         with contextlib.ExitStack() as stack:
@@ -97,8 +104,23 @@ def export(
                 on_pushed=store.record if store is not None else None,
             )
             return result
+    except BaseException:
+        if created is not None:
+            # The output layout (and its missing parents) came from this failed export alone.
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (None: it exists)."""
+    missing = None
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            break
+        missing = candidate
+    return missing
 
 
 def _external_blobs_loader(
@@ -177,8 +199,9 @@ def export_source(
                 existing = source_top(out, source, push=options.push)
         root = root_descriptor(out, existing, results, options)
         if options.oci_layout is not None:
-            for tag in tags_of(options.names) or [None]:
-                out.add_manifest(root, tag=tag)
+            named: list[tuple[str | None, str | None]] = [*tags_of(options.names)] or [(None, None)]
+            for tag, image_name in named:
+                out.add_manifest(named_descriptor(root, image_name), tag=tag)
         if options.push:
             assert registry is not None
             from nydus_exporter.pipeline.push import push_image

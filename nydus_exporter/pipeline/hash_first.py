@@ -42,9 +42,13 @@ class HashFirst:
         self._claimed: set[tuple[bytes, int]] = set()
         self._lock = threading.Lock()
 
-    def prepare_batch(self, raws: list[bytes]) -> list[PreparedChunk | DigestedChunk]:
+    def prepare_batch(self, raws: list[bytes | PreparedChunk]) -> list[PreparedChunk | DigestedChunk]:
+        """Raw chunks digested (and compressed if new); prepared ones (holes) as they are."""
         out: list[PreparedChunk | DigestedChunk] = []
         for raw in raws:
+            if isinstance(raw, PreparedChunk):
+                out.append(raw)
+                continue
             digest = self._digest(raw)
             key = (digest, len(raw))
             if self._dict is not None and self._dict.lookup(digest, len(raw)) is not None:

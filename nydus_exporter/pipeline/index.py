@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Sequence
 from dataclasses import replace
@@ -34,12 +35,23 @@ def oci_manifests(out: OciLayout, root: Descriptor) -> dict[str, str]:
     }
 
 
-def tags_of(names: Sequence[str]) -> list[str | None]:
-    tags: list[str | None] = []
+def tags_of(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The layout tag and full image name of each ``name=``: ``sample:1`` is tagged ``1`` and
+    named ``docker.io/library/sample:1``, as containerd and BuildKit write OCI layouts (so that
+    ``oci:DIR:1`` and ``oci:DIR:sample:1`` both find it)."""
+    tags: list[tuple[str, str]] = []
     for name in names:
         ref = parse_reference(name)
-        tags.append(ref.tag or "latest")
+        tags.append((ref.tag or "latest", str(ref if ref.tag or ref.digest else ref.with_tag("latest"))))
     return tags
+
+
+def named_descriptor(descriptor: Descriptor, image_name: str | None) -> Descriptor:
+    """``descriptor`` with the image name annotation containerd reads (none: as it is)."""
+    if image_name is None:
+        return descriptor
+    annotations = {**(descriptor.annotations or {}), mt.ANNOTATION_IMAGE_NAME: image_name}
+    return dataclasses.replace(descriptor, annotations=annotations)
 
 
 def nydus_manifests(out: OciLayout, root: Descriptor) -> list[Descriptor]:

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nydus_exporter.errors import ConfigError, UnsupportedError, excerpt
+from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
 from nydus_exporter.pipeline.pack import PackOptions
+from nydus_exporter.pipeline.sizes import parse_size
 from nydus_exporter.rafs import codecs, layout
 
 Scope = Literal["cli", "daemon", "both"]
@@ -41,6 +43,7 @@ class DaemonPolicy(enum.Enum):
     ALLOWED = "allowed"  # as in-process
     REFUSED = "refused"  # a valid key the daemon cannot do: FAILED_PRECONDITION
     FIXED = "fixed"  # the daemon decides the value itself: the given one is ignored, with a warning
+    CAPPED = "capped"  # the daemon's own value is the default and the most a client may ask for
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,13 @@ def _prefetch_patterns(value: str) -> None:
         raise _Unsupported("prefetch-patterns is not supported by this builder yet")
 
 
+def _size(value: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise _Bad("is not a size (e.g. 16GiB)") from None
+
+
 def _parallel(value: str) -> int:
     count = _int(value)
     if count < 1:
@@ -287,6 +297,15 @@ KEYS: tuple[Key, ...] = (
     Key("chunk-size", "pack.chunk_size", _chunk_size, hex, hex(layout.DEFAULT_CHUNK_SIZE)),
     Key("batch-size", "", _batch_size, str),
     Key("digester", "pack.digester", _one_of(*codecs.DIGESTER_NAMES), default="blake3"),
+    Key(
+        "sparse-limit",
+        "pack.sparse_limit",
+        _size,
+        str,
+        str(DEFAULT_SPARSE_LIMIT),
+        daemon=_B.CAPPED,
+        doc="the most bytes a sparse file may declare",
+    ),
     Key("threads", "pack.threads", _parallel, scope="cli", daemon=_B.FIXED, doc="compression threads"),
     Key("parallel-layers", "parallel_layers", _parallel),
     Key("chunk-dedup", "chunk_dedup", _bool, _render_bool, "false"),
@@ -337,19 +356,28 @@ def parse_output(
     *,
     daemon: bool = False,
     check_host_path: Callable[[str, Path], None] | None = None,
+    caps: Mapping[str, int] | None = None,
 ) -> ParsedOutput:
     """Read ``attrs`` against :data:`KEYS`, in-process (``daemon=False``) or for the daemon
     (its policies apply; host paths must be absolute, and ``check_host_path(key, path)``
-    raises for one the daemon does not allow)."""
-    reader = _Reader(daemon=daemon, check_host_path=check_host_path)
+    raises for one the daemon does not allow; ``caps`` are the daemon's own values of its
+    capped keys: their default and the most a client may ask for)."""
+    reader = _Reader(daemon=daemon, check_host_path=check_host_path, caps=caps or {})
     for given, value in sorted(attrs.items()):
         reader.take(given, value)
     return reader.finish()
 
 
 class _Reader:
-    def __init__(self, *, daemon: bool, check_host_path: Callable[[str, Path], None] | None) -> None:
+    def __init__(
+        self,
+        *,
+        daemon: bool,
+        check_host_path: Callable[[str, Path], None] | None,
+        caps: Mapping[str, int],
+    ) -> None:
         self._daemon = daemon
+        self._caps = caps if daemon else {}
         self._check_host_path_hook = check_host_path
         self.normalized: dict[str, str] = {}
         self.warnings: list[str] = []
@@ -380,7 +408,13 @@ class _Reader:
             return
         if key.host_path and self._daemon:
             self._check_host_path(key, value)
+        cap = self._caps.get(key.name)
+        if cap is not None and parsed > cap:
+            raise ConfigError(f"{given}={excerpt(value)} is above this daemon's limit ({cap} bytes)")
         self._put(key, key.render(parsed), given)
+        self._set(key, parsed)
+
+    def _set(self, key: Key, parsed: Any) -> None:
         if key.target.startswith("pack."):
             self._pack[key.target.removeprefix("pack.")] = parsed
         elif key.target:
@@ -423,6 +457,11 @@ class _Reader:
         self.normalized[name] = rendered
 
     def finish(self) -> ParsedOutput:
+        for name, cap in self._caps.items():  # the daemon's value, unless the client asked less
+            key = _BY_NAME[name]
+            if name not in self.normalized:
+                self.normalized[name] = key.render(cap)
+                self._set(key, cap)
         for key in KEYS:
             if key.default is not None and (not self._daemon or key.daemon is DaemonPolicy.ALLOWED):
                 self.normalized.setdefault(key.name, key.default)

@@ -18,16 +18,22 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
-from nydus_exporter.errors import CorruptLayerError, UnsupportedEntryError
+from nydus_exporter.errors import (
+    ConfigError,
+    CorruptLayerError,
+    EntryLimitError,
+    UnsupportedEntryError,
+    naming,
+)
 from nydus_exporter.layer.compression import open_layer_stream
-from nydus_exporter.layer.entry import EntryKind, LayerEntry
+from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT, EntryKind, HoleSkipping, LayerEntry
 from nydus_exporter.layer.readahead import read_ahead
-from nydus_exporter.layer.tarstream import iter_entries
+from nydus_exporter.layer.tarstream import iter_entries, show_name
 from nydus_exporter.pipeline.hash_first import DigestedChunk, HashFirst
 from nydus_exporter.rafs import codecs, layout
-from nydus_exporter.rafs.blob import BlobResult, BlobWriter, PreparedChunk
+from nydus_exporter.rafs.blob import BlobResult, BlobWriter, PreparedChunk, zero_chunk
 from nydus_exporter.rafs.bootstrap import write_bootstrap
 from nydus_exporter.rafs.chunkdict import ChunkDict
 from nydus_exporter.rafs.model import BlobInfo, Inode, Node, walk
@@ -52,9 +58,12 @@ class PackOptions:
     compressor: str = "zstd"
     digester: str = "blake3"
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    sparse_limit: int = DEFAULT_SPARSE_LIMIT
 
     def validated(self) -> PackOptions:
         codecs.check_chunk_size(self.chunk_size)
+        if self.sparse_limit < 0:
+            raise ConfigError(f"sparse-limit={self.sparse_limit} must not be negative")
         codecs.thread_compressor(self.compressor)
         codecs.digester(self.digester)
         return self
@@ -122,6 +131,7 @@ def pack_entries(
                     continue
                 inode = _inode_of(entry, on_warning)
                 if entry.kind is EntryKind.REGULAR:
+                    _check_sparse_limit(entry, options.sparse_limit)
                     chunker.add_file(entry, inode)
                 tree.add(entry.path, inode)
             chunker.drain()
@@ -141,6 +151,16 @@ def pack_entries(
     return writer.finish(make_bootstrap)
 
 
+def _check_sparse_limit(entry: LayerEntry, limit: int) -> None:
+    if entry.data_runs is None or entry.size <= limit:
+        return
+    stored = sum(length for _, length in entry.data_runs)
+    raise EntryLimitError(
+        f"sparse file {show_name(entry.path)} declares {entry.size} bytes ({stored} stored, the rest "
+        f"holes), more than sparse-limit={limit}"
+    )
+
+
 def _shift_external_chunks(root: Node) -> None:
     """The layer stored no chunk of its own: dictionary blobs move down one index."""
     seen: set[int] = set()
@@ -156,15 +176,37 @@ def pack_layer_to_file(
 ) -> BlobResult:
     """:func:`pack_layer` into ``output``, atomically: a temp file renamed on success, removed on error."""
     output = Path(output)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-            result = pack_layer(stream, out.write, options, on_warning=on_warning)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    except OSError as exc:  # it names its random temp file: name the directory instead
+        raise OSError(exc.errno, exc.strerror, str(output.parent)) from None
+    out = os.fdopen(fd, "wb", buffering=1 << 20)
+    try:
+        result = pack_layer(stream, _writer_naming(out, output), options, on_warning=on_warning)
+        try:
+            out.close()
+        except OSError as exc:
+            raise naming(exc, output) from exc
         os.replace(tmp_name, output)
     except BaseException:
+        # After a failed write, closing (flushing) fails too: keep the first, named error.
+        with contextlib.suppress(OSError):
+            out.close()
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return result
+
+
+def _writer_naming(out: BinaryIO, path: Path) -> Callable[[bytes], None]:
+    """``out.write`` whose errors name ``path`` (a full disk says only "No space left")."""
+
+    def write(data: bytes) -> None:
+        try:
+            out.write(data)
+        except OSError as exc:
+            raise naming(exc, path) from exc
+
+    return write
 
 
 def _storable_xattrs(entry: LayerEntry, on_warning: Warn) -> dict[bytes, bytes]:
@@ -227,15 +269,17 @@ class _Chunker:
         self.external_blobs: list[BlobInfo] = []  # dictionary blobs referenced, in order
         self._external_index: dict[str, int] = {}
         self._chunk_size = options.chunk_size
+        self._compressor = options.compressor
+        self._digester = options.digester
         self._hash_first = HashFirst(
             compressor=options.compressor, digester=options.digester, chunk_dict=chunk_dict
         )
         task_bytes = max(options.chunk_size, self.BATCH_BYTES)
         self._max_inflight = max(options.threads + 1, MAX_INFLIGHT_BYTES // task_bytes)
-        self._pending: deque[tuple[Future[list[PreparedChunk | DigestedChunk]], list[tuple[Inode, int]]]] = (
-            deque()
-        )
-        self._batch: list[bytes] = []
+        self._pending: deque[
+            tuple[Future[list[PreparedChunk | DigestedChunk]], list[tuple[Inode, int]]]
+        ] = deque()
+        self._batch: list[bytes | PreparedChunk] = []  # raw chunks, or already prepared ones
         self._batch_refs: list[tuple[Inode, int]] = []
         self._batch_bytes = 0
 
@@ -245,12 +289,18 @@ class _Chunker:
             raise UnsupportedEntryError(
                 f"{entry.path.decode('utf-8', 'backslashreplace')} needs more than 2^24 chunks"
             )
+        holes = _Holes(entry.data_runs) if entry.data_runs is not None else None
         offset = 0
         while offset < entry.size:
             want = min(self._chunk_size, entry.size - offset)
-            self._batch.append(_read_exactly(entry.data, want, entry.path))
+            if holes is not None and holes.covers(offset, want):
+                # A whole-hole chunk: the one zero chunk of this size, prepared once.
+                cast(HoleSkipping, entry.data).skip_hole(want)
+                self._batch.append(zero_chunk(want, compressor=self._compressor, digester=self._digester))
+            else:
+                self._batch.append(_read_exactly(entry.data, want, entry.path))
+                self._batch_bytes += want
             self._batch_refs.append((inode, offset))
-            self._batch_bytes += want
             offset += want
             if self._batch_bytes >= self.BATCH_BYTES or len(self._batch) >= self.BATCH_CHUNKS:
                 self._submit_batch()
@@ -296,6 +346,24 @@ class _Chunker:
             ref = hit.chunk.at_file_offset(offset)
             ref.blob_index = 1 + position  # after the layer's own blob (see make_bootstrap)
             inode.chunks.append(ref)
+
+
+class _Holes:
+    """Answers "is this chunk all hole?" for a sparse file, walking its data runs once in order."""
+
+    def __init__(self, runs: list[tuple[int, int]]) -> None:
+        self._runs = runs
+        self._next = 0  # the first run that ends after the last offset asked about
+
+    def covers(self, offset: int, size: int) -> bool:
+        """Whether ``[offset, offset + size)`` holds no stored byte; offsets must not decrease."""
+        runs = self._runs
+        while self._next < len(runs):
+            start, length = runs[self._next]
+            if start + length > offset:
+                return start >= offset + size  # the next stored bytes start after the chunk
+            self._next += 1
+        return True  # no stored bytes after offset
 
 
 def _read_exactly(data: BinaryIO, size: int, path: bytes) -> bytes:

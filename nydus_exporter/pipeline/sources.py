@@ -21,7 +21,7 @@ from nydus_exporter.errors import ConfigError, FormatError
 from nydus_exporter.image.repository import ImageRepository, LayoutRepository
 from nydus_exporter.oci import mediatypes
 from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest
-from nydus_exporter.oci.layout import OciLayout
+from nydus_exporter.oci.layout import OciLayout, split_layout_spec
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
 
@@ -144,8 +144,8 @@ def open_source(
     """
     scheme, rest = parse_source(spec)
     if scheme == "oci":
-        path, tag = _split_tag(rest)
-        yield _from_repository(LayoutRepository(OciLayout.open(Path(path))), tag, platforms)
+        path, tag = split_layout_spec(rest)
+        yield _from_repository(LayoutRepository(OciLayout.open(path)), tag, platforms)
     elif scheme == "docker":
         if registry is None:
             raise ConfigError("docker:// sources need a registry client")
@@ -185,14 +185,6 @@ def open_source(
             str(directory), directory=directory, whiteouts="overlayfs" if whiteouts == "overlayfs" else "oci"
         )
         yield Source([SourceImage(None, _config_for(config, 1), [layer])])
-
-
-def _split_tag(rest: str) -> tuple[str, str | None]:
-    # oci:DIR[:TAG] — a tag never contains '/', a directory path may contain ':' only before it.
-    path, sep, tag = rest.rpartition(":")
-    if sep and path and "/" not in tag:
-        return path, tag
-    return rest, None
 
 
 def _open_file(path: Path) -> BinaryIO:

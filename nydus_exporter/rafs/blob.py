@@ -14,6 +14,7 @@ of every distinct chunk are kept until :meth:`BlobWriter.finish`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +70,16 @@ def prepare_chunk(
         data=data,
         compressed=compressed,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def zero_chunk(size: int, *, compressor: str, digester: str) -> PreparedChunk:
+    """:func:`prepare_chunk` of ``size`` zero bytes, computed once per size and codecs.
+
+    Every chunk that lies wholly in a hole of a sparse file is this chunk (the same bytes as
+    preparing the zeros would give), so holes cost no per-byte hashing or compression.
+    """
+    return prepare_chunk(bytes(size), compressor=compressor, digester=digester)
 
 
 @dataclass(frozen=True, slots=True)

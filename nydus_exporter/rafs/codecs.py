@@ -6,6 +6,9 @@ thread gets its own through :func:`thread_compressor`.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import hashlib
 import threading
 from collections.abc import Callable
@@ -76,6 +79,27 @@ class _ZstdCompressor:
         return out
 
 
+@functools.cache
+def _liblz4() -> ctypes.CDLL:
+    """The system liblz4 (Debian ``liblz4-1``), for ``LZ4_compress_default`` itself.
+
+    nydus-image compresses with ``LZ4_compress_default``; python-lz4's ``block.compress``
+    (any mode or acceleration) produces different bytes for many inputs (a third of
+    text-like chunks, and chunk-info tables), so blobs would not be byte-identical to the
+    real toolchain's. Decompression is format-defined and stays with python-lz4.
+    """
+    name = ctypes.util.find_library("lz4") or "liblz4.so.1"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError as exc:
+        raise ConfigError(f"lz4_block needs liblz4 (apt-get install liblz4-1): {exc}") from None
+    lib.LZ4_compressBound.argtypes = [ctypes.c_int]
+    lib.LZ4_compressBound.restype = ctypes.c_int
+    lib.LZ4_compress_default.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.LZ4_compress_default.restype = ctypes.c_int
+    return lib
+
+
 class _Lz4BlockCompressor:
     name = "lz4_block"
     algorithm_id = layout.COMPRESSOR_ID_LZ4_BLOCK
@@ -83,9 +107,17 @@ class _Lz4BlockCompressor:
     toc_flag = layout.TOC_FLAG_LZ4_BLOCK
 
     def compress(self, data: bytes) -> bytes:
-        # A raw LZ4 block (LZ4_compress_default): no frame, no size prefix.
-        out: bytes = lz4.block.compress(data, mode="default", store_size=False)
-        return out
+        # A raw LZ4 block from LZ4_compress_default: no frame, no size prefix. (ctypes
+        # releases the GIL for the call, so packing threads compress in parallel.)
+        lib = _liblz4()
+        bound = lib.LZ4_compressBound(len(data))
+        if len(data) > 0x7E000000 or bound <= 0:
+            raise ValueError(f"{len(data)} bytes are too many for one LZ4 block")
+        dst = ctypes.create_string_buffer(bound)
+        size = lib.LZ4_compress_default(data, dst, len(data), bound)
+        if size <= 0:
+            raise RuntimeError(f"LZ4_compress_default failed ({size})")
+        return ctypes.string_at(dst, size)
 
     def decompress(self, data: bytes, uncompressed_size: int) -> bytes:
         try:

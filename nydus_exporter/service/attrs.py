@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nydus_exporter.errors import excerpt
+from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.pipeline.options import ExportOptions, parse_output
 from nydus_exporter.service.errors import PathNotAllowedError
@@ -43,8 +44,16 @@ class ResolvedAttrs:
         return True
 
 
-def resolve_attrs(attrs: Mapping[str, str], *, path_allowed: Callable[[Path], bool]) -> ResolvedAttrs:
-    """Validate ``attrs``; raises ConfigError / UnsupportedError / PathNotAllowedError."""
+def resolve_attrs(
+    attrs: Mapping[str, str],
+    *,
+    path_allowed: Callable[[Path], bool],
+    sparse_limit: int = DEFAULT_SPARSE_LIMIT,
+) -> ResolvedAttrs:
+    """Validate ``attrs``; raises ConfigError / UnsupportedError / PathNotAllowedError.
+
+    ``sparse_limit`` is the daemon's: the default of ``sparse-limit`` and the most it may be.
+    """
 
     def check_host_path(key: str, path: Path) -> None:
         if not path_allowed(path):
@@ -52,7 +61,9 @@ def resolve_attrs(attrs: Mapping[str, str], *, path_allowed: Callable[[Path], bo
                 f"{key}={excerpt(str(path))} is not under an allowed root or the daemon's state directory"
             )
 
-    parsed = parse_output(attrs, daemon=True, check_host_path=check_host_path)
+    parsed = parse_output(
+        attrs, daemon=True, check_host_path=check_host_path, caps={"sparse-limit": sparse_limit}
+    )
     names = parsed.normalized.get("name", "")
     if names:
         display = f"exporting to nydus image {names}"

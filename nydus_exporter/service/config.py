@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nydus_exporter.errors import ConfigError
+from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT
 
 ENV_PREFIX = "NYDUS_EXPORTER_"
 DEFAULT_STATE_DIR = Path("/var/lib/nydus-exporter")
@@ -50,6 +51,8 @@ class ServiceConfig:
     # The default of the chunk-store output key for exports through this daemon (a client's
     # chunk-store=true/false wins): the daemon's state dir is the chunk store's natural home.
     chunk_store: bool = False
+    # sparse-limit of exports that name none, and the most one may ask for (bytes)
+    sparse_limit: int = DEFAULT_SPARSE_LIMIT
     max_chunk_bytes: int = 1 << 20  # largest LayerData.data
     max_message_bytes: int = 16 << 20  # gRPC message limit both ways ([contract §5.6])
     # What a client can make the daemon hold in memory (service/budget.py) and how long and
@@ -68,11 +71,12 @@ class ServiceConfig:
         return self.listen or (f"unix://{self.state_dir / 'exporter.sock'}",)
 
     def validated(self) -> ServiceConfig:
-        if self.max_concurrent_exports < 1:
-            raise ConfigError("max_concurrent_exports must be at least 1")
+        if self.sparse_limit < 0:
+            raise ConfigError("sparse_limit must not be negative")
         if not 4096 <= self.max_chunk_bytes <= self.max_message_bytes - 4096:
             raise ConfigError("max_chunk_bytes must be from 4096 to max_message_bytes - 4096")
         for count, name in (
+            (self.max_concurrent_exports, "max_concurrent_exports"),
             (self.max_metadata_bytes_per_job, "max_metadata_bytes_per_job"),
             (self.max_metadata_bytes_total, "max_metadata_bytes_total"),
             (self.max_attrs_bytes_per_instance, "max_attrs_bytes_per_instance"),

@@ -220,7 +220,9 @@ class JobRegistry:
             )
         if self.config.chunk_store and "chunk-store" not in attrs:
             attrs = {**attrs, "chunk-store": "true"}  # the daemon's default; the client's key wins
-        resolved = resolve_attrs(attrs, path_allowed=self.config.path_allowed)
+        resolved = resolve_attrs(
+            attrs, path_allowed=self.config.path_allowed, sparse_limit=self.config.sparse_limit
+        )
         self.attrs_held.reserve(size)  # given back when the instance is released or expires
         instance = Instance(
             uuid.uuid4().hex, resolved, exporter_index, buildkit_version, self._clock(), attrs_bytes=size

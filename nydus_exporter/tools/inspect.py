@@ -119,18 +119,28 @@ def describe_blob(fd: int, size: int, *, files: bool = False) -> dict[str, Any]:
     out["chunk_count"] = len(infos)
     boot = reader.bootstrap()
     if boot is not None:
-        out["bootstrap"] = describe_bootstrap(boot, files=files)
+        # The embedded bootstrap names this very blob by the placeholder; its real id is the
+        # file's digest (what a merged bootstrap and the image manifest call it).
+        out["bootstrap"] = describe_bootstrap(boot, files=files, own_blob_id=whole.hexdigest())
     return out
 
 
-def describe_bootstrap(data: bytes, *, files: bool = False) -> dict[str, Any]:
+# Why a blob id reads "xxxx…": said in `inspect`'s output, where the question arises.
+PLACEHOLDER_NOTE = (
+    "placeholder: nydus-image writes 64 'x' as the id of the blob this bootstrap is inlined in; "
+    "an image's merged bootstrap names that blob by its sha256 digest"
+)
+
+
+def describe_bootstrap(data: bytes, *, files: bool = False, own_blob_id: str | None = None) -> dict[str, Any]:
+    """``own_blob_id``: the real id of the blob holding ``data``, when it is read from one."""
     boot = read_bootstrap(data)
     out: dict[str, Any] = {
         "block_size": boot.block_size,
         "inodes": boot.inos,
         "chunk_size": boot.chunk_size,
         "flags": flag_names(boot.flags, _SUPER_FLAG_NAMES),
-        "blobs": [_describe_blob_info(b) for b in boot.blobs],
+        "blobs": [_describe_blob_info(b, own_blob_id) for b in boot.blobs],
         "prefetch": list(boot.prefetch),
         "chunk_table_entries": len(boot.chunk_table),
     }
@@ -139,9 +149,17 @@ def describe_bootstrap(data: bytes, *, files: bool = False) -> dict[str, Any]:
     return out
 
 
-def _describe_blob_info(blob: BlobInfo) -> dict[str, Any]:
+def _describe_blob_info(blob: BlobInfo, own_blob_id: str | None) -> dict[str, Any]:
+    identity: dict[str, Any] = {"blob_id": blob.blob_id}
+    if blob.blob_id == layout.INLINE_BLOB_ID_PLACEHOLDER:
+        identity["placeholder"] = True
+        if own_blob_id is not None:
+            identity["real_blob_id"] = own_blob_id
+        identity["note"] = PLACEHOLDER_NOTE + (
+            " (real_blob_id)" if own_blob_id is not None else ", which a lone bootstrap does not know"
+        )
     return {
-        "blob_id": blob.blob_id,
+        **identity,
         "chunk_count": blob.chunk_count,
         "compressor": _COMPRESSOR_NAMES.get(blob.compressor, str(blob.compressor)),
         "digester": _DIGESTER_NAMES.get(blob.digester, str(blob.digester)),

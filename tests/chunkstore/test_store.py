@@ -15,7 +15,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -418,9 +417,11 @@ from pathlib import Path
 from tests.chunkstore.test_store import record_synthetic, LOC
 from nydus_exporter.chunkstore import ChunkStore
 state, name, count, gc_rate = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-go = Path(sys.argv[5]) if len(sys.argv) > 5 else None
-while go is not None and not go.exists():
-    pass
+wait_for_go = len(sys.argv) > 5
+if wait_for_go:
+    print("waiting", flush=True)
+    sys.stdin.readline()
+print("opening", flush=True)
 with ChunkStore.open(state, max_blobs=60) as store:
     print("ready", flush=True)
     rnd = random.Random(name)
@@ -430,36 +431,51 @@ with ChunkStore.open(state, max_blobs=60) as store:
             store.forget_blob(LOC, digest)
         if rnd.random() < gc_rate:
             store.gc(max_blobs=40)
+        if not wait_for_go:
+            print(f"recorded {i}", flush=True)
 print("done", flush=True)
 """
 
 
 def worker(
-    state: Path, name: str, count: int, gc_rate: float, go: Path | None = None
+    state: Path, name: str, count: int, gc_rate: float, *, wait_for_go: bool = False
 ) -> subprocess.Popen[str]:
     """A process recording synthetic blobs ``{name}-0``, ``{name}-1``, ...; forgets one in ten
-    right away, runs a gc(max_blobs=40) after a fraction ``gc_rate`` of them; starts when
-    ``go`` exists."""
-    argv = [sys.executable, "-c", WORKER, str(state), name, str(count), str(gc_rate)] + (
-        [str(go)] if go else []
-    )
+    right away, runs a gc(max_blobs=40) after a fraction ``gc_rate`` of them. It prints
+    "opening" before it opens the store, "ready" once open, "recorded N" after each blob
+    (unless ``wait_for_go``) and "done"; with ``wait_for_go`` it first prints "waiting" and
+    starts when a line arrives on its stdin."""
+    argv = [sys.executable, "-c", WORKER, str(state), name, str(count), str(gc_rate)]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     return subprocess.Popen(
-        argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv + (["wait-for-go"] if wait_for_go else []),
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdin=subprocess.PIPE if wait_for_go else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
+def _read_line(proc: subprocess.Popen[str], expected: str) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line == expected + "\n", f"expected {expected!r} from the worker, got {line!r}"
+
+
+@pytest.mark.slow
 def test_sigkill_at_random_moments_never_tears_a_blob(tmp_path: Path) -> None:
     rnd = random.Random(1234)
     killed_while_recording = 0
     for round_ in range(10):
         proc = worker(tmp_path, f"kill{round_}", 100_000, 0.05)
         try:
-            if round_ % 4 == 3:  # sometimes while it opens (or even creates) the database
-                time.sleep(rnd.uniform(0.0, 0.4))
-            else:
-                assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-                time.sleep(rnd.uniform(0.01, 0.25))
+            _read_line(proc, "opening")
+            if round_ % 4 != 3:  # else while it opens (or even creates) the database
+                _read_line(proc, "ready")
+                for _ in range(rnd.randrange(1, 6)):  # then while it records, after some blobs
+                    assert proc.stdout is not None and proc.stdout.readline().startswith("recorded ")
                 killed_while_recording += 1
         finally:
             proc.send_signal(signal.SIGKILL)
@@ -474,15 +490,20 @@ def test_sigkill_at_random_moments_never_tears_a_blob(tmp_path: Path) -> None:
         assert store.stats()["blobs"] > 0  # the workers did record between kills
 
 
+@pytest.mark.slow
 def test_processes_record_at_once(tmp_path: Path) -> None:
-    state, go = tmp_path / "state", tmp_path / "go"  # the store does not exist yet: created in the race
-    procs = [worker(state, f"proc{i}", 15, 0.0, go) for i in range(4)]
-    time.sleep(0.3)
-    go.touch()
+    state = tmp_path / "state"  # the store does not exist yet: created in the race
+    procs = [worker(state, f"proc{i}", 15, 0.0, wait_for_go=True) for i in range(4)]
+    for proc in procs:  # every worker has started: let them go at once
+        _read_line(proc, "waiting")
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     outputs = [p.communicate(timeout=120) for p in procs]
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
-        assert out.splitlines() == ["ready", "done"] and "locked" not in err
+        assert out.splitlines() == ["opening", "ready", "done"] and "locked" not in err
     assert_complete(state / DB_NAME)
     with ChunkStore.open(state, max_blobs=60) as store:
         forgotten = 0
@@ -494,6 +515,7 @@ def test_processes_record_at_once(tmp_path: Path) -> None:
         assert assert_reads_back(store) == store.stats()["blobs"] == 60 - forgotten
 
 
+@pytest.mark.slow
 def test_threads_share_one_store(tmp_path: Path) -> None:
     errors: list[BaseException] = []
     with ChunkStore.open(tmp_path) as store:

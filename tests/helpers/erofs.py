@@ -19,9 +19,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from tests.helpers.waiting import ConditionTimeout, wait_until
 
 KERNEL_EROFS_REASON = (
     "needs root, loop devices (/dev/loop-control, losetup) and the kernel EROFS driver "
@@ -98,26 +99,37 @@ def _attach_loop(path: Path) -> str:
     return res.stdout.strip()
 
 
-def _detach_loop(dev: str) -> None:
-    # `losetup -d` on a still-busy device sets autoclear instead of failing for good,
-    # so a lazily-unmounted filesystem still frees its loop devices eventually.
-    res = _run(["losetup", "-d", dev])
-    if res.returncode != 0:
-        time.sleep(0.2)
-        _run(["losetup", "-d", dev])
+def _detach_loop(dev: str, backing: Path) -> None:
+    """Detach ``dev`` and wait until it no longer holds ``backing``.
+
+    `losetup -d` on a device that is still open (udev probing it, a lazily unmounted
+    filesystem) sets autoclear and succeeds: the kernel detaches it when the last user
+    closes it. Once it succeeded it is never repeated, as the freed device may already be
+    attached again by another test.
+    """
+    detached = _run(["losetup", "-d", dev]).returncode == 0
+
+    def released() -> bool:
+        nonlocal detached
+        if f"{dev}:" not in _run(["losetup", "-j", str(backing)]).stdout:
+            return True
+        if not detached:  # refused outright: still ours, so try again
+            detached = _run(["losetup", "-d", dev]).returncode == 0
+        return False
+
+    with contextlib.suppress(ConditionTimeout):  # a lazily unmounted filesystem frees it later
+        wait_until(released, 10, what=f"{dev} lets go of {backing}")
 
 
 def _unmount(mountpoint: Path) -> None:
-    deadline = time.monotonic() + _UMOUNT_RETRY_SECONDS
-    while True:
-        res = _run(["umount", str(mountpoint)])
-        if res.returncode == 0 or not os.path.ismount(mountpoint):
-            return
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.1)
-    # Still busy: detach it lazily so the loops and the tempdir can go.
-    _run(["umount", "-l", str(mountpoint)])
+    def unmounted() -> bool:
+        return _run(["umount", str(mountpoint)]).returncode == 0 or not os.path.ismount(mountpoint)
+
+    try:
+        wait_until(unmounted, _UMOUNT_RETRY_SECONDS, what=f"{mountpoint} unmounts")
+    except ConditionTimeout:
+        # Still busy: detach it lazily so the loops and the tempdir can go.
+        _run(["umount", "-l", str(mountpoint)])
 
 
 @contextlib.contextmanager
@@ -127,15 +139,15 @@ def mount_rafs(bootstrap: Path, devices: Sequence[Path] = ()) -> Iterator[Path]:
     ``devices`` must be in device-table order (device 1 = blob table entry 0, ...). Yields
     the mountpoint; on exit (also on error) unmounts and detaches every loop device.
     """
-    loops: list[str] = []
+    loops: list[tuple[str, Path]] = []  # (device, backing file)
     mountpoint = Path(tempfile.mkdtemp(prefix="rafs-mnt-"))
     mounted = False
     try:
         boot_loop = _attach_loop(Path(bootstrap))
-        loops.append(boot_loop)
+        loops.append((boot_loop, Path(bootstrap)))
         for dev in devices:
-            loops.append(_attach_loop(Path(dev)))
-        options = ["ro", *(f"device={loop}" for loop in loops[1:])]
+            loops.append((_attach_loop(Path(dev)), Path(dev)))
+        options = ["ro", *(f"device={loop}" for loop, _ in loops[1:])]
         res = _run(["mount", "-t", "erofs", "-o", ",".join(options), boot_loop, str(mountpoint)])
         if res.returncode != 0:
             raise RuntimeError(
@@ -147,8 +159,8 @@ def mount_rafs(bootstrap: Path, devices: Sequence[Path] = ()) -> Iterator[Path]:
     finally:
         if mounted:
             _unmount(mountpoint)
-        for loop in reversed(loops):
-            _detach_loop(loop)
+        for loop, backing in reversed(loops):
+            _detach_loop(loop, backing)
         if not os.path.ismount(mountpoint):
             with contextlib.suppress(OSError):
                 mountpoint.rmdir()

@@ -145,6 +145,7 @@ def test_plain_buffered_stream_is_returned_unchanged_without_losing_bytes(tmp_pa
         assert f.read() == PAYLOAD
 
 
+@pytest.mark.slow
 def test_large_reads_return_exactly_what_was_asked() -> None:
     data = RNG.randbytes(1 << 20) * 40  # 40 MiB, compressible across the repeats
     for blob in (gzip.compress(data, compresslevel=1), _zstd(data)):

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -471,6 +470,7 @@ def test_data_cannot_be_read_after_the_walk_moved_on(tmp_path: Path) -> None:
         first.data.read(1)
 
 
+@pytest.mark.slow
 def test_a_very_deep_tree_walks(tmp_path: Path) -> None:
     """Deeper than Python's recursion limit and than PATH_MAX allows as one path."""
     depth = 1200
@@ -497,17 +497,16 @@ def test_a_very_deep_tree_walks(tmp_path: Path) -> None:
     assert paths[-1] == b"/dd" * depth + b"/leaf"
 
 
-def test_a_ten_thousand_file_tree_walks_fast(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_ten_thousand_file_tree_walks(tmp_path: Path) -> None:
+    # How long this takes is measured by bench/metadata.py, not asserted here.
     for d in range(100):
         sub = tmp_path / f"d{d:03d}"
         sub.mkdir()
         for i in range(100):
             (sub / f"file-{i:03d}").write_bytes(b"x" if i % 2 else b"")
-    start = time.perf_counter()
     count = sum(1 for _ in iter_directory(tmp_path))
-    elapsed = time.perf_counter() - start
     assert count == 1 + 100 + 10_000
-    assert elapsed < 1.0, f"walking 10k files took {elapsed:.2f} s"
 
 
 # --------------------------------------------------------------------------------------------

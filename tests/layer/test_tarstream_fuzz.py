@@ -13,6 +13,7 @@ import io
 from datetime import timedelta
 from typing import BinaryIO
 
+import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -165,6 +166,7 @@ def test_random_bytes_behind_a_compression_magic(magic: bytes, data: bytes) -> N
     check(open_layer_stream(io.BytesIO(magic + data)))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(mutated_tar(), st.sampled_from(["gzip", "zstd"]), st.data())
 def test_mutated_compressed_layers(data: bytes, codec: str, draw: st.DataObject) -> None:

@@ -74,7 +74,9 @@ def test_tar_layout_read_by_stdlib() -> None:
         assert tar.extractfile(members[2]).read() == META_A[1]  # type: ignore[union-attr]
         assert tar.extractfile(members[3]).read() == META_B[1]  # type: ignore[union-attr]
     raw_tar = gzip.decompress(data)
-    assert raw_tar[:6] == b"image/" and raw_tar[257:263] == b"ustar\x00"
+    # Go archive/tar: the directory name as given (no trailing slash), octal-zero devmajor/minor.
+    assert raw_tar[:6] == b"image\x00" and raw_tar[257:263] == b"ustar\x00"
+    assert raw_tar[329:345] == b"0000000\x000000000\x00"
     assert raw_tar.endswith(bytes(1024)) and len(raw_tar) % 512 == 0
 
 

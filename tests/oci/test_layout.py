@@ -208,6 +208,7 @@ def test_untagged_entries_are_not_duplicated(tmp_path: Path) -> None:
     assert layout.resolve() == d
 
 
+@pytest.mark.slow
 def test_concurrent_tagging(tmp_path: Path) -> None:
     layout = OciLayout.create(tmp_path)
     images = [small_image(b"%d" % i) for i in range(8)]

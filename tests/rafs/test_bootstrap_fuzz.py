@@ -92,6 +92,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(mutated())
 def test_mutated_bootstraps_raise_only_format_error(data: bytes) -> None:
@@ -105,6 +106,7 @@ def test_random_bytes_raise_format_error(data: bytes) -> None:
         read_bootstrap(data)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     st.sampled_from(["written", "v22", "accel"]),

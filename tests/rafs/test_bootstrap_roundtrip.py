@@ -15,7 +15,6 @@ import stat
 import struct
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,6 +400,7 @@ def extractable(image: Image) -> bool:
 # Tests
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(images())
 def test_generated_trees_round_trip_and_pass_fsck_erofs(image: Image) -> None:
@@ -429,6 +429,7 @@ def big_directory_image(entries: int) -> Image:
     return image
 
 
+@pytest.mark.slow
 def test_directory_with_more_than_10000_entries(tmp_path: Path) -> None:
     image = big_directory_image(10_001)
     data = image.write()
@@ -535,6 +536,7 @@ def erofs_available() -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_kernel_mount_shows_the_written_tree(tmp_path: Path) -> None:
     require(os.geteuid() == 0 and erofs_available(), "needs root and kernel EROFS support")
     require(shutil.which("losetup") is not None, "losetup is not installed")
@@ -661,7 +663,9 @@ def test_writer_rejects_inconsistent_input() -> None:
         write_bootstrap(root, image.blobs[:1], chunk_size=CHUNK, flags=image.flags)
 
 
-def test_100k_inodes_are_written_and_read_in_seconds() -> None:
+@pytest.mark.slow
+def test_100k_inodes_are_written_and_read() -> None:
+    # How long this takes is measured by bench/metadata.py, not asserted here.
     root = Node.directory(b"/", Inode(stat.S_IFDIR | 0o755))
     assert root.children is not None
     ci = 0
@@ -674,11 +678,6 @@ def test_100k_inodes_are_written_and_read_in_seconds() -> None:
             ci += 1
             sub.children[b"f%d" % f] = Node(b"f%d" % f, Inode(stat.S_IFREG | 0o644, size=100, chunks=[chunk]))
     blob = BlobInfo("ab" * 32, CHUNK, chunk_count=ci, uncompressed_size=ci * 4096)
-    started = time.perf_counter()
     data = write_bootstrap(root, [blob], chunk_size=CHUNK, flags=BASE_FLAGS)
-    written = time.perf_counter()
     boot = read_bootstrap(data)
-    finished = time.perf_counter()
     assert boot.inos == 100_101
-    assert written - started < 10, f"write took {written - started:.1f}s"
-    assert finished - written < 10, f"read took {finished - written:.1f}s"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import stat
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -583,12 +582,10 @@ def _synthetic_layer(layer: int, files: int) -> MergeLayer:
 
 
 @pytest.mark.slow
-def test_twenty_layers_of_ten_thousand_files_merge_in_seconds() -> None:
+def test_twenty_layers_of_ten_thousand_files_merge() -> None:
+    # How long this takes is measured by bench/metadata.py, not asserted here.
     layers = [_synthetic_layer(i, 10_000) for i in range(20)]
-    start = time.perf_counter()
     result = merge_layers(layers)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 30, f"merge took {elapsed:.1f} s"
     # Half of each layer's files are replaced by every later layer ("shared"), half accumulate.
     boot = read_bootstrap(result.bootstrap)
     files = [node for _, node in walk(boot.root) if node.inode.is_reg]

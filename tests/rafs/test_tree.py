@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from typing import Any
 
 import pytest
 
@@ -11,11 +12,11 @@ from nydus_exporter.rafs.model import Inode
 from nydus_exporter.rafs.tree import TreeBuilder
 
 
-def reg(**kw: int) -> Inode:
+def reg(**kw: Any) -> Inode:
     return Inode(mode=stat.S_IFREG | 0o644, **kw)
 
 
-def dir_(mode: int = 0o700, **kw: int) -> Inode:
+def dir_(mode: int = 0o700, **kw: Any) -> Inode:
     return Inode(mode=stat.S_IFDIR | mode, **kw)
 
 

@@ -12,14 +12,15 @@ import pytest
 from nydus_exporter.client.exporter import ExporterClient, open_channel
 from nydus_exporter.service.config import ServiceConfig
 from nydus_exporter.service.server import RunningServer, serve
+from tests.e2e.test_export import layer_base, layer_meta_only, layer_top
 from tests.helpers import ocibuild
-from tests.test_export import layer_base, layer_meta_only, layer_top
 
 
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
-    """A short directory: unix socket paths must stay under 108 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="nx-", dir="/tmp"))
+    """A short directory: unix socket paths must stay under 108 bytes (tmp_path is too long)."""
+    base = tempfile.gettempdir()
+    path = Path(tempfile.mkdtemp(prefix="nx-", dir=base if len(base) <= 40 else "/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

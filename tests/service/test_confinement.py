@@ -24,9 +24,9 @@ from nydus_exporter.pipeline.sources import open_source
 from nydus_exporter.service import beneath
 from nydus_exporter.service.errors import PathNotAllowedError, ProtocolError
 from nydus_exporter.service.server import RunningServer
+from tests.e2e.test_export import layer_meta_only
 from tests.helpers import tarbuild as tb
 from tests.service import streams as s
-from tests.test_export import layer_meta_only
 
 SECRET = b"-----BEGIN PRIVATE KEY----- outside every root"
 PUBLIC = b"public content of the layer under the root"

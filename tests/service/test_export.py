@@ -18,9 +18,9 @@ from nydus_exporter.registry.credentials import DockerConfigCredentials
 from nydus_exporter.service.jobs import SLOT_ROW
 from nydus_exporter.service.metrics import DEDUP_KINDS
 from nydus_exporter.service.server import RunningServer, serve
+from tests.e2e.test_export import layer_base, layer_top
 from tests.registry_fixtures import FaultProxy, RegistryServer
 from tests.service.conftest import config_for
-from tests.test_export import layer_base, layer_top
 
 
 def files_of(root: Path) -> dict[str, bytes]:
@@ -95,6 +95,7 @@ async def test_tar_source_single_platform_has_the_config_digest(
     assert files_of(short_tmp / "remote") == files_of(short_tmp / "local")
 
 
+@pytest.mark.slow
 async def test_second_export_of_the_same_layers_sends_no_layer_data(
     client: ExporterClient, daemon: RunningServer, image: Path, short_tmp: Path
 ) -> None:
@@ -120,6 +121,7 @@ async def test_second_export_of_the_same_layers_sends_no_layer_data(
     assert files_of(short_tmp / "c") == files_of(short_tmp / "a")
 
 
+@pytest.mark.slow
 async def test_eight_concurrent_exports_with_two_slots(short_tmp: Path, image: Path) -> None:
     async with serve(config_for(short_tmp, max_concurrent_exports=2)) as daemon:
         async with open_channel(daemon.addresses[0]) as channel:
@@ -221,6 +223,7 @@ async def test_directory_layer_by_reference_only_under_allowed_roots(
     assert f"{rootfs} is not under an allowed root" in info.value.message
 
 
+@pytest.mark.slow
 async def test_push_asks_the_client_for_registry_credentials(
     client: ExporterClient, image: Path, short_tmp: Path, registry_basic: RegistryServer, repo_name: str
 ) -> None:
@@ -242,6 +245,7 @@ async def test_push_asks_the_client_for_registry_credentials(
     assert tags.is_dir()
 
 
+@pytest.mark.slow
 async def test_merge_manifest_into_the_live_tag_over_grpc(
     client: ExporterClient, image: Path, short_tmp: Path, registry: RegistryServer, repo_name: str
 ) -> None:
@@ -265,6 +269,7 @@ async def test_merge_manifest_into_the_live_tag_over_grpc(
         )
 
 
+@pytest.mark.slow
 async def test_chunk_store_over_grpc(
     client: ExporterClient, short_tmp: Path, fault_proxy: FaultProxy, repo_name: str
 ) -> None:

@@ -17,9 +17,9 @@ from nydus_exporter.api import exporter_pb2 as pb
 from nydus_exporter.client.exporter import ExporterClient, RemoteExportError, open_channel
 from nydus_exporter.service.server import RunningServer, serve
 from nydus_exporter.service.servicer import peer_host
+from tests.e2e.test_export import layer_meta_only
 from tests.service import streams as s
 from tests.service.conftest import config_for
-from tests.test_export import layer_meta_only
 
 MiB = 1 << 20
 LAYER = layer_meta_only()

@@ -66,6 +66,8 @@ GOOD: list[tuple[str, dict[str, str], dict[str, str]]] = [
     ("source-date-epoch", {"source-date-epoch": "1700000000"}, {"source-date-epoch": "1700000000"}),
     ("standard-response-keys", {"standard-response-keys": "false"}, {"standard-response-keys": "false"}),
     ("parallel-layers", {"parallel-layers": "3"}, {"parallel-layers": "3"}),
+    ("sparse-limit default", {}, {"sparse-limit": str(16 << 30)}),
+    ("sparse-limit", {"sparse-limit": "1GiB"}, {"sparse-limit": str(1 << 30)}),
 ]
 
 BAD: list[tuple[str, dict[str, str], grpc.StatusCode, str]] = [
@@ -108,6 +110,8 @@ BAD: list[tuple[str, dict[str, str], grpc.StatusCode, str]] = [
     ("source-date-epoch", {"source-date-epoch": "yesterday"}, INVALID, "source-date-epoch='yesterday'"),
     ("standard-response-keys", {"standard-response-keys": "2"}, INVALID, "standard-response-keys='2'"),
     ("parallel-layers", {"parallel-layers": "0"}, INVALID, "parallel-layers='0'"),
+    ("sparse-limit not a size", {"sparse-limit": "lots"}, INVALID, "sparse-limit='lots' is not a size"),
+    ("sparse-limit above the daemon's", {"sparse-limit": "1TiB"}, INVALID, "above this daemon's limit"),
     ("oci-layout relative", {"oci-layout": "out"}, INVALID, "oci-layout='out' must be an absolute path"),
     ("oci-layout not allowed", {"oci-layout": "/etc/out"}, INVALID, "not under an allowed root"),
     ("push=false without oci-layout", {"oci-layout": None}, INVALID, "push=false needs oci-layout"),  # type: ignore[dict-item]

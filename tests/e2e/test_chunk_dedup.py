@@ -21,10 +21,10 @@ from nydus_exporter.rafs.blob_reader import BlobReader
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.tools.mount import mount_image, umount_image
 from tests.conftest import require
+from tests.e2e.test_unpack_mount import _oci_image_of
 from tests.helpers import tarbuild as tb
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available
 from tests.helpers.treesnap import diff_snapshots, snapshot_dir
-from tests.test_unpack_mount import _oci_image_of
 
 BIG = random.Random(6).randbytes((3 << 20) + 777)  # incompressible: its bytes show in blob sizes
 

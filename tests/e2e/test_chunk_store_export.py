@@ -7,9 +7,11 @@ verified with `nydus-exporter check`."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,7 @@ def test_chunk_store_needs_push(tmp_path: Path) -> None:
         export(layer(tmp_path, "x", tb.file("f", b"1")), options, state_dir=tmp_path / "state")
 
 
+@pytest.mark.slow
 def test_unchanged_layers_are_not_converted_again(
     fault_proxy: FaultProxy, repo_name: str, tmp_path: Path
 ) -> None:
@@ -150,6 +153,7 @@ def test_unchanged_layers_are_not_converted_again(
     assert cli.main(["check", f"docker://{fault_proxy.upstream.host}/{repo_name}:v2"]) == 0
 
 
+@pytest.mark.slow
 def test_chunkdict_push_serves_other_repositories(
     fault_proxy: FaultProxy, repo_name: str, tmp_path: Path
 ) -> None:
@@ -179,6 +183,7 @@ def test_chunkdict_push_serves_other_repositories(
     assert cli.main(["check", f"docker://{host}/{repo_name}-b:v1"]) == 0
 
 
+@pytest.mark.slow
 def test_killed_export_leaves_a_consistent_store(
     registry: RegistryServer, repo_name: str, tmp_path: Path
 ) -> None:
@@ -186,24 +191,56 @@ def test_killed_export_leaves_a_consistent_store(
     store opens cleanly and is used."""
     import signal
     import sys
-    import time
 
     from nydus_exporter.chunkstore import ChunkStore
+    from tests.helpers.waiting import wait_until
 
     state = tmp_path / "state"
     name = f"{registry.host}/{repo_name}:v1"
     big = random.Random(3).randbytes(24 << 20)
     source = layer(tmp_path, "big", tb.file("a.bin", big), tb.file("b.bin", big[::-1]))
     argv = [
-        str(Path(sys.executable).parent / "nydus-exporter"), "export", source, "--progress", "quiet",
+        str(Path(sys.executable).parent / "nydus-exporter"), "export", source, "--progress", "plain",
         "--state-dir", str(state), "--output", f"type=nydus,name={name},oci-mediatypes=true,chunk-store=true",
     ]  # fmt: skip
-    for delay in (0.3, 0.8, 1.5):
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    # A killed export cannot remove its work directory: keep it under tmp_path.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    uploads = registry.root / "docker/registry/v2/repositories" / repo_name / "_uploads"
+
+    def kill_when(reached: Callable[[subprocess.Popen[str]], object]) -> None:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            reached(proc)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+
+    def progress_line(words: str) -> Callable[[subprocess.Popen[str]], object]:
+        def reached(proc: subprocess.Popen[str]) -> object:
+            assert proc.stderr is not None
+            return next((line for line in proc.stderr if words in line), None)  # None: it ended
+
+        return reached
+
+    def sessions() -> set[Path]:
+        return set(uploads.iterdir()) if uploads.is_dir() else set()
+
+    def uploading(earlier: set[Path]) -> Callable[[subprocess.Popen[str]], object]:
+        def reached(proc: subprocess.Popen[str]) -> object:
+            return wait_until(
+                lambda: proc.poll() is not None or sessions() - earlier,
+                60,
+                what="the registry has a new upload session open (or the export ended)",
+            )
+
+        return reached
+
+    kill_when(progress_line(": packing "))  # converting
+    kill_when(progress_line(": done, "))  # converted, about to push
+    kill_when(uploading(sessions()))  # pushing
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert cli.main(["check", f"docker://{name}"]) == 0
     with ChunkStore.open(state) as store:

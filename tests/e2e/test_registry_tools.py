@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,9 +40,10 @@ from nydus_exporter.tools.cat import cat_file
 from nydus_exporter.tools.check import check_image
 from nydus_exporter.tools.unpack import unpack_image
 from tests.conftest import PROJECT_ROOT, require
+from tests.e2e.test_check import write_layers
 from tests.helpers import tarbuild as tb
+from tests.helpers.shared import build_once
 from tests.registry_fixtures import FaultProxy, LoopThread, RegistryServer
-from tests.test_check import write_layers
 
 MIB = 1 << 20
 BIG_FILES = 40
@@ -67,11 +67,14 @@ class WireCounter:
         self.host = ""
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing: asyncio.Event | None = None  # cleared: nothing more reaches the client
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, count: bool) -> None:
         try:
             while data := await src.read(1 << 16):
                 if count:
+                    assert self._flowing is not None
+                    await self._flowing.wait()
                     self.down += len(data)
                 dst.write(data)
                 await dst.drain()
@@ -91,7 +94,14 @@ class WireCounter:
         finally:
             self._tasks.discard(task)
 
+    def pause(self) -> None:
+        """Stop passing the registry's bytes on: the client waits as on a stalled network."""
+        assert self._flowing is not None
+        self._loop_thread.loop.call_soon_threadsafe(self._flowing.clear)
+
     async def _start(self) -> None:
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.host = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
@@ -193,21 +203,30 @@ class PushedImage:
 
 
 @pytest.fixture(scope="module")
-def big_image(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer) -> PushedImage:
-    directory = tmp_path_factory.mktemp("big")
-    tar_path = directory / "layer.tar"
-    big_tar(tar_path)
-    export_layout(f"tar:{tar_path}", directory / "layout")
+def big_image(
+    tmp_path_factory: pytest.TempPathFactory, worker_id: str, registry: RegistryServer
+) -> PushedImage:
+    def build(directory: Path) -> None:  # once per run (read-only), pushed by each worker
+        big_tar(directory / "layer.tar")
+        export_layout(f"tar:{directory / 'layer.tar'}", directory / "layout")
+
+    directory = build_once(tmp_path_factory, worker_id, "registry-tools-big", build)
     repo_tag = skopeo_push(directory / "layout", "1", registry.host, f"t/lazy-{uuid.uuid4().hex[:8]}")
-    return PushedImage(directory / "layout", tar_path, repo_tag)
+    return PushedImage(directory / "layout", directory / "layer.tar", repo_tag)
 
 
 @pytest.fixture(scope="module")
-def rich_image(tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer) -> PushedImage:
+def rich_image(
+    tmp_path_factory: pytest.TempPathFactory, worker_id: str, registry: RegistryServer
+) -> PushedImage:
     """test_check's three layers: hardlinks, devices, xattrs, whiteouts, an opaque dir."""
-    directory = tmp_path_factory.mktemp("rich")
-    layers = write_layers(directory / "layers")
-    export_layout("tar:" + ",".join(map(str, layers)), directory / "layout")
+
+    def build(directory: Path) -> None:  # once per run (read-only), pushed by each worker
+        layers = write_layers(directory / "layers")
+        export_layout("tar:" + ",".join(map(str, layers)), directory / "layout")
+
+    directory = build_once(tmp_path_factory, worker_id, "registry-tools-rich", build)
+    layers = sorted((directory / "layers").iterdir())
     repo_tag = skopeo_push(directory / "layout", "1", registry.host, f"t/rich-{uuid.uuid4().hex[:8]}")
     return PushedImage(directory / "layout", layers[0], repo_tag)
 
@@ -385,10 +404,10 @@ def test_open_blob_streams_verified_bytes_and_close_stops_the_transfer(
 
 
 def test_closing_the_store_wakes_a_reader_in_another_thread(
-    big_image: PushedImage, registry: RegistryServer
+    big_image: PushedImage, wire: WireCounter
 ) -> None:
     blob = max((big_image.layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
-    store = RegistryRepository.open(big_image.docker(registry.host))
+    store = RegistryRepository.open(big_image.docker(wire.host))
     stream = store.open_blob(f"sha256:{blob.name}")
     outcome: list[object] = []
     started = threading.Event()
@@ -398,8 +417,9 @@ def test_closing_the_store_wakes_a_reader_in_another_thread(
         try:
             while piece := stream.read(64 << 10):
                 total += len(piece)
-                started.set()
-                time.sleep(0.001)  # a slow consumer: the producer waits on the bounded queue
+                if not started.is_set():
+                    wire.pause()  # the network stalls: the reader ends up waiting for bytes
+                    started.set()
             outcome.append(total)
         except ValueError as exc:
             outcome.append(exc)

@@ -24,9 +24,9 @@ from nydus_exporter.errors import ConfigError
 from nydus_exporter.tools import mount as mount_module
 from nydus_exporter.tools.mount import MOUNTS_FILE, mount_image
 from tests.conftest import PROJECT_ROOT, require
+from tests.e2e.test_check import TAG, blob_path, export, load_image, tar_source, write_layers
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available
 from tests.helpers.treesnap import Snapshot, diff_snapshots, snapshot_dir, snapshot_tar
-from tests.test_check import TAG, blob_path, export, load_image, tar_source, write_layers
 
 UMOCI_REASON = "needs root and umoci (the reference unpacker)"
 

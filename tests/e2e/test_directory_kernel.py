@@ -2,7 +2,7 @@
 
 A tree with every entry kind (``tests/layer/test_directory.py::build_tree``) is packed with
 ``pack_entries(iter_directory(src))``; the embedded bootstrap is loop-mounted as EROFS with
-the blob's uncompressed image as its device (the steps of ``tests/test_kernel_oracle.py``),
+the blob's uncompressed image as its device (the steps of ``tests/e2e/test_kernel_oracle.py``),
 and the mounted tree must equal the source tree as ``snapshot_dir`` sees both: names, types,
 modes, owners, sizes, content, symlink targets, xattrs, rdev, mtime with nanoseconds, nlink
 and hardlink groups. The only documented difference: sockets are not packed.
@@ -18,10 +18,10 @@ import pytest
 from nydus_exporter.layer.directory import iter_directory
 from nydus_exporter.pipeline.pack import PackOptions, pack_entries
 from tests.conftest import require
+from tests.e2e.test_kernel_oracle import mountable
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available, mount_rafs
 from tests.helpers.treesnap import diff_snapshots, snapshot_dir
 from tests.layer.test_directory import build_tree
-from tests.test_kernel_oracle import mountable
 
 pytestmark = pytest.mark.kernel
 

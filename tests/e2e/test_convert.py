@@ -23,12 +23,12 @@ from nydus_exporter.pipeline.export import export
 from nydus_exporter.pipeline.options import parse_output
 from nydus_exporter.tools.mount import mount_image, umount_image
 from tests.conftest import require
+from tests.e2e.test_unpack_mount import _oci_image_of
 from tests.helpers import ocibuild
 from tests.helpers import tarbuild as tb
 from tests.helpers.erofs import KERNEL_EROFS_REASON, kernel_erofs_available
 from tests.helpers.treesnap import diff_snapshots, snapshot_dir
 from tests.registry_fixtures import RegistryServer
-from tests.test_unpack_mount import _oci_image_of
 
 PLATFORMS = {
     "linux/amd64": [
@@ -119,10 +119,10 @@ def test_convert_and_mount_every_platform(
             actual = snapshot_dir(mnt)
             # Directories no layer lists: umoci stamps them with the time of the unpack, the
             # Nydus image keeps mtime 0 ([format §5.1]). Compare them on everything else.
-            for path in _implied_dirs(layer_tars):
-                assert expected[path].mtime >= started - 1
-                expected[path] = dataclasses.replace(
-                    expected[path], mtime=actual[path].mtime, mtime_nsec=actual[path].mtime_nsec
+            for implied in _implied_dirs(layer_tars):
+                assert expected[implied].mtime >= started - 1
+                expected[implied] = dataclasses.replace(
+                    expected[implied], mtime=actual[implied].mtime, mtime_nsec=actual[implied].mtime_nsec
                 )
             assert diff_snapshots(expected, actual) == []
         finally:

@@ -72,7 +72,8 @@ def top_descriptor(root: Path, tag: str) -> dict[str, Any]:
     index = json.loads((root / "index.json").read_text())
     found = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) == tag]
     assert len(found) == 1, index
-    return found[0]
+    descriptor: dict[str, Any] = found[0]
+    return descriptor
 
 
 def run_export(source: str, out: Path, *attrs: str, extra: list[str] | None = None) -> dict[str, Any]:
@@ -80,7 +81,8 @@ def run_export(source: str, out: Path, *attrs: str, extra: list[str] | None = No
     output = ",".join(["type=nydus", "push=false", f"oci-layout={out}", *attrs])
     argv = ["export", source, "--output", output, "--progress", "quiet", "--metadata-file", str(metadata)]
     assert cli.main(argv + (extra or [])) == 0
-    return json.loads(metadata.read_text())
+    result: dict[str, Any] = json.loads(metadata.read_text())
+    return result
 
 
 def check_nydus_manifest(
@@ -89,7 +91,7 @@ def check_nydus_manifest(
     """The [format §6] shape, checked from the raw JSON and the blobs themselves."""
     raw = blob(root, manifest_digest)
     assert "sha256:" + hashlib.sha256(raw).hexdigest() == manifest_digest
-    manifest = json.loads(raw)
+    manifest: dict[str, Any] = json.loads(raw)
     assert manifest["schemaVersion"] == 2
     expected_type = (
         "application/vnd.oci.image.manifest.v1+json"
