@@ -276,9 +276,9 @@ class _Chunker:
         )
         task_bytes = max(options.chunk_size, self.BATCH_BYTES)
         self._max_inflight = max(options.threads + 1, MAX_INFLIGHT_BYTES // task_bytes)
-        self._pending: deque[
-            tuple[Future[list[PreparedChunk | DigestedChunk]], list[tuple[Inode, int]]]
-        ] = deque()
+        self._pending: deque[tuple[Future[list[PreparedChunk | DigestedChunk]], list[tuple[Inode, int]]]] = (
+            deque()
+        )
         self._batch: list[bytes | PreparedChunk] = []  # raw chunks, or already prepared ones
         self._batch_refs: list[tuple[Inode, int]] = []
         self._batch_bytes = 0
