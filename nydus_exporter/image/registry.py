@@ -278,11 +278,20 @@ class _BlobPipe(io.RawIOBase):
         try:
             self._sync.run(self._start())
         except RegistryNotFoundError:
-            repo._forget(self)
+            self._abandon()
             raise FormatError(f"blob {digest} not found in {repo.name}") from None
         except BaseException:
-            repo._forget(self)
+            self._abandon()
             raise
+
+    def _abandon(self) -> None:
+        """Close a pipe whose opening failed (``_start`` cancelled the transfer already).
+
+        The half-built object lives on in the traceback: left open, its finalizer would
+        close it later, on whatever thread the garbage collector runs on.
+        """
+        self._task = None
+        self.close()
 
     async def _start(self) -> None:
         self._queue = asyncio.Queue(QUEUE_DEPTH)
@@ -366,8 +375,13 @@ class _BlobPipe(io.RawIOBase):
             return
         try:
             if self._task is not None and not self._eof:
-                with contextlib.suppress(RuntimeError):  # the registry was closed already
-                    self._sync.run(self._cancel())
+                if self._sync.on_loop_thread():
+                    # A finalizer (or a callback) on the client's loop: waiting for the loop
+                    # there would block it forever. Schedule the cancellation instead.
+                    self._sync.submit(self._cancel())
+                else:
+                    with contextlib.suppress(RuntimeError):  # the registry was closed already
+                        self._sync.run(self._cancel())
         finally:
             self._piece = memoryview(b"")
             self._repo._forget(self)

@@ -4,6 +4,11 @@ The export pipeline packs layers in threads; :class:`SyncRegistry` runs one
 :class:`RegistryClient` on a private event loop in a daemon thread and exposes the same
 operations as blocking calls, safe to use from any number of threads at once (they share the
 client's connection pool, token cache and per-registry concurrency limit).
+
+Code that runs *on* the private loop (coroutines of the client, callbacks, and finalizers the
+garbage collector happens to run there) must never wait for the loop: :meth:`SyncRegistry.run`
+refuses to be called there (it would wait forever for itself), and closers use
+:meth:`SyncRegistry.submit`, which schedules without waiting.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class SyncRegistry:
         self._thread.start()
         self._client = RegistryClient(**client_options)
         self._closed = False
+        self._pending: set[Future[None]] = set()  # submitted clean-ups (kept referenced)
 
     def __enter__(self) -> SyncRegistry:
         return self
@@ -52,17 +58,53 @@ class SyncRegistry:
     def stats(self) -> RegistryStats:
         return self._client.stats
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The private loop (to schedule callbacks that must run on the client's thread)."""
+        return self._loop
+
+    def on_loop_thread(self) -> bool:
+        """Whether the caller runs on the private loop's thread (where waiting deadlocks)."""
+        return threading.current_thread() is self._thread
+
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the private loop and wait for its result."""
+        """Run ``coroutine`` on the private loop and wait for its result.
+
+        Raises :class:`RuntimeError` when called on the loop's own thread: the loop cannot
+        run the coroutine while it waits for it.
+        """
         if self._closed:
             coroutine.close()
             raise RuntimeError("SyncRegistry is closed")
+        if self.on_loop_thread():
+            coroutine.close()
+            raise RuntimeError(
+                "SyncRegistry.run() called on the registry client's own loop thread: "
+                "waiting there would deadlock (schedule with submit() instead)"
+            )
         future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         return future.result()
+
+    def submit(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Schedule ``coroutine`` on the private loop without waiting for it (any thread,
+        the loop's own included). Its failure is dropped: for clean-ups only. A closed
+        registry drops the coroutine."""
+        if self._closed:
+            coroutine.close()
+            return
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        except RuntimeError:  # the loop is closing
+            coroutine.close()
+            return
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
 
     def close(self) -> None:
         if self._closed:
             return
+        if self.on_loop_thread():
+            raise RuntimeError("SyncRegistry.close() called on its own loop thread: it would deadlock")
         self.run(self._client.close())
         self._closed = True
         self._loop.call_soon_threadsafe(self._loop.stop)
