@@ -266,13 +266,22 @@ class JobRegistry:
             self._by_key[key] = job
         return job, False
 
-    async def early_worker(self, options: ExportOptions) -> EarlyWorker | None:
+    async def early_worker(self, job: Job, options: ExportOptions) -> EarlyWorker | None:
         """A build slot and an idle worker, to convert layers while they are received, if both
-        are free right now and the export's layers convert independently of each other (no
-        chunk dictionary of any kind: those are known only at conversion). The caller hands it
-        to :meth:`convert` or gives it back with :meth:`abandon_early`."""
+        are free right now, no other export is receiving or waiting for a slot, and the
+        export's layers convert independently of each other (no chunk dictionary of any kind:
+        those are known only at conversion). The caller hands it to :meth:`convert` or gives it
+        back with :meth:`abandon_early`.
+
+        Why no other export: a job converting while it receives holds its slot at the pace of
+        its client; with other exports streaming at the same time that pace drops, and exports
+        that have all their bytes would wait for the slot (measured: 8 concurrent exports went
+        from 1.1x to 0.7x of the sequential throughput)."""
         independent = not options.chunk_dedup and options.chunk_dict is None
         if not independent or (options.chunk_store and options.push) or self._slots.locked():
+            return None
+        others = (JobState.RECEIVING, JobState.WAITING)
+        if any(other is not job and other.state in others for other in self.jobs.values()):
             return None
         worker = self.runner.early_worker()
         if worker is not None:

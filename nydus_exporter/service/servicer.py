@@ -543,7 +543,7 @@ class ExporterServicer(pb_grpc.ExporterServicer):
 
         async def on_spool(path: Path, size: int) -> None:
             if not early:
-                worker = await self._jobs.early_worker(attrs.options)
+                worker = await self._jobs.early_worker(job, attrs.options)
                 if worker is None:
                     intake.on_spool = None  # none free now: convert after receiving
                     return
