@@ -67,4 +67,4 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
 # `docker stop` more than that (--stop-timeout 45 above).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["nydus-exporter"]
-CMD ["serve", "--listen", "unix:///run/nydus-exporter/exporter.sock", "--http", "0.0.0.0:9810", "--state-dir", "/var/lib/nydus-exporter"]
+CMD ["serve", "--listen", "unix:///run/nydus-exporter/exporter.sock", "--http", "0.0.0.0:9810", "--state-dir", "/var/lib/nydus-exporter", "--chunk-store"]

@@ -58,7 +58,7 @@ INTEROP_GO_DIR := tests/interop/containerd
 
 .PHONY: all venv system-deps runtime-deps registry-service-off interop-tools interop buildkit buildkit-check \
 	test check lint proto run sample bench bench-export bench-push bench-metadata bench-daemon bench-dedup \
-	bench-buildkit clean distclean
+	bench-buildkit bench-rebuild bench-concurrency bench-all clean distclean
 
 all: test
 
@@ -191,7 +191,8 @@ check: venv
 #       tar:.state/run/sample.tar --output type=nydus,push=false,oci-layout=$(CURDIR)/.state/daemon/out,name=sample:1
 run: runtime-deps venv
 	mkdir -p $(DAEMON_DIR)
-	$(BIN)/nydus-exporter serve --state-dir $(CURDIR)/$(DAEMON_DIR) --http $(METRICS_ADDR) --log-format console
+	$(BIN)/nydus-exporter serve --state-dir $(CURDIR)/$(DAEMON_DIR) --http $(METRICS_ADDR) --log-format console \
+		--chunk-store
 
 # A small sample layer and an in-process pack + inspect of it (no daemon needed).
 sample: venv
@@ -225,6 +226,19 @@ bench-buildkit: system-deps venv buildkit
 # Bytes uploaded for three image versions with/without the chunk store (needs network for apt).
 bench-dedup: system-deps venv
 	$(BIN)/python bench/dedup.py $(BENCH_ARGS)
+
+# Export+push against export+skopeo copy, and a chunk-store rebuild against the first export.
+bench-rebuild: system-deps venv
+	$(BIN)/python bench/rebuild.py $(BENCH_ARGS)
+
+# 8 concurrent exports of different 200 MB layers through one daemon (throughput, RSS); not named
+# concurrent.py, which would shadow the concurrent package on sys.path.
+bench-concurrency: system-deps venv
+	$(BIN)/python bench/concurrency.py $(BENCH_ARGS)
+
+# Every benchmark, then one table (what, now, target); BENCH_ARGS=--quick: one run of each.
+bench-all: system-deps venv
+	$(BIN)/python bench/all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .state build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -56,6 +56,12 @@ def add_serve_command(sub: Any) -> argparse.ArgumentParser:
         default=None,
         help="fall back to the daemon's own docker config for registry credentials",
     )
+    serve.add_argument(
+        "--chunk-store",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default of the chunk-store output key (a client's chunk-store= wins)",
+    )
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--log-format", choices=("json", "console"))
     return serve  # type: ignore[no-any-return]
@@ -92,6 +98,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         "grace_period": args.grace_period,
         "allowed_roots": tuple(args.allowed_roots) if args.allowed_roots else None,
         "use_docker_config": args.use_docker_config,
+        "chunk_store": args.chunk_store,
         "log_level": args.log_level,
         "log_format": args.log_format,
     }

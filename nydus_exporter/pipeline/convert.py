@@ -60,8 +60,12 @@ class Converter:
         progress: Progress,
         hooks: LayerHooks | None = None,
         external_blobs: Callable[[Platform | None], ExternalBlobs] | None = None,
+        on_blob: Callable[[str, int], None] | None = None,
     ) -> None:
         self._out = out
+        # Told (digest, size) of each layer blob as soon as it is complete in ``out`` (push
+        # while packing: :mod:`.early_push`); called from the pipeline's worker threads.
+        self._on_blob = on_blob
         self._hooks = hooks
         self._external_blobs = external_blobs
         self.remote_blobs: set[str] = set()  # external blobs left in the target repository
@@ -205,6 +209,8 @@ class Converter:
                     self.remote_blobs.add(result.digest)
                 else:
                     self._out.import_blob_file(blob, result.digest)
+                    if self._on_blob is not None:
+                        self._on_blob(result.digest, result.size)
                 self._progress(
                     ProgressEvent(
                         "layer-done", label, index, total, layer.name, 0, result.size, message="cached"
@@ -238,6 +244,8 @@ class Converter:
                         counting, f.write, self._options.pack, on_warning=warn, chunk_dict=chunk_dict
                     )
         self._out.import_blob_file(path, result.digest)
+        if self._on_blob is not None:
+            self._on_blob(result.digest, result.size)
         if hooks is not None:
             hooks.packed(layer, self._out.blob_path(result.digest), result)
         if key is not None:

@@ -185,53 +185,63 @@ def export_source(
     if options.push and registry is None:
         raise ConfigError("push=true needs a registry client")
     out = OciLayout.create(options.oci_layout or workdir / "push-layout")
-    converter = Converter(out, options, workdir, progress, hooks, external_blobs)
-    results = [converter.convert(image) for image in source.images]
     refs = [parse_reference(name).with_default_tag() for name in options.names]
-    existing = None
-    if options.merge_manifest:
-        if options.push and options.merge_manifest_source == "registry":
+    with contextlib.ExitStack() as stack:
+        early = None
+        if options.push:
             assert registry is not None
-            current = registry.get_manifest(refs[0])  # the image under the tag now (None: no tag yet)
-            existing = current.raw if current is not None else None
-        else:
-            existing = source_top(out, source, push=options.push)
-    root = root_descriptor(out, existing, results, options)
-    if options.oci_layout is not None:
-        named: list[tuple[str | None, str | None]] = [*tags_of(options.names)] or [(None, None)]
-        for tag, image_name in named:
-            out.add_manifest(named_descriptor(root, image_name), tag=tag)
-    if options.push:
-        assert registry is not None
-        from nydus_exporter.pipeline.push import push_image
+            from nydus_exporter.pipeline.early_push import EarlyPush
 
-        stats = push_image(
-            registry,
-            out,
-            root,
-            refs,
-            on_blob=lambda digest, outcome: progress(
-                ProgressEvent("message", message=f"{digest}: {outcome}")
-            ),
-            remote=converter.remote_blobs,
-            mountable=converter.mountable,
-        )
-        if on_pushed is not None:
-            on_pushed(converter.packed)
-        progress(
-            ProgressEvent(
-                "message",
-                message=f"pushed {stats.blobs} blobs ({stats.uploaded} uploaded, "
-                f"{stats.uploaded_bytes} bytes; {stats.mounted} mounted; {stats.existing} already there)",
+            early = EarlyPush(registry, out, refs[0])  # layer blobs upload while the next ones convert
+            stack.callback(early.close)
+        on_blob = early.blob_ready if early is not None else None
+        converter = Converter(out, options, workdir, progress, hooks, external_blobs, on_blob=on_blob)
+        results = [converter.convert(image) for image in source.images]
+        existing = None
+        if options.merge_manifest:
+            if options.push and options.merge_manifest_source == "registry":
+                assert registry is not None
+                current = registry.get_manifest(refs[0])  # the image under the tag now (None: no tag yet)
+                existing = current.raw if current is not None else None
+            else:
+                existing = source_top(out, source, push=options.push)
+        root = root_descriptor(out, existing, results, options)
+        if options.oci_layout is not None:
+            named: list[tuple[str | None, str | None]] = [*tags_of(options.names)] or [(None, None)]
+            for tag, image_name in named:
+                out.add_manifest(named_descriptor(root, image_name), tag=tag)
+        if options.push:
+            assert registry is not None
+            from nydus_exporter.pipeline.push import push_image
+
+            stats = push_image(
+                registry,
+                out,
+                root,
+                refs,
+                on_blob=lambda digest, outcome: progress(
+                    ProgressEvent("message", message=f"{digest}: {outcome}")
+                ),
+                remote=converter.remote_blobs,
+                mountable=converter.mountable,
+                pushed=early.results() if early is not None else None,
             )
+            if on_pushed is not None:
+                on_pushed(converter.packed)
+            progress(
+                ProgressEvent(
+                    "message",
+                    message=f"pushed {stats.blobs} blobs ({stats.uploaded} uploaded, "
+                    f"{stats.uploaded_bytes} bytes; {stats.mounted} mounted; {stats.existing} already there)",
+                )
+            )
+        return ExportResult(
+            root,
+            tuple(results),
+            options.names,
+            options.oci_layout,
+            compressor=options.pack.compressor,
+            oci_manifests=oci_manifests(out, root) if options.merge_manifest else {},
+            remote_blobs=tuple(sorted(converter.remote_blobs)),
+            packed=tuple(blob.digest for blob in converter.packed),
         )
-    return ExportResult(
-        root,
-        tuple(results),
-        options.names,
-        options.oci_layout,
-        compressor=options.pack.compressor,
-        oci_manifests=oci_manifests(out, root) if options.merge_manifest else {},
-        remote_blobs=tuple(sorted(converter.remote_blobs)),
-        packed=tuple(blob.digest for blob in converter.packed),
-    )

@@ -1,7 +1,8 @@
 """Pack one layer stream into a Nydus data blob (the per-layer step of a conversion).
 
-Data flow: layer stream -> decompression -> tar entries -> chunks -> thread pool (digest,
-CRC-32C, compression) -> :class:`BlobWriter` in submission order -> sink. Chunks are
+Data flow: layer stream -> decompression -> tar entries -> chunks -> thread pool (digest, then
+CRC-32C and compression of new chunks only: :mod:`.hash_first`) -> :class:`BlobWriter` in
+submission order -> sink. Chunks are
 committed strictly in the order they were read, so the output does not depend on the
 number of threads; at most ``max_inflight`` chunks are in memory at any time.
 """
@@ -30,8 +31,9 @@ from nydus_exporter.layer.compression import open_layer_stream
 from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT, EntryKind, HoleSkipping, LayerEntry
 from nydus_exporter.layer.readahead import read_ahead
 from nydus_exporter.layer.tarstream import iter_entries, show_name
+from nydus_exporter.pipeline.hash_first import DigestedChunk, HashFirst
 from nydus_exporter.rafs import codecs, layout
-from nydus_exporter.rafs.blob import BlobResult, BlobWriter, PreparedChunk, prepare_chunk, zero_chunk
+from nydus_exporter.rafs.blob import BlobResult, BlobWriter, PreparedChunk, zero_chunk
 from nydus_exporter.rafs.bootstrap import write_bootstrap
 from nydus_exporter.rafs.chunkdict import ChunkDict
 from nydus_exporter.rafs.model import BlobInfo, Inode, Node, walk
@@ -269,9 +271,14 @@ class _Chunker:
         self._chunk_size = options.chunk_size
         self._compressor = options.compressor
         self._digester = options.digester
+        self._hash_first = HashFirst(
+            compressor=options.compressor, digester=options.digester, chunk_dict=chunk_dict
+        )
         task_bytes = max(options.chunk_size, self.BATCH_BYTES)
         self._max_inflight = max(options.threads + 1, MAX_INFLIGHT_BYTES // task_bytes)
-        self._pending: deque[tuple[Future[list[PreparedChunk]], list[tuple[Inode, int]]]] = deque()
+        self._pending: deque[tuple[Future[list[PreparedChunk | DigestedChunk]], list[tuple[Inode, int]]]] = (
+            deque()
+        )
         self._batch: list[bytes | PreparedChunk] = []  # raw chunks, or already prepared ones
         self._batch_refs: list[tuple[Inode, int]] = []
         self._batch_bytes = 0
@@ -311,7 +318,7 @@ class _Chunker:
     def _submit_batch(self) -> None:
         if not self._batch:
             return
-        future = self._pool.submit(_prepare_batch, self._batch, self._compressor, self._digester)
+        future = self._pool.submit(self._hash_first.prepare_batch, self._batch)
         self._pending.append((future, self._batch_refs))
         self._batch, self._batch_refs, self._batch_bytes = [], [], 0
         while len(self._pending) >= self._max_inflight:
@@ -322,6 +329,14 @@ class _Chunker:
         for chunk, (inode, offset) in zip(future.result(), refs, strict=True):
             hit = self._dict.lookup(chunk.digest, chunk.uncompressed_size) if self._dict else None
             if hit is None:
+                if isinstance(chunk, DigestedChunk):
+                    ref = self._writer.reuse(chunk.digest, chunk.uncompressed_size, file_offset=offset)
+                    if ref is not None:
+                        inode.chunks.append(ref)
+                        continue
+                    # Its first occurrence: claimed by a batch that reached the pool earlier
+                    # but commits later. Compress it now (same bytes).
+                    chunk = self._hash_first.complete(chunk.raw, chunk.digest)
                 inode.chunks.append(self._writer.add_chunk(chunk, file_offset=offset))
                 continue
             position = self._external_index.get(hit.blob.blob_id)
@@ -331,15 +346,6 @@ class _Chunker:
             ref = hit.chunk.at_file_offset(offset)
             ref.blob_index = 1 + position  # after the layer's own blob (see make_bootstrap)
             inode.chunks.append(ref)
-
-
-def _prepare_batch(raws: list[bytes | PreparedChunk], compressor: str, digester: str) -> list[PreparedChunk]:
-    return [
-        raw
-        if isinstance(raw, PreparedChunk)
-        else prepare_chunk(raw, compressor=compressor, digester=digester)
-        for raw in raws
-    ]
 
 
 class _Holes:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nydus_exporter.errors import ConfigError
 from nydus_exporter.oci import mediatypes as mt
@@ -18,6 +19,9 @@ from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.oci.reference import Reference
 from nydus_exporter.registry.sync import SyncRegistry
+
+if TYPE_CHECKING:
+    from nydus_exporter.registry.client import PushResult
 
 MAX_PARALLEL_BLOBS = 4
 
@@ -66,6 +70,7 @@ def push_image(
     on_blob: Callable[[str, str], None] | None = None,
     remote: Collection[str] = (),
     mountable: Mapping[str, tuple[str, Callable[[], None]]] | None = None,
+    pushed: Mapping[str, PushResult] | None = None,
 ) -> PushStats:
     """Push everything ``root`` reaches in ``layout`` to each of ``refs``, then tag them.
 
@@ -73,6 +78,8 @@ def push_image(
     first reference's repository (the chunk store's blobs); other repositories of the same
     registry mount them from there. ``mountable``: digest -> (repository of the same registry
     to mount it from, a function that puts it into ``layout`` when the mount is refused).
+    ``pushed``: blobs already pushed to the first reference's repository (push while packing:
+    :mod:`.early_push`) and what that did.
     """
     blobs, manifests = collect(layout, root)
     pusher = _BlobPusher(registry, layout, refs[0], on_blob, remote, mountable or {})
@@ -81,8 +88,13 @@ def push_image(
         mount_from = [
             p.repository for p in pushed_to if p.api_host == ref.api_host and p.repository != ref.repository
         ]
+        done = pushed if pushed is not None and ref is refs[0] else {}
+        for desc in blobs:
+            if desc.digest in done:
+                pusher.pushed_before(desc, done[desc.digest])
         with ThreadPoolExecutor(max_workers=MAX_PARALLEL_BLOBS, thread_name_prefix="push") as pool:
-            for future in [pool.submit(pusher.push, desc, ref, mount_from) for desc in blobs]:
+            todo = [desc for desc in blobs if desc.digest not in done]
+            for future in [pool.submit(pusher.push, desc, ref, mount_from) for desc in todo]:
                 future.result()
         for desc in manifests:
             registry.put_manifest(ref, layout.read_blob(desc.digest), desc.media_type, tags=())  # by digest
@@ -125,6 +137,11 @@ class _BlobPusher:
                 self.stats.mounted += 1
             else:
                 self.stats.existing += 1
+
+    def pushed_before(self, desc: Descriptor, result: PushResult) -> None:
+        self._count(result.outcome, result.uploaded_bytes)
+        if self._on_blob is not None:
+            self._on_blob(desc.digest, result.outcome)
 
     def push(self, desc: Descriptor, ref: Reference, mount_from: list[str]) -> None:
         if desc.digest in self._remote:

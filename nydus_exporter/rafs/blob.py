@@ -53,13 +53,18 @@ class PreparedChunk:
     compressed: bool
 
 
-def prepare_chunk(raw: bytes, *, compressor: str, digester: str) -> PreparedChunk:
-    """Digest, CRC-32C and compress one chunk ([format §3.2]). Pure and thread-safe."""
+def prepare_chunk(
+    raw: bytes, *, compressor: str, digester: str, digest: bytes | None = None
+) -> PreparedChunk:
+    """Digest, CRC-32C and compress one chunk ([format §3.2]). Pure and thread-safe.
+
+    ``digest``: the chunk's digest when the caller already computed it (hash first, then
+    compress only what is new: :mod:`nydus_exporter.pipeline.hash_first`)."""
     if not raw:
         raise ValueError("a chunk cannot be empty (zero-size files have no chunks)")
     data, compressed = codecs.compress_if_smaller(codecs.thread_compressor(compressor), raw)
     return PreparedChunk(
-        digest=codecs.digester(digester).digest(raw),
+        digest=digest if digest is not None else codecs.digester(digester).digest(raw),
         crc32=codecs.crc32c(raw),
         uncompressed_size=len(raw),
         data=data,
@@ -130,6 +135,14 @@ class BlobWriter:
     def position(self) -> int:
         """Bytes written so far."""
         return self._position
+
+    def reuse(self, digest: bytes, uncompressed_size: int, *, file_offset: int) -> ChunkRef | None:
+        """The reference to an identical chunk already in this blob at ``file_offset``, if any
+        (what :meth:`add_chunk` returns for a duplicate, without its compressed bytes)."""
+        known = self._by_digest.get(digest)
+        if known is not None and known.uncompressed_size == uncompressed_size:
+            return known.at_file_offset(file_offset)
+        return None
 
     def add_chunk(self, chunk: PreparedChunk, *, file_offset: int) -> ChunkRef:
         """Append ``chunk`` unless an identical one is already in this blob ([format §3.2, §4.2])."""

@@ -13,27 +13,73 @@ TLS/scheme choice, auth handshake, redirects), ``auth`` (challenges, tokens; no 
 ``credentials``, ``retry`` (the one retry layer), ``redact``, ``sync``.
 """
 
-from nydus_exporter.registry.auth import Challenge
-from nydus_exporter.registry.client import (
-    BlobSource,
-    BlobStream,
-    ManifestResponse,
-    PushResult,
-    RegistryClient,
-    UploadParts,
-)
-from nydus_exporter.registry.credentials import (
-    CallbackCredentials,
-    ChainCredentials,
-    CredentialProvider,
-    Credentials,
-    CredentialStore,
-    DockerConfigCredentials,
-    StaticCredentials,
-)
-from nydus_exporter.registry.retry import RetryPolicy
-from nydus_exporter.registry.sync import SyncRegistry
-from nydus_exporter.registry.transport import RegistryStats, Timeouts
+import typing
+
+if typing.TYPE_CHECKING:
+    from nydus_exporter.registry.auth import Challenge
+    from nydus_exporter.registry.client import (
+        BlobSource,
+        BlobStream,
+        ManifestResponse,
+        PushResult,
+        RegistryClient,
+        UploadParts,
+    )
+    from nydus_exporter.registry.credentials import (
+        CallbackCredentials,
+        ChainCredentials,
+        CredentialProvider,
+        Credentials,
+        CredentialStore,
+        DockerConfigCredentials,
+        StaticCredentials,
+    )
+    from nydus_exporter.registry.retry import RetryPolicy
+    from nydus_exporter.registry.sync import SyncRegistry
+    from nydus_exporter.registry.transport import RegistryStats, Timeouts
+
+# The names above, imported on first use: importing a light submodule (``auth``,
+# ``credentials``: what the gRPC client needs) must not import the aiohttp client, which costs
+# every ``export --addr`` a tenth of a second before its first request.
+_HOME = {
+    "Challenge": "auth",
+    **dict.fromkeys(
+        ("BlobSource", "BlobStream", "ManifestResponse", "PushResult", "RegistryClient", "UploadParts"),
+        "client",
+    ),
+    **dict.fromkeys(
+        (
+            "CallbackCredentials",
+            "ChainCredentials",
+            "CredentialProvider",
+            "Credentials",
+            "CredentialStore",
+            "DockerConfigCredentials",
+            "StaticCredentials",
+        ),
+        "credentials",
+    ),
+    "RetryPolicy": "retry",
+    "SyncRegistry": "sync",
+    "RegistryStats": "transport",
+    "Timeouts": "transport",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "BlobSource",

@@ -12,6 +12,10 @@ so no serialised objects are ever loaded from disk. Entries are written to a tem
 directory and renamed into place, so a reader sees a whole entry or none. Verification on
 use (:meth:`LayerCache.checkout`) re-hashes the blob and parses it; a bad entry is deleted and
 reported as a miss. The cache directory is private to the daemon (mode 0700).
+
+Storing is on the conversion's critical path, so an entry's blob is a hard link to the blob
+the job just wrote (a copy only across filesystems): the cache never writes a blob in place,
+and whatever happens to the job's (later published) file is caught by the re-hash on use.
 """
 
 from __future__ import annotations
@@ -67,8 +71,8 @@ class CachedLayer:
 def _copy_hashing(src: Path, dst: Path) -> str:
     """Copy ``src`` to ``dst`` and return the sha256 digest of what was copied.
 
-    Copies, never hard links: a published blob must not share an inode with a cache entry,
-    or damage to one would show in the other.
+    A checkout copies (the job verifies and then uses its own bytes: a change to the entry
+    after the check cannot reach the image).
     """
     h = hashlib.sha256()
     with src.open("rb") as f, dst.open("wb") as out:
@@ -123,8 +127,13 @@ class LayerCache:
             return
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self._root))
         try:
-            if _copy_hashing(blob, tmp / "blob") != result.digest:
-                return  # the blob changed under us: do not cache it
+            try:
+                os.link(blob, tmp / "blob")
+            except OSError:  # another filesystem (or no links): copy
+                if _copy_hashing(blob, tmp / "blob") != result.digest:
+                    return  # the blob changed under us: do not cache it
+            if (tmp / "blob").stat().st_size != result.size:
+                return
             (tmp / "entry.json").write_text(json.dumps({"digest": result.digest, "size": result.size}))
             with contextlib.suppress(OSError):  # another job stored the same key first: keep theirs
                 os.rename(tmp, self._entry(key))

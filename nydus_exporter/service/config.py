@@ -48,6 +48,9 @@ class ServiceConfig:
     grace_period: float = 30.0  # SIGTERM: seconds running exports may take to finish
     allowed_roots: tuple[Path, ...] = ()  # host paths a client may name (oci-layout, layer refs)
     use_docker_config: bool = False  # fall back to the daemon's own docker config for registries
+    # The default of the chunk-store output key for exports through this daemon (a client's
+    # chunk-store=true/false wins): the daemon's state dir is the chunk store's natural home.
+    chunk_store: bool = False
     # sparse-limit of exports that name none, and the most one may ask for (bytes)
     sparse_limit: int = DEFAULT_SPARSE_LIMIT
     # Defaults of the registry.timeout / registry.retry-deadline / registry.tls-probe-timeout

@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -146,6 +146,9 @@ class ExportIntake:
         # so checked) once at platform_begin; the worker reads it through the descriptor.
         self._references: dict[tuple[str, int], int] = {}
         self._on_bytes = on_bytes
+        # on_spool(path, size): a layer of announced ``size`` started spooling to ``path``
+        # (convert while receiving); set by the servicer.
+        self.on_spool: Callable[[Path, int], Awaitable[None]] | None = None
         self._open: tuple[str, int] | None = None
         self._spool: _Spool | None = None
         # blob digest -> where its bytes are / will be: ("spool", path) once received,
@@ -290,13 +293,15 @@ class ExportIntake:
                 f"{where}: layer {self._open[1]} of {excerpt(self._open[0])} is still open "
                 "(send its layer_end first)"
             )
+        announced = state.layers[index].size
         if self._spool is None:
             self._spool = await asyncio.to_thread(self._new_spool)
             self._open = (platform_id, index)
+            if announced and self.on_spool is not None:
+                await self.on_spool(self._spool.path, announced)
         spool = self._spool
         if offset != spool.received:
             raise ProtocolError(f"{where}: offset {offset}, expected {spool.received}")
-        announced = state.layers[index].size
         if announced and spool.received + len(data) > announced:
             raise ProtocolError(f"{where}: more bytes than the announced size {announced}")
         await asyncio.to_thread(_write_and_hash, spool, data)

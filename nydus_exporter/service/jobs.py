@@ -71,7 +71,7 @@ from nydus_exporter.service.publish import (
     store_location,
     with_root,
 )
-from nydus_exporter.service.runner import Conversion, WorkerRunner
+from nydus_exporter.service.runner import Conversion, EarlyWorker, WorkerRunner
 from nydus_exporter.service.worker_spec import WorkerImage, WorkerSpec
 
 log = structlog.get_logger("nydus_exporter.service")
@@ -179,7 +179,8 @@ class JobRegistry:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self.runner = runner or WorkerRunner()
+        # As many warm workers as can run at once (idle ones cost memory, not CPU).
+        self.runner = runner or WorkerRunner(spares=config.max_concurrent_exports)
         self.pusher: Pusher = pusher or RegistryPusher(config)
         self._clock = clock
         self.instances: dict[str, Instance] = {}
@@ -217,6 +218,8 @@ class JobRegistry:
                 f"the attrs are {size} bytes, more than the "
                 f"{self.config.max_attrs_bytes_per_instance} max_attrs_bytes_per_instance allows"
             )
+        if self.config.chunk_store and "chunk-store" not in attrs:
+            attrs = {**attrs, "chunk-store": "true"}  # the daemon's default; the client's key wins
         resolved = resolve_attrs(
             attrs, path_allowed=self.config.path_allowed, sparse_limit=self.config.sparse_limit
         )
@@ -263,11 +266,59 @@ class JobRegistry:
             self._by_key[key] = job
         return job, False
 
+    async def early_worker(self, job: Job, options: ExportOptions) -> EarlyWorker | None:
+        """A build slot and an idle worker, to convert layers while they are received, if both
+        are free right now, no other export is receiving or waiting for a slot, and the
+        export's layers convert independently of each other (no chunk dictionary of any kind:
+        those are known only at conversion). The caller hands it to :meth:`convert` or gives it
+        back with :meth:`abandon_early`.
+
+        Why no other export: a job converting while it receives holds its slot at the pace of
+        its client; with other exports streaming at the same time that pace drops, and exports
+        that have all their bytes would wait for the slot (measured: 8 concurrent exports went
+        from 1.1x to 0.7x of the sequential throughput)."""
+        independent = not options.chunk_dedup and options.chunk_dict is None
+        if not independent or (options.chunk_store and options.push) or self._slots.locked():
+            return None
+        others = (JobState.RECEIVING, JobState.WAITING)
+        if any(other is not job and other.state in others for other in self.jobs.values()):
+            return None
+        worker = self.runner.early_worker()
+        if worker is not None:
+            await self._slots.acquire()  # free (checked above): does not wait
+        return worker
+
+    async def abandon_early(self, worker: EarlyWorker) -> None:
+        try:
+            await worker.abandon()
+        finally:
+            self._slots.release()
+
     async def convert(
-        self, job: Job, images: Sequence[WorkerImage], emit: Emit, broker: AuthBroker | None = None
+        self,
+        job: Job,
+        images: Sequence[WorkerImage],
+        emit: Emit,
+        broker: AuthBroker | None = None,
+        early: EarlyWorker | None = None,
     ) -> Conversion:
-        """Wait for a build slot, then run the worker; progress goes to ``emit``."""
+        """Wait for a build slot, then run the worker; progress goes to ``emit``. With
+        ``early`` (from :meth:`early_worker`), the slot is held and the worker started."""
         rows = _ProgressRows(emit, self.metrics)
+        if early is not None:
+            try:
+                job.state = JobState.CONVERTING
+                try:
+                    spec = self._spec(job, images, {})
+                except BaseException:
+                    await early.abandon()
+                    raise
+                began = self._clock()
+                conversion = await self.runner.convert(spec, rows.on_progress, early)
+                log.info("converted", job_id=job.job_id, seconds=round(self._clock() - began, 3))
+                return conversion
+            finally:
+                self._slots.release()
         waited = self._slots.locked()
         if waited:
             job.state = JobState.WAITING
@@ -284,16 +335,7 @@ class JobRegistry:
                 store: dict[str, Any] = {}
                 if options.chunk_store and options.push and broker is not None:
                     store = await self._store_for_worker(options, broker)
-                spec = WorkerSpec(
-                    # The worker has no registry access: with merge-manifest against the live
-                    # tag, the pusher merges.
-                    options=options_for_worker(options, job.staging, merge_at_push=merges_live_tag(options)),
-                    staging=str(job.staging),
-                    workdir=str(job.workdir),
-                    cache_dir=str(self.cache.root),
-                    images=tuple(images),
-                    **store,
-                )
+                spec = self._spec(job, images, store)
                 began = self._clock()
                 conversion = await self.runner.convert(spec, rows.on_progress)
                 log.info("converted", job_id=job.job_id, seconds=round(self._clock() - began, 3))
@@ -301,6 +343,19 @@ class JobRegistry:
         finally:
             if waited:
                 self.metrics.waiting.dec()
+
+    def _spec(self, job: Job, images: Sequence[WorkerImage], store: dict[str, Any]) -> WorkerSpec:
+        options = job.instance.attrs.options
+        return WorkerSpec(
+            # The worker has no registry access: with merge-manifest against the live tag, the
+            # pusher merges.
+            options=options_for_worker(options, job.staging, merge_at_push=merges_live_tag(options)),
+            staging=str(job.staging),
+            workdir=str(job.workdir),
+            cache_dir=str(self.cache.root),
+            images=tuple(images),
+            **store,
+        )
 
     async def _store_for_worker(self, options: ExportOptions, broker: AuthBroker) -> dict[str, Any]:
         """The WorkerSpec fields of chunk-store=true: the store and the blobs verified in the

@@ -204,6 +204,7 @@ async def _serving(
     addresses, sockets = _bind(server, config)
     running = RunningServer(config, jobs, metrics, server, health, addresses)
     http: web.AppRunner | None = None
+    await jobs.runner.start()
     await server.start()
     try:
         for name in ("", SERVICE_NAME):
@@ -223,6 +224,7 @@ async def _serving(
             await server.stop(0)
         if http is not None:
             await http.cleanup()
+        await jobs.runner.close()
         jobs.close()
         for path in sockets:
             with contextlib.suppress(FileNotFoundError):

@@ -16,6 +16,7 @@ import asyncio
 import errno
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -65,6 +66,8 @@ from nydus_exporter.service.events import (
 )
 from nydus_exporter.service.intake import ExportIntake, LayerReference, LayerSpec
 from nydus_exporter.service.jobs import Job, JobRegistry
+from nydus_exporter.service.runner import EarlyWorker
+from nydus_exporter.service.worker_spec import EarlyLayer
 
 log = structlog.get_logger("nydus_exporter.service")
 
@@ -534,6 +537,20 @@ class ExporterServicer(pb_grpc.ExporterServicer):
             metadata_budget=self._jobs.metadata_budget(),
             on_bytes=self._metrics.bytes_in.inc,
         )
+        # Convert while receiving: a worker (and a build slot) taken when the first layer
+        # starts spooling, if free then, packs each layer as its bytes arrive.
+        early: list[EarlyWorker] = []
+
+        async def on_spool(path: Path, size: int) -> None:
+            if not early:
+                worker = await self._jobs.early_worker(job, attrs.options)
+                if worker is None:
+                    intake.on_spool = None  # none free now: convert after receiving
+                    return
+                early.append(worker)
+            await early[0].pack(EarlyLayer(str(path), size, attrs.options.pack, str(job.workdir)))
+
+        intake.on_spool = on_spool
         try:
             try:
                 images = await self._receive(intake, context, emit, broker)
@@ -545,7 +562,9 @@ class ExporterServicer(pb_grpc.ExporterServicer):
                 # After commit the client only sends auth replies (or half-closes).
                 replies = tg.create_task(self._read_replies(context, broker))
                 try:
-                    conversion = await self._jobs.convert(job, images, emit, broker)
+                    conversion = await self._jobs.convert(
+                        job, images, emit, broker, early.pop() if early else None
+                    )
                     self._jobs.converted(job, conversion)
                     if job.defer_push:
                         result = self._jobs.export_result(job, conversion)
@@ -554,6 +573,8 @@ class ExporterServicer(pb_grpc.ExporterServicer):
                 finally:
                     replies.cancel()
         finally:
+            if early:  # the job ended before its conversion
+                await asyncio.shield(self._jobs.abandon_early(early.pop()))
             intake.close_references()  # the worker read them; it is gone now
         return result
 

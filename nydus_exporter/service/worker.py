@@ -46,7 +46,8 @@ from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.service.beneath import proc_path
 from nydus_exporter.service.cache import LayerCache, load_result
-from nydus_exporter.service.worker_spec import WorkerSpec
+from nydus_exporter.service.early_pack import EarlyPacks
+from nydus_exporter.service.worker_spec import EarlyLayer, WorkerSpec
 
 
 @dataclass
@@ -60,18 +61,26 @@ class _PrepackedLayer(SourceLayer):
 @dataclass
 class _CacheableLayer(SourceLayer):
     cache_key: str = ""
+    spool: str = ""  # the file it was read from (the key of a layer packed while received)
 
 
 class _CacheHooks:
-    """export's LayerHooks over the daemon's layer cache (both directions)."""
+    """export's LayerHooks over the daemon's layer cache (both directions) and the layers
+    packed while they were received (:mod:`.early_pack`)."""
 
-    def __init__(self, cache: LayerCache | None) -> None:
+    def __init__(self, cache: LayerCache | None, early: EarlyPacks | None = None) -> None:
         self._cache = cache
+        self._early = early
 
     def converted(self, layer: SourceLayer) -> tuple[Path, BlobResult] | None:
         if isinstance(layer, _PrepackedLayer):
             assert layer.blob is not None and layer.result is not None
             return layer.blob, layer.result
+        if self._early is not None and isinstance(layer, _CacheableLayer):
+            packed = self._early.take(layer.spool)
+            if packed is not None:
+                self.packed(layer, *packed)  # verified now: the spec comes after the digest check
+                return packed
         return None
 
     def packed(self, layer: SourceLayer, blob: Path, result: BlobResult) -> None:
@@ -105,7 +114,11 @@ def build_source(spec: WorkerSpec) -> Source:
                 opener = (lambda p: lambda: _open_file(p))(path)
                 layers.append(
                     _CacheableLayer(
-                        layer.name, open=opener, size=path.stat().st_size, cache_key=layer.cache_key
+                        layer.name,
+                        open=opener,
+                        size=path.stat().st_size,
+                        cache_key=layer.cache_key,
+                        spool=layer.path if layer.fd < 0 else "",
                     )
                 )
         config = Path(image.config_path).read_bytes() if image.config_path else None
@@ -135,7 +148,7 @@ def _exit_when_stdin_closes() -> None:
     os._exit(3)
 
 
-def run(spec: WorkerSpec, out: _Output) -> None:
+def run(spec: WorkerSpec, out: _Output, early: EarlyPacks | None = None) -> None:
     cache = LayerCache(Path(spec.cache_dir)) if spec.cache_dir else None
     options = spec.options
     source = build_source(spec)
@@ -149,7 +162,7 @@ def run(spec: WorkerSpec, out: _Output) -> None:
         options,
         workdir=Path(spec.workdir),
         progress=progress,
-        hooks=_CacheHooks(cache),
+        hooks=_CacheHooks(cache, early),
         external_blobs=(lambda _platform: external) if external is not None else None,
     )
     out.send(
@@ -181,13 +194,25 @@ def _chunk_store_blobs(spec: WorkerSpec, options: ExportOptions) -> ExternalBlob
 
 def main() -> int:
     out = _Output()
+    early: EarlyPacks | None = None
     try:
-        spec = WorkerSpec.read_from(sys.stdin.buffer)
+        # Layers to pack while they are received may come first, then the spec.
+        while True:
+            message = pickle.load(sys.stdin.buffer)
+            if isinstance(message, EarlyLayer):
+                if early is None:
+                    early = EarlyPacks(message.pack.threads)
+                early.start(message)
+                continue
+            if not isinstance(message, WorkerSpec):
+                return 2
+            spec = message
+            break
     except (EOFError, pickle.UnpicklingError, TypeError):
-        return 2
+        return 2  # the daemon went away (or cancelled the job) before the spec
     threading.Thread(target=_exit_when_stdin_closes, name="stdin-watch", daemon=True).start()
     try:
-        run(spec, out)
+        run(spec, out, early)
     except ExporterError as exc:
         out.send({"error": {"type": type(exc).__name__, "message": str(exc)}})
         return 1

@@ -12,6 +12,7 @@ from typing import BinaryIO, Literal
 
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.pipeline.options import ExportOptions
+from nydus_exporter.pipeline.pack import PackOptions
 
 LayerKind = Literal["file", "cached", "dir"]
 
@@ -65,3 +66,18 @@ class WorkerSpec:
         if not isinstance(spec, cls):
             raise TypeError(f"expected a WorkerSpec, got {type(spec).__name__}")
         return spec
+
+
+@dataclass(frozen=True)
+class EarlyLayer:
+    """Sent before the :class:`WorkerSpec`: a layer the worker may start packing while the
+    daemon still receives it (convert while receiving). ``path`` is the spool file, growing to
+    ``size`` bytes; the spec that follows names it again if it is used (its digest checked)."""
+
+    path: str
+    size: int
+    pack: PackOptions
+    workdir: str
+
+    def to_bytes(self) -> bytes:
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)

@@ -171,3 +171,42 @@ def test_basic_auth_from_docker_config(
     tags = registry_basic.root / f"docker/registry/v2/repositories/{repo_name}/_manifests/tags/v1"
     assert tags.is_dir()
     assert meta["image.name"] == name
+
+
+def test_a_layer_blob_uploads_while_the_image_is_still_being_built(
+    registry: RegistryServer, repo_name: str, tmp_path: Path
+) -> None:
+    """Push while packing: a layer's blob starts uploading as soon as it is written. The
+    export waits, in its layer-done progress event (before the merge, the bootstrap layer and
+    the manifest exist), until the registry has stored that blob: without the early upload it
+    never would, and the export fails."""
+    import os
+    import threading
+    import time
+
+    from nydus_exporter.pipeline.progress import ProgressEvent
+
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(tb.tar_of(tb.file("data.bin", os.urandom(3 << 20))))
+    blobs = registry.root / "docker/registry/v2/blobs/sha256"
+
+    def stored(size: int) -> bool:
+        return any(p.stat().st_size == size for p in blobs.glob("*/*/data"))
+
+    seen: list[int] = []
+
+    def progress(event: ProgressEvent) -> None:
+        if event.kind != "layer-done":
+            return
+        deadline = time.monotonic() + 30
+        while not stored(event.bytes_out):
+            assert time.monotonic() < deadline, "the layer blob was not uploaded before the image was built"
+            threading.Event().wait(0.05)
+        seen.append(event.bytes_out)
+
+    parsed = parse_output({"name": f"{registry.host}/{repo_name}:v1", "oci-mediatypes": "true"})
+    meta = export(f"tar:{layer}", parsed.options, progress=progress).metadata()
+    assert len(seen) == 1
+    manifest = raw_manifest(registry.host, repo_name, "v1")
+    assert manifest["layers"][0]["size"] == seen[0]
+    assert meta["containerimage.digest"].startswith("sha256:")

@@ -100,14 +100,21 @@ async def test_second_export_of_the_same_layers_sends_no_layer_data(
     client: ExporterClient, daemon: RunningServer, image: Path, short_tmp: Path
 ) -> None:
     first, sent_first = await remote(client, f"oci:{image}:t", short_tmp / "a", short_tmp)
+    # The layer cache took the converted blobs without copying them: hard links.
+    published = {p.stat().st_ino for p in (short_tmp / "a" / "blobs" / "sha256").iterdir()}
+    entries = [p for p in daemon.jobs.cache.root.iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 3
+    assert {(e / "blob").stat().st_ino for e in entries} <= published
     second, sent_second = await remote(client, f"oci:{image}:t", short_tmp / "b", short_tmp)
     assert sent_first > 0 and sent_second == 0
     assert first["containerimage.digest"] == second["containerimage.digest"]
     assert files_of(short_tmp / "a") == files_of(short_tmp / "b")
     # 3 distinct layers (both platforms share base and top): each found once in the cache.
     assert daemon.metrics.cache_hits._value.get() == 3
-    # A corrupt cache entry is dropped and the layer asked for again.
+    # A corrupt cache entry is dropped and the layer asked for again. (A new file: the entry's
+    # blob is a hard link to the blob the first export published.)
     entry = next(p for p in daemon.jobs.cache.root.iterdir() if not p.name.startswith("."))
+    (entry / "blob").unlink()
     (entry / "blob").write_bytes(b"garbage")
     _, sent_third = await remote(client, f"oci:{image}:t", short_tmp / "c", short_tmp)
     assert sent_third > 0

@@ -247,3 +247,25 @@ async def test_a_readable_ca_file_is_accepted(client: ExporterClient, short_tmp:
     ca_file.write_text("-----BEGIN CERTIFICATE-----\n")
     response = await client.resolve(_attrs({"registry.ca-file": str(ca_file)}, short_tmp / "out"))
     assert response.normalized_attrs["registry.ca-file"] == str(ca_file)
+
+
+async def test_the_daemon_can_turn_the_chunk_store_on_by_default(short_tmp: Path) -> None:
+    """``chunk_store = true`` (deploy/, make run): exports use the chunk store unless the client
+    says chunk-store=false; without it the key keeps the CLI's default (off)."""
+    from nydus_exporter.client.exporter import open_channel
+    from nydus_exporter.service.server import serve
+    from tests.service.conftest import config_for
+
+    for daemon_default, client_value, expected in (
+        (True, None, "true"),
+        (True, "false", "false"),
+        (False, None, "false"),
+    ):
+        state = short_tmp / f"d-{daemon_default}-{client_value}"
+        state.mkdir()
+        async with serve(config_for(state, chunk_store=daemon_default)) as running:
+            async with open_channel(running.addresses[0]) as channel:
+                response = await ExporterClient(channel).resolve(
+                    _attrs({"chunk-store": client_value}, state / "out")
+                )
+        assert response.normalized_attrs["chunk-store"] == expected, (daemon_default, client_value)

@@ -19,6 +19,7 @@ from nydus_exporter.client.exporter import ExporterClient, RemoteExportError, op
 from nydus_exporter.pipeline.sources import open_source
 from nydus_exporter.service.server import RunningServer
 from tests.e2e.test_export import layer_meta_only, layer_top
+from tests.helpers import tarbuild as tb
 from tests.helpers.waiting import wait_until_async
 from tests.service import streams as s
 
@@ -215,10 +216,9 @@ async def test_client_disconnect_mid_stream(
     await wait_until_async(lambda: _spooling(daemon.config.state_dir), what="the daemon spools the layer")
     await channel.close(grace=None)  # the connection goes away without a word
     await wait_until_async(lambda: _no_job_files(daemon), what="the job directory is removed")
-    # The stream's handler ends after the job's clean-up: wait for it rather than racing it.
-    await wait_until_async(
-        lambda: daemon.metrics.in_flight._value.get() == 0, what="the stream no longer counts as in flight"
-    )
+    # The stream's handler ends a moment after the job's cleanup (it also stops the job's
+    # worker, which packed the layer while it was received).
+    await wait_until_async(lambda: daemon.metrics.in_flight._value.get() == 0, what="no export in flight")
     await _export_ok(client, image, short_tmp / "good", short_tmp)
 
 
@@ -242,7 +242,8 @@ async def test_cancel_rpc_kills_a_running_conversion(
 
     task = asyncio.create_task(export())
     try:
-        await wait_until_async(_conversion_workers, 30, what="a conversion worker runs")
+        # A worker is converting (the layer packs while it is received, or after).
+        await wait_until_async(lambda: daemon.jobs.runner.job_pids, 30, what="a conversion worker runs")
         assert await client.cancel(instance_id=resolved.instance_id) == 1
         with pytest.raises(RemoteExportError) as info:
             await task
@@ -250,8 +251,54 @@ async def test_cancel_rpc_kills_a_running_conversion(
         task.cancel()
     assert info.value.code == grpc.StatusCode.CANCELLED
     await wait_until_async(lambda: _no_job_files(daemon), what="the job directory is removed")
-    assert _conversion_workers() == []
+    await daemon.jobs.runner.settled()
+    # Only the idle warm workers are left: the job's worker is gone.
+    assert set(_conversion_workers()) <= set(daemon.jobs.runner.spare_pids)
     assert not (short_tmp / "out").exists()
+
+
+def _incompressible_tar(path: Path, size: int) -> None:
+    import tarfile
+
+    payload = path.with_suffix(".payload")
+    payload.write_bytes(os.urandom(size))
+    with tarfile.open(path, "w") as tar:
+        tar.add(payload, arcname="payload")
+    payload.unlink()
+
+
+async def test_a_job_runs_in_a_warm_worker_and_killing_it_fails_that_job_only(
+    client: ExporterClient, daemon: RunningServer, image: Path, short_tmp: Path
+) -> None:
+    """Workers are started with the daemon (imports done before a job arrives); a job takes one
+    and a replacement starts in the background. SIGKILL of a job's worker fails that job only."""
+    runner = daemon.jobs.runner
+    await runner.settled()
+    warm = set(runner.spare_pids)
+    assert len(warm) == daemon.config.max_concurrent_exports
+    big = short_tmp / "big.tar"
+    _incompressible_tar(big, 48 << 20)
+    resolved = await client.resolve({"push": "false", "oci-layout": str(short_tmp / "out")})
+
+    async def export() -> None:
+        with open_source(f"tar:{big}", workdir=short_tmp) as src:
+            await client.export(src, resolved.instance_id)
+
+    task = asyncio.create_task(export())
+    try:
+        await wait_until_async(lambda: runner.job_pids, 20, what="converting")
+        (pid,) = runner.job_pids
+        assert pid in warm
+        os.killpg(pid, signal.SIGKILL)
+        with pytest.raises(RemoteExportError) as info:
+            await task
+    finally:
+        task.cancel()
+    assert info.value.code == grpc.StatusCode.INTERNAL
+    await runner.settled()
+    assert len(runner.spare_pids) == daemon.config.max_concurrent_exports  # replaced
+    assert pid not in runner.spare_pids
+    await _export_ok(client, image, short_tmp / "good", short_tmp)
 
 
 def _start_daemon(root: Path, grace: float) -> tuple[subprocess.Popen[bytes], str]:
@@ -344,3 +391,54 @@ async def test_sigterm_cancels_what_outlives_the_grace_period(short_tmp: Path) -
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _read_position(pid: int, path: Path) -> int | None:
+    """Where process ``pid`` is reading ``path`` (its open descriptor's offset), if it has it open."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        for fd in fd_dir.iterdir():
+            if os.readlink(fd) == str(path):
+                for line in (Path(f"/proc/{pid}/fdinfo") / fd.name).read_text().splitlines():
+                    if line.startswith("pos:"):
+                        return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+async def test_a_layer_converts_while_it_is_received(
+    client: ExporterClient, daemon: RunningServer, short_tmp: Path
+) -> None:
+    """Convert while receiving: the worker reads a layer's spool while the client is still
+    sending it (the rest comes only after the worker has read the first half), and the image
+    is the one the in-process export makes."""
+    from tests.service.test_export import files_of, in_process
+
+    layer = tb.tar_of(*(tb.file(f"f{i}", os.urandom(64 << 10)) for i in range(16)))
+    half = len(layer) // 2
+    instance = await _instance(client, short_tmp / "out")
+    call = client.stub.Export()
+    await call.write(s.header(instance))
+    await call.write(s.begin("p", layer))
+    await s.read_until(call, "layer_wants")
+    await call.write(s.data("p", 0, 0, layer[:half]))
+    spools = daemon.config.state_dir / "jobs"
+    await wait_until_async(lambda: any(spools.rglob("*.layer")), 20, what="the layer is spooled")
+    (spool,) = spools.rglob("*.layer")
+    await wait_until_async(
+        lambda: any(_read_position(pid, spool) == half for pid in daemon.jobs.runner.job_pids),
+        20,
+        what="the worker read the first half of the layer",
+    )
+    await call.write(s.data("p", 0, half, layer[half:]))
+    await call.write(s.end("p", 0, s.sha(layer)))
+    await call.write(s.platform_end("p"))
+    await call.write(s.commit())
+    await call.done_writing()
+    result = await s.read_until(call, "result")
+    tar = short_tmp / "layer.tar"
+    tar.write_bytes(layer)
+    local = in_process(f"tar:{tar}", short_tmp / "local")
+    assert result.result.response["containerimage.digest"] == local["containerimage.digest"]
+    assert files_of(short_tmp / "out") == files_of(short_tmp / "local")
