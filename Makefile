@@ -176,7 +176,7 @@ test: system-deps venv interop-tools buildkit buildkit-check
 	$(PYTEST) $(PYTEST_ARGS)
 
 # The inner loop, under a minute on 2 cores: lint, types and the tests that are neither slow
-# (over a second) nor end-to-end (tests/e2e/: CLI, daemon, registry and kernel paths).
+# (over a second) nor end-to-end (tests/e2e/, tests/buildkit/, tests/interop/).
 check: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy

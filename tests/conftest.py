@@ -17,20 +17,23 @@ import pytest
 pytest_plugins = ["pytester", "tests.registry_fixtures", "tests.tempcheck"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-E2E_DIR = Path(__file__).resolve().parent / "e2e"
+# End-to-end suites: the CLI, daemon, registry and kernel paths (e2e/), BuildKit driving the
+# daemon (buildkit/) and the real Nydus code reading our images (interop/).
+E2E_DIRS = tuple(Path(__file__).resolve().parent / name for name in ("e2e", "buildkit", "interop"))
 # Golden files of the real Nydus toolchain, committed with their provenance (tests/fixtures/README.md).
 FIXTURES = PROJECT_ROOT / "tests" / "fixtures"
 NYDUS_FIXTURES = FIXTURES / "nydus"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test under tests/e2e/ is an end-to-end test (``-m "not e2e"`` leaves them out).
+    """Every test under tests/e2e/, tests/buildkit/ and tests/interop/ is end-to-end
+    (``-m "not e2e"`` leaves them out).
 
     Slow tests run first (in collection order otherwise): the parallel workers then finish
     together instead of one of them starting a 30-second test at the end.
     """
     for item in items:
-        if item.path.is_relative_to(E2E_DIR):
+        if any(item.path.is_relative_to(d) for d in E2E_DIRS):
             item.add_marker(pytest.mark.e2e)
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 

@@ -15,6 +15,7 @@ from tests.registry_fixtures import FaultProxy
 from tests.service.conftest import config_for
 
 
+@pytest.mark.slow  # waits out a (short) retry deadline against a hanging registry
 @pytest.mark.parametrize(
     ("config", "attrs"),
     [

@@ -242,8 +242,19 @@ async def test_cancel_rpc_kills_a_running_conversion(
 
     task = asyncio.create_task(export())
     try:
-        # A worker is converting (the layer packs while it is received, or after).
+        # A worker is converting (the layer packs while it is received, or after), and the client
+        # has sent the whole layer: a Cancel that lands while the client is still writing ends
+        # its stream too, and Python's gRPC may then report the broken write instead of the
+        # status (INTERNAL "Internal error from Core").
         await wait_until_async(lambda: daemon.jobs.runner.job_pids, 30, what="a conversion worker runs")
+        size = big.stat().st_size
+        await wait_until_async(
+            lambda: any(
+                p.stat().st_size >= size for p in (daemon.config.state_dir / "jobs").rglob("*.layer")
+            ),
+            60,
+            what="the daemon has received the whole layer",
+        )
         assert await client.cancel(instance_id=resolved.instance_id) == 1
         with pytest.raises(RemoteExportError) as info:
             await task
