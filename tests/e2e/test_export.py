@@ -126,9 +126,8 @@ def check_nydus_manifest(
     return manifest
 
 
-@pytest.fixture
-def source(tmp_path: Path) -> Path:
-    root = tmp_path / "src"
+def write_two_platform_image(root: Path) -> Path:
+    """A two-platform OCI layout (3 + 2 gzip layers, one layer shared) tagged ``t``."""
     ocibuild.write_image(
         root,
         {
@@ -138,6 +137,11 @@ def source(tmp_path: Path) -> Path:
         tag="t",
     )
     return root
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    return write_two_platform_image(tmp_path / "src")
 
 
 def test_tar_source_with_oci_media_types_is_readable_by_skopeo(tmp_path: Path) -> None:

@@ -12,8 +12,7 @@ import pytest
 from nydus_exporter.client.exporter import ExporterClient, open_channel
 from nydus_exporter.service.config import ServiceConfig
 from nydus_exporter.service.server import RunningServer, serve
-from tests.e2e.test_export import layer_base, layer_meta_only, layer_top
-from tests.helpers import ocibuild
+from tests.e2e.test_export import write_two_platform_image
 
 
 @pytest.fixture
@@ -28,16 +27,7 @@ def short_tmp() -> Iterator[Path]:
 @pytest.fixture
 def image(short_tmp: Path) -> Path:
     """A two-platform OCI layout (3 + 2 gzip layers, one layer shared) tagged ``t``."""
-    root = short_tmp / "src"
-    ocibuild.write_image(
-        root,
-        {
-            "linux/amd64": [layer_base(), layer_top(), layer_meta_only()],
-            "linux/arm64/v8": [layer_base(), layer_top()],
-        },
-        tag="t",
-    )
-    return root
+    return write_two_platform_image(short_tmp / "src")
 
 
 def config_for(root: Path, **overrides: object) -> ServiceConfig:
