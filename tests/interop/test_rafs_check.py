@@ -33,17 +33,7 @@ import pytest
 from nydus_exporter.pipeline.export import export
 from nydus_exporter.pipeline.options import parse_output
 from tests.conftest import require
-from tests.e2e.test_merge_kernel import (
-    corpus_data,
-    corpus_devices,
-    corpus_empty_and_metadata_only,
-    corpus_hardlinks,
-    corpus_metadata,
-    corpus_opaque,
-    corpus_replacements,
-    corpus_whiteout_everything,
-    corpus_whiteouts,
-)
+from tests.e2e.test_merge_kernel import CORPORA
 from tests.helpers import tarbuild as tb
 from tests.helpers.treesnap import Snapshot, diff_snapshots, snapshot_tar
 from tests.interop import summary
@@ -120,20 +110,7 @@ FORMAT_KINDS = {
     "none-blake3-64k": Kind(lambda: [rich_layer()], ("compressor=none", "chunk-size=0x10000")),
     "zstd-sha256-16m": Kind(lambda: [rich_layer()], ("digester=sha256", "chunk-size=0x1000000")),
 }
-MERGE_KINDS = {
-    name: Kind(_merge_corpus(make))
-    for name, make in {
-        "whiteouts": corpus_whiteouts,
-        "opaque": corpus_opaque,
-        "replacements": corpus_replacements,
-        "hardlinks": corpus_hardlinks,
-        "metadata": corpus_metadata,
-        "devices": corpus_devices,
-        "empty-and-metadata-only": corpus_empty_and_metadata_only,
-        "whiteout-everything": corpus_whiteout_everything,
-        "data": corpus_data,
-    }.items()
-}
+MERGE_KINDS = {name: Kind(_merge_corpus(make)) for name, make in CORPORA.items()}
 DEDUP_BIG = _noise(6, (3 << 20) + 777)
 DEDUP_KIND = Kind(
     lambda: [
