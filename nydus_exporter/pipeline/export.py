@@ -180,6 +180,8 @@ def export_source(
     external_blobs: Callable[[Platform | None], ExternalBlobs] | None = None,
     on_pushed: Callable[[Sequence[BlobResult]], None] | None = None,
 ) -> ExportResult:
+    """Convert ``source`` and write (and push) the result; each image's attestations are
+    attached to its Nydus manifest ([contract §5.7])."""
     if options.oci_layout is None and not options.push:
         raise ConfigError("no output: give oci-layout=DIR or push=true")
     if options.push and registry is None:
@@ -205,7 +207,8 @@ def export_source(
                 existing = current.raw if current is not None else None
             else:
                 existing = source_top(out, source, push=options.push)
-        root = root_descriptor(out, existing, results, options)
+        attestations = [image.attestations for image in source.images]
+        root = root_descriptor(out, existing, results, options, attestations)
         if options.oci_layout is not None:
             named: list[tuple[str | None, str | None]] = [*tags_of(options.names)] or [(None, None)]
             for tag, image_name in named:

@@ -41,6 +41,7 @@ from nydus_exporter.oci.descriptor import Descriptor
 from nydus_exporter.pipeline.options import ExportOptions, options_for_worker
 from nydus_exporter.pipeline.progress import ProgressEvent
 from nydus_exporter.pipeline.result import filter_response
+from nydus_exporter.service.attestations import SpooledAttestation
 from nydus_exporter.service.attrs import ResolvedAttrs, resolve_attrs
 from nydus_exporter.service.auth_broker import AuthBroker
 from nydus_exporter.service.budget import Budget, JobBudget
@@ -301,6 +302,7 @@ class JobRegistry:
         emit: Emit,
         broker: AuthBroker | None = None,
         early: EarlyWorker | None = None,
+        attestations: tuple[tuple[SpooledAttestation, ...], ...] = (),
     ) -> Conversion:
         """Wait for a build slot, then run the worker; progress goes to ``emit``. With
         ``early`` (from :meth:`early_worker`), the slot is held and the worker started."""
@@ -309,7 +311,7 @@ class JobRegistry:
             try:
                 job.state = JobState.CONVERTING
                 try:
-                    spec = self._spec(job, images, {})
+                    spec = self._spec(job, images, {}, attestations)
                 except BaseException:
                     await early.abandon()
                     raise
@@ -335,7 +337,7 @@ class JobRegistry:
                 store: dict[str, Any] = {}
                 if options.chunk_store and options.push and broker is not None:
                     store = await self._store_for_worker(options, broker)
-                spec = self._spec(job, images, store)
+                spec = self._spec(job, images, store, attestations)
                 began = self._clock()
                 conversion = await self.runner.convert(spec, rows.on_progress)
                 log.info("converted", job_id=job.job_id, seconds=round(self._clock() - began, 3))
@@ -344,7 +346,13 @@ class JobRegistry:
             if waited:
                 self.metrics.waiting.dec()
 
-    def _spec(self, job: Job, images: Sequence[WorkerImage], store: dict[str, Any]) -> WorkerSpec:
+    def _spec(
+        self,
+        job: Job,
+        images: Sequence[WorkerImage],
+        store: dict[str, Any],
+        attestations: tuple[tuple[SpooledAttestation, ...], ...] = (),
+    ) -> WorkerSpec:
         options = job.instance.attrs.options
         return WorkerSpec(
             # The worker has no registry access: with merge-manifest against the live tag, the
@@ -354,6 +362,7 @@ class JobRegistry:
             workdir=str(job.workdir),
             cache_dir=str(self.cache.root),
             images=tuple(images),
+            attestations=attestations,
             **store,
         )
 
