@@ -175,6 +175,7 @@ class ExporterClient:
             defer_push=defer_push,
             metadata=stream.header_metadata(metadata),
             platforms=[_platform_pb(pid, img.platform) for pid, img in stream.platforms],
+            attestation_contents=stream.attestation_contents(),
         )
         try:
             async with asyncio.TaskGroup() as tg:
@@ -269,6 +270,35 @@ class _ExportStream:
             out[key] = image.config
         return out
 
+    def attestation_contents(self) -> list[pb.Attestation]:
+        """The images' attestations ([contract §5.7]): predicates over the chunk size follow the
+        header as attestation_chunk messages (:meth:`send`)."""
+        out = []
+        for pid, image in self.platforms:
+            for a in image.attestations:
+                out.append(
+                    pb.Attestation(
+                        platform_id=pid,
+                        predicate_type=a.predicate_type,
+                        subjects=[pb.AttestationSubject(name=s.name, digest=s.digest) for s in a.subjects],
+                        inline_only=a.inline_only,
+                        predicate=a.predicate if len(a.predicate) <= self._chunk_size else b"",
+                        predicate_size=len(a.predicate),
+                    )
+                )
+        return out
+
+    async def _send_predicates(self) -> None:
+        predicates = [a.predicate for _, image in self.platforms for a in image.attestations]
+        for index, data in enumerate(predicates):
+            if len(data) <= self._chunk_size:
+                continue
+            for offset in range(0, len(data), self._chunk_size):
+                chunk = pb.AttestationChunk(
+                    index=index, offset=offset, data=data[offset : offset + self._chunk_size]
+                )
+                await self.write(pb.ExportRequest(attestation_chunk=chunk))
+
     async def write(self, request: pb.ExportRequest) -> None:
         async with self._write_lock:
             await self.call.write(request)
@@ -296,6 +326,7 @@ class _ExportStream:
 
     async def send(self, header: pb.ExportHeader, *, by_reference: bool) -> None:
         await self.write(pb.ExportRequest(header=header))
+        await self._send_predicates()
         if (await self.accepted).resumed:
             return  # the server has (or is making) this export already
         for pid, image in self.platforms:

@@ -76,10 +76,18 @@ def image_purl(name: str, platform: Platform) -> str:
     tag = ref.tag or ("" if ref.digest else "latest")
     qualifiers = []
     if ref.digest:
-        qualifiers.append(f"digest={urllib.parse.quote(ref.digest, safe='')}")
-    qualifiers.append(f"platform={urllib.parse.quote(platform.normalized().format(), safe='')}")
-    version = f"@{urllib.parse.quote(tag, safe='')}" if tag else ""
+        qualifiers.append(f"digest={_path_escape(ref.digest)}")
+    plat = platform.normalized()
+    if plat.architecture == "arm64" and plat.variant == "v8":
+        plat = Platform(plat.os, plat.architecture)  # containerd's Normalize drops arm64's v8
+    qualifiers.append(f"platform={_path_escape(plat.format())}")
+    version = f"@{_path_escape(tag)}" if tag else ""
     return f"pkg:docker/{path}{version}?{'&'.join(qualifiers)}"
+
+
+def _path_escape(text: str) -> str:
+    """Go's ``url.PathEscape`` (what packageurl-go uses for the version and qualifier values)."""
+    return urllib.parse.quote(text, safe="$&+:=@")
 
 
 def statement_subjects(

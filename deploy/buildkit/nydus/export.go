@@ -50,10 +50,10 @@ func (i *instance) Export(ctx context.Context, src *exporter.Source, buildInfo e
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if n := attachable(header.Attestations); n > 0 {
-		// The contract carries attestation summaries, not their content: the daemon cannot put
-		// them in the pushed index yet. They never fail a build.
-		writeWarning(pw, &pb.Warning{Level: 1, Short: fmt.Sprintf("%d attestation(s) (provenance, SBOM) are not attached to the nydus image", n)})
+	contents, warnings := attestationContents(ctx, src.Attestations, header.Platforms, session.NewGroup(buildInfo.SessionID))
+	header.AttestationContents = contents
+	for _, w := range warnings {
+		writeWarning(pw, &pb.Warning{Level: 1, Short: w})
 	}
 	res, accepted, err := i.exportOnce(ctx, pw, header, refs, buildInfo.SessionID)
 	if err != nil && !accepted && status.Code(err) == codes.NotFound && ctx.Err() == nil {
@@ -181,16 +181,6 @@ func (i *instance) header(src *exporter.Source, buildInfo exporter.ExportBuildIn
 		}
 	}
 	return h, refs, nil
-}
-
-func attachable(atts []*pb.AttestationSummary) int {
-	n := 0
-	for _, a := range atts {
-		if !a.GetInlineOnly() {
-			n++
-		}
-	}
-	return n
 }
 
 type exportStream struct {
@@ -329,8 +319,14 @@ func (s *exportStream) run(ctx context.Context, header *pb.ExportHeader, refs []
 			first.Metadata[k] = v
 		}
 	}
+	predicates := splitPredicates(first, header.AttestationContents)
 	if err := s.send(&pb.ExportRequest{Msg: &pb.ExportRequest_Header{Header: first}}); err != nil {
 		return nil, s.sendErr(ctx, err)
+	}
+	for _, req := range predicates {
+		if err := s.send(req); err != nil {
+			return nil, s.sendErr(ctx, err)
+		}
 	}
 	for k, v := range big {
 		for off := 0; off < len(v); off += metadataChunk {
