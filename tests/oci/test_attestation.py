@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -119,8 +120,8 @@ def test_attestation_manifest_shape() -> None:
 
 
 def test_attestation_manifests_of_replaced_manifests_are_dropped() -> None:
-    kept = {"mediaType": mt.MEDIA_TYPE_IMAGE_MANIFEST, "digest": "sha256:" + "1" * 64, "size": 1}
-    att = {
+    kept: dict[str, Any] = {"mediaType": mt.MEDIA_TYPE_IMAGE_MANIFEST, "digest": "sha256:" + "1" * 64, "size": 1}
+    att: dict[str, Any] = {
         "digest": "sha256:" + "2" * 64,
         "annotations": {
             "vnd.docker.reference.type": "attestation-manifest",
