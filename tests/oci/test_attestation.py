@@ -120,7 +120,11 @@ def test_attestation_manifest_shape() -> None:
 
 
 def test_attestation_manifests_of_replaced_manifests_are_dropped() -> None:
-    kept: dict[str, Any] = {"mediaType": mt.MEDIA_TYPE_IMAGE_MANIFEST, "digest": "sha256:" + "1" * 64, "size": 1}
+    kept: dict[str, Any] = {
+        "mediaType": mt.MEDIA_TYPE_IMAGE_MANIFEST,
+        "digest": "sha256:" + "1" * 64,
+        "size": 1,
+    }
     att: dict[str, Any] = {
         "digest": "sha256:" + "2" * 64,
         "annotations": {
