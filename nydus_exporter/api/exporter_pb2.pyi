@@ -364,10 +364,12 @@ class AttestationSubject(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """e.g. "pkg:docker/app@1?platform=linux%2Famd64" """
     @_builtins.property
     def digest(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """algorithm -> hex; empty: the Nydus manifest of the platform"""
+        """algorithm -> hex. Empty: the image itself (BuildKit's "self" subject): one subject per
+        image name (a pkg:docker purl) with the Nydus manifest's digest, plus one named `name`
+        when it is set.
+        """
 
     def __init__(
         self,
@@ -401,20 +403,18 @@ class Attestation(_message.Message):
     platform_id: _builtins.str
     """a Platform.id of the header"""
     predicate_type: _builtins.str
-    """e.g. "https://slsa.dev/provenance/v0.2" """
+    """e.g. "https://slsa.dev/provenance/v1" """
     inline_only: _builtins.bool
-    """attached too (BuildKit's image exporter attaches them)"""
+    """attached too: only non-image exporters drop these"""
     predicate: _builtins.bytes
     """the predicate (JSON), or its first bytes (see predicate_size)"""
     predicate_size: _builtins.int
     """The predicate's whole size: when larger than `predicate`, the rest follows in
-    attestation_chunk messages (large SBOMs), before the first platform_begin.
+    attestation_chunk messages (large SBOMs) right after the header.
     """
     @_builtins.property
     def subjects(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttestationSubject]:
-        """The statement's subjects. None: one subject per image name (a pkg:docker purl) with the
-        Nydus manifest's digest, as BuildKit makes them for an attestation of its build result.
-        """
+        """The statement's subjects; none is one subject without a digest (the image itself)."""
 
     def __init__(
         self,

@@ -604,9 +604,12 @@ func (x *AttestationSummary) GetInlineOnly() bool {
 
 // One subject of an in-toto statement ([contract §5.7]).
 type AttestationSubject struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`                                                                               // e.g. "pkg:docker/app@1?platform=linux%2Famd64"
-	Digest        map[string]string      `protobuf:"bytes,2,rep,name=digest,proto3" json:"digest,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"` // algorithm -> hex; empty: the Nydus manifest of the platform
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// algorithm -> hex. Empty: the image itself (BuildKit's "self" subject): one subject per
+	// image name (a pkg:docker purl) with the Nydus manifest's digest, plus one named `name`
+	// when it is set.
+	Digest        map[string]string `protobuf:"bytes,2,rep,name=digest,proto3" json:"digest,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -661,14 +664,13 @@ func (x *AttestationSubject) GetDigest() map[string]string {
 type Attestation struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PlatformId    string                 `protobuf:"bytes,1,opt,name=platform_id,json=platformId,proto3" json:"platform_id,omitempty"`          // a Platform.id of the header
-	PredicateType string                 `protobuf:"bytes,2,opt,name=predicate_type,json=predicateType,proto3" json:"predicate_type,omitempty"` // e.g. "https://slsa.dev/provenance/v0.2"
-	// The statement's subjects. None: one subject per image name (a pkg:docker purl) with the
-	// Nydus manifest's digest, as BuildKit makes them for an attestation of its build result.
+	PredicateType string                 `protobuf:"bytes,2,opt,name=predicate_type,json=predicateType,proto3" json:"predicate_type,omitempty"` // e.g. "https://slsa.dev/provenance/v1"
+	// The statement's subjects; none is one subject without a digest (the image itself).
 	Subjects   []*AttestationSubject `protobuf:"bytes,3,rep,name=subjects,proto3" json:"subjects,omitempty"`
-	InlineOnly bool                  `protobuf:"varint,4,opt,name=inline_only,json=inlineOnly,proto3" json:"inline_only,omitempty"` // attached too (BuildKit's image exporter attaches them)
+	InlineOnly bool                  `protobuf:"varint,4,opt,name=inline_only,json=inlineOnly,proto3" json:"inline_only,omitempty"` // attached too: only non-image exporters drop these
 	Predicate  []byte                `protobuf:"bytes,5,opt,name=predicate,proto3" json:"predicate,omitempty"`                      // the predicate (JSON), or its first bytes (see predicate_size)
 	// The predicate's whole size: when larger than `predicate`, the rest follows in
-	// attestation_chunk messages (large SBOMs), before the first platform_begin.
+	// attestation_chunk messages (large SBOMs) right after the header.
 	PredicateSize int64 `protobuf:"varint,6,opt,name=predicate_size,json=predicateSize,proto3" json:"predicate_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
