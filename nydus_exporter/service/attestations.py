@@ -99,8 +99,6 @@ class AttestationIntake:
                 raise ProtocolError(
                     f"attestation {n} names platform {excerpt(header.platform_id)}, not in the header"
                 )
-            if not header.predicate_type:
-                raise ProtocolError(f"attestation {n} has no predicate_type")
             size = max(header.predicate_size, len(header.predicate))
             if size > MAX_PREDICATE_BYTES:
                 raise ProtocolError(f"attestation {n} is larger than {MAX_PREDICATE_BYTES} bytes")

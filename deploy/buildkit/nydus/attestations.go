@@ -2,6 +2,7 @@ package nydus
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"github.com/moby/buildkit/session"
 	"github.com/moby/buildkit/solver/result"
 	pb "github.com/nydus-exporter/nydus-exporter/deploy/buildkit/nydusv1"
+	"github.com/pkg/errors"
 )
 
 // attestationContents reads the build's attestations the way BuildKit's image exporter does
@@ -36,29 +38,38 @@ func attestationContents(ctx context.Context, atts map[string][]exporter.Attesta
 			warnings = append(warnings, fmt.Sprintf("attestations of %s not attached: the result has no such platform", pid))
 			continue
 		}
-		made, err := platformAttestations(ctx, pid, atts[pid], g)
+		made, skipped, err := platformAttestations(ctx, pid, atts[pid], g)
 		if err != nil {
 			warnings = append(warnings, fmt.Sprintf("attestations of %s not attached: %v", pid, err))
 			continue
 		}
 		out = append(out, made...)
+		warnings = append(warnings, skipped...)
 	}
 	return out, warnings
 }
 
-func platformAttestations(ctx context.Context, pid string, atts []exporter.Attestation, g session.Group) ([]*pb.Attestation, error) {
+// platformAttestations: the attestations of one platform, and a warning for each one left out
+// (its content unreadable or not JSON); an error when none can be read (Unbundle failed).
+func platformAttestations(ctx context.Context, pid string, atts []exporter.Attestation, g session.Group) ([]*pb.Attestation, []string, error) {
 	unbundled, err := attestation.Unbundle(ctx, g, atts)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make([]*pb.Attestation, 0, len(unbundled))
+	var skipped []string
 	for _, att := range unbundled {
 		if att.Kind != gatewaypb.AttestationKind_InToto {
 			continue // Unbundle leaves only in-toto attestations
 		}
 		content, err := attestation.ReadAll(ctx, g, att)
+		if err == nil && len(content) > 0 && !json.Valid(content) {
+			// BuildKit's image exporter fails the build here (the statement cannot be marshalled).
+			err = errors.New("the predicate is not JSON")
+		}
 		if err != nil {
-			return nil, err
+			skipped = append(skipped, fmt.Sprintf("attestation %s (%s) of %s not attached: %v", att.Path, att.InToto.PredicateType, pid, err))
+			continue
 		}
 		inline, _ := strconv.ParseBool(string(att.Metadata[result.AttestationInlineOnlyKey]))
 		a := &pb.Attestation{
@@ -80,21 +91,27 @@ func platformAttestations(ctx context.Context, pid string, atts []exporter.Attes
 			case gatewaypb.InTotoSubjectKind_Raw:
 				a.Subjects = append(a.Subjects, &pb.AttestationSubject{Name: s.Name, Digest: result.ToDigestMap(s.Digest...)})
 			default:
-				return nil, fmt.Errorf("unknown attestation subject kind %v", s.Kind)
+				return nil, nil, fmt.Errorf("unknown attestation subject kind %v", s.Kind)
 			}
 		}
 		out = append(out, a)
 	}
-	return out, nil
+	return out, skipped, nil
 }
 
-// splitPredicates strips the predicates over the chunk size from the header's copy; they go
-// as attestation_chunk messages after the header.
+// inlinePredicates: the most predicate bytes the header carries, so that it stays well under
+// the 16 MiB message limit however many attestations there are.
+const inlinePredicates = 4 << 20
+
+// splitPredicates strips the predicates over the chunk size (and those past inlinePredicates)
+// from the header's copy; they go as attestation_chunk messages after the header.
 func splitPredicates(first *pb.ExportHeader, full []*pb.Attestation) []*pb.ExportRequest {
 	var chunks []*pb.ExportRequest
+	inline := 0
 	for n, a := range full {
 		data := a.GetPredicate()
-		if len(data) <= metadataChunk {
+		if len(data) <= metadataChunk && inline+len(data) <= inlinePredicates {
+			inline += len(data)
 			continue
 		}
 		first.AttestationContents[n].Predicate = nil

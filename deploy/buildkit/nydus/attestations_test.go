@@ -67,3 +67,40 @@ func TestAttestationsGoWithTheirContentAndLargeOnesInChunks(t *testing.T) {
 		t.Fatalf("subjects %v", subjects)
 	}
 }
+
+func TestManyAttestationsKeepTheHeaderSmallAndBadOnesAreWarnings(t *testing.T) {
+	d := &exportDaemon{ending: func(stream grpc.BidiStreamingServer[pb.ExportRequest, pb.ExportEvent]) error {
+		return stream.Send(&pb.ExportEvent{Ev: &pb.ExportEvent_Result{Result: &pb.Result{}}})
+	}}
+	pid := platforms.Format(platforms.Normalize(platforms.DefaultSpec()))
+	medium := []byte(`"` + strings.Repeat("m", 900<<10) + `"`) // under the chunk size
+	var atts []exporter.Attestation
+	for range 8 {
+		atts = append(atts, exporter.Attestation{
+			Kind: gatewaypb.AttestationKind_InToto, Path: "m.json", ContentFunc: contentOf(medium),
+			InToto: result.InTotoAttestation{PredicateType: "https://example.com/medium"},
+		})
+	}
+	atts = append(atts, exporter.Attestation{
+		Kind: gatewaypb.AttestationKind_InToto, Path: "bad.json", ContentFunc: contentOf([]byte("{not json")),
+		InToto: result.InTotoAttestation{PredicateType: "https://example.com/bad"},
+	})
+	if _, _, err := scratchExportSource(t, d, nil, map[string][]exporter.Attestation{pid: atts}); err != nil {
+		t.Fatal(err) // never a failed build
+	}
+	got := d.header.GetAttestationContents()
+	if len(got) != 8 {
+		t.Fatalf("%d attestations sent, want the 8 good ones", len(got))
+	}
+	inline := 0
+	for n, a := range got {
+		inline += len(a.GetPredicate())
+		whole := append(append([]byte{}, a.GetPredicate()...), d.preds[int32(n)]...)
+		if string(whole) != string(medium) {
+			t.Fatalf("attestation %d: %d bytes arrived, want %d", n, len(whole), len(medium))
+		}
+	}
+	if inline > inlinePredicates || inline == 0 {
+		t.Fatalf("%d predicate bytes in the header, want some and at most %d", inline, inlinePredicates)
+	}
+}
