@@ -171,3 +171,76 @@ def test_merged_index_keeps_each_images_attestation_next_to_it(
 
     (local / "provenance.json").unlink()  # type=local writes the attestation as a file
     assert_same_tree(local, mounted_tree(ref, tmp_path))
+
+
+# BuildKit's SBOM scanner protocol (frontend/attestations/sbom): the scanner image runs with the
+# build result mounted at $BUILDKIT_SCAN_SOURCE and writes in-toto statements (SPDX) into
+# $BUILDKIT_SCAN_DESTINATION. This one lists /app of the result and pads its predicate past the
+# 1 MiB chunk size (a real SBOM is that large), with nothing but the base image's sh and cat.
+SCANNER_SCRIPT = """\
+set -e
+files=""
+for f in "$BUILDKIT_SCAN_SOURCE"/app/*; do
+  files="$files${files:+,}{\\"fileName\\":\\"${f#"$BUILDKIT_SCAN_SOURCE"}\\"}"
+done
+{
+  echo "{\\"_type\\":\\"https://in-toto.io/Statement/v0.1\\",\\"predicateType\\":\\"https://spdx.dev/Document\\","
+  echo "\\"subject\\":[],\\"predicate\\":{\\"spdxVersion\\":\\"SPDX-2.3\\",\\"name\\":\\"test-scanner\\","
+  echo "\\"files\\":[$files],\\"comment\\":"
+  cat /padding.json
+  echo "}}"
+} > "$BUILDKIT_SCAN_DESTINATION/sbom.spdx.json"
+"""
+PADDING = 3 << 20
+
+
+def scanner_context(directory: Path, base: str) -> Path:
+    directory.mkdir()
+    (directory / "scan.sh").write_text(SCANNER_SCRIPT)
+    (directory / "padding.json").write_text(json.dumps("s" * PADDING))
+    (directory / "Dockerfile").write_text(
+        f'FROM {base}\nCOPY scan.sh padding.json /\nENTRYPOINT ["/bin/sh", "/scan.sh"]\n'
+    )
+    return directory
+
+
+def test_sbom_from_a_scanner_is_attached(
+    buildkitd: BuildKit, registry: RegistryServer, base_image: str, app: Path, tmp_path: Path
+) -> None:
+    require(kernel_erofs_available(), KERNEL_EROFS_REASON)
+    scanner = f"{registry.host}/test-scanner:1"
+    made = build(
+        buildkitd,
+        scanner_context(tmp_path / "scanner", base_image),
+        [f"type=image,name={scanner},push=true,registry.insecure=true,oci-mediatypes=true"],
+    )
+    assert made.returncode == 0, made.stderr[-6000:]
+
+    repo = "app-sbom"
+    ref = f"{registry.host}/{repo}:1"
+    meta = tmp_path / "metadata.json"
+    res = build(
+        buildkitd,
+        app,
+        [f"type=nydus,name={ref},push=true,registry.insecure=true,oci-mediatypes=true"],
+        metadata=meta,
+        opts=[f"attest:sbom=generator={scanner}"],
+    )
+    assert res.returncode == 0, res.stderr[-6000:]
+    assert "generating sbom using" in res.stderr  # the scanner ran
+    assert json.loads(meta.read_text())["containerimage.digest"] == registry_digest(ref)
+    index = json.loads(raw_manifest(ref))
+    nydus_digest = index["manifests"][0]["digest"]
+    [statement] = attestation_of(registry, repo, index, nydus_digest)
+    assert statement["predicateType"] == "https://spdx.dev/Document"
+    assert statement["subject"][0]["digest"] == {"sha256": nydus_digest.removeprefix("sha256:")}
+    sbom = statement["predicate"]
+    assert sbom["name"] == "test-scanner"
+    assert sorted(f["fileName"] for f in sbom["files"]) == [
+        "/app/hard.txt",
+        "/app/hello.txt",
+        "/app/linked.txt",
+        "/app/out",
+    ]
+    assert sbom["comment"] == "s" * PADDING  # every attestation_chunk arrived, in order
+    assert mounted_tree(ref, tmp_path)[b"/app/hello.txt"].kind == "reg"
