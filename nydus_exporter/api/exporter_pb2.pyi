@@ -1200,8 +1200,13 @@ class Result(_message.Message):
     ROOT_DESCRIPTOR_FIELD_NUMBER: _builtins.int
     FINALIZE_TOKEN_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    ROOT_CONTENT_FIELD_NUMBER: _builtins.int
     finalize_token: _builtins.str
     """set with defer_push: pass it to Finalize"""
+    root_content: _builtins.bytes
+    """The root (manifest or index) itself, a few KiB: a shim can put it where its builder's
+    build history looks for the result (BuildKit's DescriptorReference). Empty: not available.
+    """
     @_builtins.property
     def response(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """BuildKit's image-exporter keys (containerimage.digest, containerimage.config.digest,
@@ -1219,10 +1224,11 @@ class Result(_message.Message):
         root_descriptor: Global___Descriptor | None = ...,
         finalize_token: _builtins.str = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        root_content: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["root_descriptor", b"root_descriptor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finalize_token", b"finalize_token", "response", b"response", "root_descriptor", b"root_descriptor", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finalize_token", b"finalize_token", "response", b"response", "root_content", b"root_content", "root_descriptor", b"root_descriptor", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

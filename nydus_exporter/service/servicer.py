@@ -219,6 +219,7 @@ def result_to_pb(result: JobResult) -> pb.Result:
         ),
         finalize_token=result.finalize_token,
         warnings=result.warnings,
+        root_content=result.root_content,
     )
 
 

@@ -72,6 +72,17 @@ def attestation_of(
     return statements
 
 
+def history_result(bk: BuildKit, digest: str) -> bytes:
+    """The result of the build whose root is ``digest`` as BuildKit's build history keeps it
+    (the exporter's DescriptorReference): the root's bytes from the history's content store."""
+    listed = bk.buildctl(["debug", "histories", "--format", "{{json .}}"], timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert f'"digest":"{digest}"' in listed.stdout  # a record's Result names it
+    got = bk.buildctl(["debug", "get", digest], timeout=60)
+    assert got.returncode == 0, got.stderr
+    return got.stdout.encode()
+
+
 @pytest.mark.parametrize("mode", ["min", "max"])
 def test_provenance_is_attached_to_the_nydus_manifest(
     buildkitd: BuildKit, registry: RegistryServer, app: Path, tmp_path: Path, mode: str
@@ -95,6 +106,7 @@ def test_provenance_is_attached_to_the_nydus_manifest(
 
     response = json.loads(meta.read_text())
     assert response["containerimage.digest"] == registry_digest(ref)
+    assert history_result(buildkitd, response["containerimage.digest"]) == raw_manifest(ref)
     index = json.loads(raw_manifest(ref))  # one platform, still an index: as BuildKit makes it
     assert index["mediaType"] == OCI_INDEX
     nydus_digest = index["manifests"][0]["digest"]

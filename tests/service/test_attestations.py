@@ -10,7 +10,7 @@ from typing import Any
 from nydus_exporter.client.exporter import ExporterClient
 from nydus_exporter.oci import mediatypes as mt
 from nydus_exporter.oci.attestation import Attestation
-from nydus_exporter.oci.descriptor import ImageIndex
+from nydus_exporter.oci.descriptor import ImageIndex, sha256_digest
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.pipeline.sources import open_source
 
@@ -39,6 +39,8 @@ async def export_attested(
                 img.attestations += (Attestation(pid, SPDX, BIG_SBOM),)
         outcome = await client.export(src, resolved.instance_id)
     warnings = [e.warning.short for e in outcome.events if e.WhichOneof("ev") == "warning"]
+    # The root's bytes come with the result (a shim's DescriptorReference).
+    assert sha256_digest(outcome.result.root_content) == outcome.result.root_descriptor.digest
     return dict(outcome.result.response), warnings
 
 

@@ -71,20 +71,21 @@ func (i *instance) Export(ctx context.Context, src *exporter.Source, buildInfo e
 	for _, w := range res.GetWarnings() {
 		writeWarning(pw, &pb.Warning{Level: 1, Short: w})
 	}
-	// No DescriptorReference goes back to BuildKit: its build history would look the root up in
-	// the worker's content store, and the image lives in the daemon. The instance is released
-	// here once nothing more will be asked of it; an export whose FinalizeFunc is never called
-	// (a sibling exporter failed) is dropped by the daemon after its job_ttl.
+	// The DescriptorReference is the daemon's root, written into the worker's content store for
+	// BuildKit's build history (none when that fails). The instance is released here once
+	// nothing more will be asked of it; an export whose FinalizeFunc is never called (a sibling
+	// exporter failed) is dropped by the daemon after its job_ttl.
+	descref := i.exp.results.descriptorReference(ctx, res)
 	token := res.GetFinalizeToken()
 	if token == "" {
 		i.release(ctx)
-		return res.GetResponse(), nil, nil, nil
+		return res.GetResponse(), nil, descref, nil
 	}
 	finalize := func(ctx context.Context) error {
 		defer i.release(ctx)
 		return i.finalize(ctx, token, buildInfo.SessionID)
 	}
-	return res.GetResponse(), finalize, nil, nil
+	return res.GetResponse(), finalize, descref, nil
 }
 
 // exportOnce runs one Export stream; accepted says whether the daemon took the job.

@@ -2284,8 +2284,11 @@ type Result struct {
 	RootDescriptor *Descriptor       `protobuf:"bytes,2,opt,name=root_descriptor,json=rootDescriptor,proto3" json:"root_descriptor,omitempty"`
 	FinalizeToken  string            `protobuf:"bytes,3,opt,name=finalize_token,json=finalizeToken,proto3" json:"finalize_token,omitempty"` // set with defer_push: pass it to Finalize
 	Warnings       []string          `protobuf:"bytes,4,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The root (manifest or index) itself, a few KiB: a shim can put it where its builder's
+	// build history looks for the result (BuildKit's DescriptorReference). Empty: not available.
+	RootContent   []byte `protobuf:"bytes,5,opt,name=root_content,json=rootContent,proto3" json:"root_content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
@@ -2342,6 +2345,13 @@ func (x *Result) GetFinalizeToken() string {
 func (x *Result) GetWarnings() []string {
 	if x != nil {
 		return x.Warnings
+	}
+	return nil
+}
+
+func (x *Result) GetRootContent() []byte {
+	if x != nil {
+		return x.RootContent
 	}
 	return nil
 }
@@ -3041,12 +3051,13 @@ const file_nydus_exporter_v1_exporter_proto_rawDesc = "" +
 	"\vannotations\x18\x04 \x03(\v2..nydus.exporter.v1.Descriptor.AnnotationsEntryR\vannotations\x1a>\n" +
 	"\x10AnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x95\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb8\x02\n" +
 	"\x06Result\x12C\n" +
 	"\bresponse\x18\x01 \x03(\v2'.nydus.exporter.v1.Result.ResponseEntryR\bresponse\x12F\n" +
 	"\x0froot_descriptor\x18\x02 \x01(\v2\x1d.nydus.exporter.v1.DescriptorR\x0erootDescriptor\x12%\n" +
 	"\x0efinalize_token\x18\x03 \x01(\tR\rfinalizeToken\x12\x1a\n" +
-	"\bwarnings\x18\x04 \x03(\tR\bwarnings\x1a;\n" +
+	"\bwarnings\x18\x04 \x03(\tR\bwarnings\x12!\n" +
+	"\froot_content\x18\x05 \x01(\fR\vrootContent\x1a;\n" +
 	"\rResponseEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x03\n" +
