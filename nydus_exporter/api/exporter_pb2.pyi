@@ -405,7 +405,7 @@ class Attestation(_message.Message):
     predicate_type: _builtins.str
     """e.g. "https://slsa.dev/provenance/v1" """
     inline_only: _builtins.bool
-    """attached too: only non-image exporters drop these"""
+    """Alone, these do not make a single-platform image an index (BuildKit's image exporter)."""
     predicate: _builtins.bytes
     """the predicate (JSON), or its first bytes (see predicate_size)"""
     predicate_size: _builtins.int

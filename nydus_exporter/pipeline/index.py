@@ -81,6 +81,20 @@ def split_root(out: OciLayout, root: Descriptor) -> tuple[list[Descriptor], list
     )
 
 
+def attached(
+    attestations: Sequence[Sequence[Attestation]], options: ExportOptions
+) -> tuple[list[tuple[Attestation, ...]], int]:
+    """The attestations attached to the image, and how many inline-only ones are not: as in
+    BuildKit's image exporter, inline-only attestations alone do not turn a single-platform
+    image into an index (the root stays the manifest, which has no place for them); when the
+    root is an index anyway (several platforms, merge-manifest, other attestations) they go in."""
+    per_image = [tuple(atts) for atts in attestations]
+    single = len(per_image) <= 1 and not options.merge_manifest
+    if single and all(a.inline_only for atts in per_image for a in atts):
+        return [() for _ in per_image], sum(len(atts) for atts in per_image)
+    return per_image, 0
+
+
 def attestation_entries(
     out: OciLayout,
     results: Sequence[PlatformResult],

@@ -256,3 +256,25 @@ def test_sbom_from_a_scanner_is_attached(
     ]
     assert sbom["comment"] == "s" * PADDING  # every attestation_chunk arrived, in order
     assert mounted_tree(ref, tmp_path)[b"/app/hello.txt"].kind == "reg"
+
+
+def test_inline_only_provenance_leaves_a_single_platform_image_a_manifest(
+    buildkitd: BuildKit, registry: RegistryServer, app: Path, tmp_path: Path
+) -> None:
+    """buildx's provenance for ``--load`` is inline-only: BuildKit's image exporter does not make
+    an index for it alone, and neither do we (a warning says so)."""
+    ref = f"{registry.host}/app-inline-only:1"
+    meta = tmp_path / "metadata.json"
+    res = build(
+        buildkitd,
+        app,
+        [f"type=nydus,name={ref},push=true,registry.insecure=true,oci-mediatypes=true"],
+        metadata=meta,
+        opts=["attest:provenance=mode=min,inline-only=true"],
+    )
+    assert res.returncode == 0, res.stderr[-6000:]
+    assert "1 inline-only attestation(s) not attached" in res.stderr, res.stderr[-4000:]
+    manifest = json.loads(raw_manifest(ref))
+    assert manifest["mediaType"] == OCI_MANIFEST
+    assert manifest["layers"][-1]["annotations"][NYDUS_BOOTSTRAP_ANNOTATION] == "true"
+    assert json.loads(meta.read_text())["containerimage.digest"] == registry_digest(ref)

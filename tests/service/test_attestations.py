@@ -130,3 +130,20 @@ async def test_docker_media_types_get_no_attestations_and_a_warning(
     assert [e.digest for e in entries.manifests] == list(
         json.loads(response["nydus.manifest.digests"]).values()
     )
+
+
+async def test_inline_only_attestations_alone_leave_one_platform_a_manifest(
+    client: ExporterClient, image: Path, short_tmp: Path
+) -> None:
+    out = short_tmp / "out"
+    attrs = {"push": "false", "oci-layout": str(out), "name": "example.com/app:1", "oci-mediatypes": "true"}
+    resolved = await client.resolve({**attrs, "platform": "linux/amd64"})
+    with open_source(f"oci:{image}:t", workdir=short_tmp) as src:
+        for img in src.images:
+            img.attestations = (Attestation(str(img.platform), PROVENANCE, b"{}", inline_only=True),)
+        outcome = await client.export(src, resolved.instance_id)
+    assert outcome.result.root_descriptor.media_type == mt.MEDIA_TYPE_IMAGE_MANIFEST
+    assert list(outcome.result.warnings) == [
+        "1 inline-only attestation(s) not attached: a single-platform image has no index for them "
+        "(as with BuildKit's image exporter)"
+    ]

@@ -148,7 +148,7 @@ func scratchExportSource(t *testing.T, d *exportDaemon, extra map[string][]byte,
 	src.Attestations = atts
 	resp, finalize, ref, err := inst.Export(ctx, src, exporter.ExportBuildInfo{Ref: "build-1", SessionID: "s1"})
 	if ref != nil {
-		t.Fatal("no DescriptorReference goes back to BuildKit")
+		t.Fatal("without a worker content store no DescriptorReference goes back to BuildKit")
 	}
 	return resp, finalize, err
 }

@@ -666,9 +666,10 @@ type Attestation struct {
 	PlatformId    string                 `protobuf:"bytes,1,opt,name=platform_id,json=platformId,proto3" json:"platform_id,omitempty"`          // a Platform.id of the header
 	PredicateType string                 `protobuf:"bytes,2,opt,name=predicate_type,json=predicateType,proto3" json:"predicate_type,omitempty"` // e.g. "https://slsa.dev/provenance/v1"
 	// The statement's subjects; none is one subject without a digest (the image itself).
-	Subjects   []*AttestationSubject `protobuf:"bytes,3,rep,name=subjects,proto3" json:"subjects,omitempty"`
-	InlineOnly bool                  `protobuf:"varint,4,opt,name=inline_only,json=inlineOnly,proto3" json:"inline_only,omitempty"` // attached too: only non-image exporters drop these
-	Predicate  []byte                `protobuf:"bytes,5,opt,name=predicate,proto3" json:"predicate,omitempty"`                      // the predicate (JSON), or its first bytes (see predicate_size)
+	Subjects []*AttestationSubject `protobuf:"bytes,3,rep,name=subjects,proto3" json:"subjects,omitempty"`
+	// Alone, these do not make a single-platform image an index (BuildKit's image exporter).
+	InlineOnly bool   `protobuf:"varint,4,opt,name=inline_only,json=inlineOnly,proto3" json:"inline_only,omitempty"`
+	Predicate  []byte `protobuf:"bytes,5,opt,name=predicate,proto3" json:"predicate,omitempty"` // the predicate (JSON), or its first bytes (see predicate_size)
 	// The predicate's whole size: when larger than `predicate`, the rest follows in
 	// attestation_chunk messages (large SBOMs) right after the header.
 	PredicateSize int64 `protobuf:"varint,6,opt,name=predicate_size,json=predicateSize,proto3" json:"predicate_size,omitempty"`
