@@ -65,11 +65,6 @@ def named_descriptor(descriptor: Descriptor, image_name: str | None) -> Descript
     return dataclasses.replace(descriptor, annotations=annotations)
 
 
-def nydus_manifests(out: OciLayout, root: Descriptor) -> list[Descriptor]:
-    """The per-platform Nydus manifests of a (not merged) export result's root."""
-    return split_root(out, root)[0]
-
-
 def split_root(out: OciLayout, root: Descriptor) -> tuple[list[Descriptor], list[Descriptor]]:
     """(Nydus manifests, attestation manifest entries) of a (not merged) export result's root."""
     if mt.is_manifest(root.media_type):
@@ -168,16 +163,16 @@ def root_descriptor(
     """The manifest (single platform) or an index of the Nydus manifests (merged or not) and
     their attestation manifests; with attestations always an index, as BuildKit's image
     exporter makes it."""
-    attached = attestation_entries(out, results, attestations, options)
+    entries = attestation_entries(out, results, attestations, options)
     if options.merge_manifest:
-        return merged_index(out, existing, [r.manifest for r in results], options, attached)
-    if len(results) == 1 and not attached:
+        return merged_index(out, existing, [r.manifest for r in results], options, entries)
+    if len(results) == 1 and not entries:
         return results[0].manifest
     index_raw = canonical_json(
         {
             "schemaVersion": 2,
             "mediaType": mt.index_media_type(oci=options.oci_mediatypes),
-            "manifests": [r.manifest.to_json() for r in results] + [a.to_json() for a in attached],
+            "manifests": [r.manifest.to_json() for r in results] + [a.to_json() for a in entries],
         }
     )
     return Descriptor(
