@@ -319,7 +319,7 @@ class AttestationSummary(_message.Message):
     platform_id: _builtins.str
     kind: _builtins.str
     inline_only: _builtins.bool
-    """dropped with a warning"""
+    """informational: the content comes as an Attestation"""
     def __init__(
         self,
         *,
@@ -334,6 +334,134 @@ class AttestationSummary(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AttestationSummary: _TypeAlias = AttestationSummary  # noqa: Y015
+
+@_typing.final
+class AttestationSubject(_message.Message):
+    """One subject of an in-toto statement ([contract §5.7])."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DigestEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def digest(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """algorithm -> hex. Empty: the image itself (BuildKit's "self" subject): one subject per
+        image name (a pkg:docker purl) with the Nydus manifest's digest, plus one named `name`
+        when it is set.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        digest: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttestationSubject: _TypeAlias = AttestationSubject  # noqa: Y015
+
+@_typing.final
+class Attestation(_message.Message):
+    """An attestation's content, to be attached to the pushed index as BuildKit's image exporter
+    does ([contract §5.7]): one in-toto statement per attestation, in one attestation manifest per
+    platform. The client unbundles and validates them; the daemon makes the statements.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLATFORM_ID_FIELD_NUMBER: _builtins.int
+    PREDICATE_TYPE_FIELD_NUMBER: _builtins.int
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    INLINE_ONLY_FIELD_NUMBER: _builtins.int
+    PREDICATE_FIELD_NUMBER: _builtins.int
+    PREDICATE_SIZE_FIELD_NUMBER: _builtins.int
+    platform_id: _builtins.str
+    """a Platform.id of the header"""
+    predicate_type: _builtins.str
+    """e.g. "https://slsa.dev/provenance/v1" """
+    inline_only: _builtins.bool
+    """Alone, these do not make a single-platform image an index (BuildKit's image exporter)."""
+    predicate: _builtins.bytes
+    """the predicate (JSON), or its first bytes (see predicate_size)"""
+    predicate_size: _builtins.int
+    """The predicate's whole size: when larger than `predicate`, the rest follows in
+    attestation_chunk messages (large SBOMs) right after the header.
+    """
+    @_builtins.property
+    def subjects(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttestationSubject]:
+        """The statement's subjects; none is one subject without a digest (the image itself)."""
+
+    def __init__(
+        self,
+        *,
+        platform_id: _builtins.str = ...,
+        predicate_type: _builtins.str = ...,
+        subjects: _abc.Iterable[Global___AttestationSubject] | None = ...,
+        inline_only: _builtins.bool = ...,
+        predicate: _builtins.bytes = ...,
+        predicate_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inline_only", b"inline_only", "platform_id", b"platform_id", "predicate", b"predicate", "predicate_size", b"predicate_size", "predicate_type", b"predicate_type", "subjects", b"subjects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Attestation: _TypeAlias = Attestation  # noqa: Y015
+
+@_typing.final
+class AttestationChunk(_message.Message):
+    """The rest of a large Attestation.predicate. Chunks of one attestation arrive in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """into ExportHeader.attestation_contents"""
+    offset: _builtins.int
+    """must equal the predicate bytes received so far"""
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "index", b"index", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttestationChunk: _TypeAlias = AttestationChunk  # noqa: Y015
 
 @_typing.final
 class ExportHeader(_message.Message):
@@ -368,6 +496,7 @@ class ExportHeader(_message.Message):
     PLATFORMS_FIELD_NUMBER: _builtins.int
     ATTESTATIONS_FIELD_NUMBER: _builtins.int
     DEFER_PUSH_FIELD_NUMBER: _builtins.int
+    ATTESTATION_CONTENTS_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """from Resolve"""
     idempotency_key: _builtins.str
@@ -390,6 +519,10 @@ class ExportHeader(_message.Message):
     def platforms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Platform]: ...
     @_builtins.property
     def attestations(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttestationSummary]: ...
+    @_builtins.property
+    def attestation_contents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attestation]:
+        """The attestations' content (clients that set only `attestations` get none attached)."""
+
     def __init__(
         self,
         *,
@@ -402,10 +535,11 @@ class ExportHeader(_message.Message):
         platforms: _abc.Iterable[Global___Platform] | None = ...,
         attestations: _abc.Iterable[Global___AttestationSummary] | None = ...,
         defer_push: _builtins.bool = ...,
+        attestation_contents: _abc.Iterable[Global___Attestation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestations", b"attestations", "build_ref", b"build_ref", "compatibility_version", b"compatibility_version", "defer_push", b"defer_push", "idempotency_key", b"idempotency_key", "instance_id", b"instance_id", "metadata", b"metadata", "platforms", b"platforms", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation_contents", b"attestation_contents", "attestations", b"attestations", "build_ref", b"build_ref", "compatibility_version", b"compatibility_version", "defer_push", b"defer_push", "idempotency_key", b"idempotency_key", "instance_id", b"instance_id", "metadata", b"metadata", "platforms", b"platforms", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -753,6 +887,7 @@ class ExportRequest(_message.Message):
     PLATFORM_END_FIELD_NUMBER: _builtins.int
     AUTH_REPLY_FIELD_NUMBER: _builtins.int
     COMMIT_FIELD_NUMBER: _builtins.int
+    ATTESTATION_CHUNK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def header(self) -> Global___ExportHeader:
         """first message, exactly once"""
@@ -773,6 +908,8 @@ class ExportRequest(_message.Message):
     def commit(self) -> Global___Commit:
         """everything was sent; half-close follows"""
 
+    @_builtins.property
+    def attestation_chunk(self) -> Global___AttestationChunk: ...
     def __init__(
         self,
         *,
@@ -784,12 +921,13 @@ class ExportRequest(_message.Message):
         platform_end: Global___PlatformEnd | None = ...,
         auth_reply: Global___AuthReply | None = ...,
         commit: Global___Commit | None = ...,
+        attestation_chunk: Global___AttestationChunk | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["auth_reply", b"auth_reply", "commit", b"commit", "header", b"header", "layer_data", b"layer_data", "layer_end", b"layer_end", "metadata_chunk", b"metadata_chunk", "msg", b"msg", "platform_begin", b"platform_begin", "platform_end", b"platform_end"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attestation_chunk", b"attestation_chunk", "auth_reply", b"auth_reply", "commit", b"commit", "header", b"header", "layer_data", b"layer_data", "layer_end", b"layer_end", "metadata_chunk", b"metadata_chunk", "msg", b"msg", "platform_begin", b"platform_begin", "platform_end", b"platform_end"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_reply", b"auth_reply", "commit", b"commit", "header", b"header", "layer_data", b"layer_data", "layer_end", b"layer_end", "metadata_chunk", b"metadata_chunk", "msg", b"msg", "platform_begin", b"platform_begin", "platform_end", b"platform_end"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation_chunk", b"attestation_chunk", "auth_reply", b"auth_reply", "commit", b"commit", "header", b"header", "layer_data", b"layer_data", "layer_end", b"layer_end", "metadata_chunk", b"metadata_chunk", "msg", b"msg", "platform_begin", b"platform_begin", "platform_end", b"platform_end"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["header", "metadata_chunk", "platform_begin", "layer_data", "layer_end", "platform_end", "auth_reply", "commit"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["header", "metadata_chunk", "platform_begin", "layer_data", "layer_end", "platform_end", "auth_reply", "commit", "attestation_chunk"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
@@ -1062,8 +1200,13 @@ class Result(_message.Message):
     ROOT_DESCRIPTOR_FIELD_NUMBER: _builtins.int
     FINALIZE_TOKEN_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
+    ROOT_CONTENT_FIELD_NUMBER: _builtins.int
     finalize_token: _builtins.str
     """set with defer_push: pass it to Finalize"""
+    root_content: _builtins.bytes
+    """The root (manifest or index) itself, a few KiB: a shim can put it where its builder's
+    build history looks for the result (BuildKit's DescriptorReference). Empty: not available.
+    """
     @_builtins.property
     def response(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """BuildKit's image-exporter keys (containerimage.digest, containerimage.config.digest,
@@ -1081,10 +1224,11 @@ class Result(_message.Message):
         root_descriptor: Global___Descriptor | None = ...,
         finalize_token: _builtins.str = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
+        root_content: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["root_descriptor", b"root_descriptor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finalize_token", b"finalize_token", "response", b"response", "root_descriptor", b"root_descriptor", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finalize_token", b"finalize_token", "response", b"response", "root_content", b"root_content", "root_descriptor", b"root_descriptor", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -32,6 +32,7 @@ from nydus_exporter.registry.auth import parse_challenges
 from nydus_exporter.registry.credentials import CredentialStore
 
 CHUNK = 1 << 20  # [contract §5.6]: 1 MiB layer_data
+INLINE_PREDICATES = 4 << 20  # the most attestation predicate bytes in the header ([contract §5.7])
 MAX_MESSAGE = 16 << 20
 _TOKEN_USERNAME = "<token>"
 
@@ -175,6 +176,7 @@ class ExporterClient:
             defer_push=defer_push,
             metadata=stream.header_metadata(metadata),
             platforms=[_platform_pb(pid, img.platform) for pid, img in stream.platforms],
+            attestation_contents=stream.attestation_contents(),
         )
         try:
             async with asyncio.TaskGroup() as tg:
@@ -269,6 +271,39 @@ class _ExportStream:
             out[key] = image.config
         return out
 
+    def attestation_contents(self) -> list[pb.Attestation]:
+        """The images' attestations ([contract §5.7]): predicates over the chunk size follow the
+        header as attestation_chunk messages (:meth:`send`)."""
+        out, inline = [], 0
+        for pid, image in self.platforms:
+            for a in image.attestations:
+                inlined = (
+                    len(a.predicate) <= self._chunk_size and inline + len(a.predicate) <= INLINE_PREDICATES
+                )
+                inline += len(a.predicate) if inlined else 0
+                out.append(
+                    pb.Attestation(
+                        platform_id=pid,
+                        predicate_type=a.predicate_type,
+                        subjects=[pb.AttestationSubject(name=s.name, digest=s.digest) for s in a.subjects],
+                        inline_only=a.inline_only,
+                        predicate=a.predicate if inlined else b"",
+                        predicate_size=len(a.predicate),
+                    )
+                )
+        return out
+
+    async def _send_predicates(self, header: pb.ExportHeader) -> None:
+        predicates = [a.predicate for _, image in self.platforms for a in image.attestations]
+        for index, data in enumerate(predicates):
+            if header.attestation_contents[index].predicate:
+                continue  # in the header
+            for offset in range(0, len(data), self._chunk_size):
+                chunk = pb.AttestationChunk(
+                    index=index, offset=offset, data=data[offset : offset + self._chunk_size]
+                )
+                await self.write(pb.ExportRequest(attestation_chunk=chunk))
+
     async def write(self, request: pb.ExportRequest) -> None:
         async with self._write_lock:
             await self.call.write(request)
@@ -296,6 +331,7 @@ class _ExportStream:
 
     async def send(self, header: pb.ExportHeader, *, by_reference: bool) -> None:
         await self.write(pb.ExportRequest(header=header))
+        await self._send_predicates(header)
         if (await self.accepted).resumed:
             return  # the server has (or is making) this export already
         for pid, image in self.platforms:

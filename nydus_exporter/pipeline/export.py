@@ -29,6 +29,7 @@ from nydus_exporter.pipeline.chunk_store_session import ChunkStoreSession
 from nydus_exporter.pipeline.convert import Converter, LayerHooks
 from nydus_exporter.pipeline.external import ExternalBlobs
 from nydus_exporter.pipeline.index import (
+    attached,
     named_descriptor,
     oci_manifests,
     root_descriptor,
@@ -180,6 +181,8 @@ def export_source(
     external_blobs: Callable[[Platform | None], ExternalBlobs] | None = None,
     on_pushed: Callable[[Sequence[BlobResult]], None] | None = None,
 ) -> ExportResult:
+    """Convert ``source`` and write (and push) the result; each image's attestations are
+    attached to its Nydus manifest ([contract §5.7])."""
     if options.oci_layout is None and not options.push:
         raise ConfigError("no output: give oci-layout=DIR or push=true")
     if options.push and registry is None:
@@ -205,7 +208,8 @@ def export_source(
                 existing = current.raw if current is not None else None
             else:
                 existing = source_top(out, source, push=options.push)
-        root = root_descriptor(out, existing, results, options)
+        attestations, inline_only = attached([image.attestations for image in source.images], options)
+        root = root_descriptor(out, existing, results, options, attestations)
         if options.oci_layout is not None:
             named: list[tuple[str | None, str | None]] = [*tags_of(options.names)] or [(None, None)]
             for tag, image_name in named:
@@ -244,4 +248,12 @@ def export_source(
             oci_manifests=oci_manifests(out, root) if options.merge_manifest else {},
             remote_blobs=tuple(sorted(converter.remote_blobs)),
             packed=tuple(blob.digest for blob in converter.packed),
+            warnings=(
+                (
+                    f"{inline_only} inline-only attestation(s) not attached: a single-platform "
+                    "image has no index for them (as with BuildKit's image exporter)",
+                )
+                if inline_only
+                else ()
+            ),
         )

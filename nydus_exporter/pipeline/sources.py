@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 from nydus_exporter.errors import ConfigError, FormatError
 from nydus_exporter.image.repository import ImageRepository, LayoutRepository
 from nydus_exporter.oci import mediatypes
+from nydus_exporter.oci.attestation import Attestation
 from nydus_exporter.oci.descriptor import Descriptor, ImageIndex, ImageManifest
 from nydus_exporter.oci.layout import OciLayout, split_layout_spec
 from nydus_exporter.oci.nydus_image import is_nydus_entry, is_nydus_manifest
@@ -52,6 +53,8 @@ class SourceImage:
     layers: list[SourceLayer]
     manifest: bytes | None = None  # the source manifest, when the source is an image
     manifest_descriptor: Descriptor | None = None
+    # attached to the Nydus manifest as attestation manifests ([contract §5.7])
+    attestations: tuple[Attestation, ...] = ()
 
 
 @dataclass

@@ -75,6 +75,7 @@ class JobResult:
     root: DescriptorValue
     finalize_token: str = ""
     warnings: tuple[str, ...] = ()
+    root_content: bytes = b""  # the root's bytes (for a shim's build history)
 
 
 Event = Accepted | LayerWants | ProgressRow | LogLine | WarningEvent | AuthChallenge | JobResult

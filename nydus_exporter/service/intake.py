@@ -352,6 +352,11 @@ class ExportIntake:
             raise ProtocolError(f"platform_end {excerpt(platform_id)}: layer {self._open[1]} is still open")
         state.ended = True
 
+    @property
+    def selected_ids(self) -> list[str]:
+        """The ids of the platforms converted, in the order of :meth:`commit`'s images."""
+        return [pid for pid, state in self._platforms.items() if state.selected]
+
     def commit(self) -> tuple[WorkerImage, ...]:
         """Check completeness; returns the images the worker converts (selected platforms)."""
         self._check_not_committed("commit")

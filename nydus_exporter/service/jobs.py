@@ -38,9 +38,11 @@ import structlog
 from nydus_exporter import errors as core_errors
 from nydus_exporter.errors import excerpt
 from nydus_exporter.oci.descriptor import Descriptor
+from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.pipeline.options import ExportOptions, options_for_worker
 from nydus_exporter.pipeline.progress import ProgressEvent
 from nydus_exporter.pipeline.result import filter_response
+from nydus_exporter.service.attestations import SpooledAttestation
 from nydus_exporter.service.attrs import ResolvedAttrs, resolve_attrs
 from nydus_exporter.service.auth_broker import AuthBroker
 from nydus_exporter.service.budget import Budget, JobBudget
@@ -151,6 +153,19 @@ class Job:
         self.cancel_reason = reason
         self.work.cancel()
         return True
+
+
+_MAX_ROOT_CONTENT = 4 << 20  # a root manifest or index is a few KiB
+
+
+def _staged_root(job: Job, digest: object) -> bytes:
+    """The root's bytes from the job's staging layout (empty when they are not there)."""
+    if not isinstance(digest, str) or not digest.startswith("sha256:"):
+        return b""
+    try:
+        return OciLayout.open(job.staging).read_blob(digest, max_size=_MAX_ROOT_CONTENT)
+    except (OSError, core_errors.ExporterError):
+        return b""
 
 
 def _descriptor_value(raw: Mapping[str, Any]) -> DescriptorValue:
@@ -301,6 +316,7 @@ class JobRegistry:
         emit: Emit,
         broker: AuthBroker | None = None,
         early: EarlyWorker | None = None,
+        attestations: tuple[tuple[SpooledAttestation, ...], ...] = (),
     ) -> Conversion:
         """Wait for a build slot, then run the worker; progress goes to ``emit``. With
         ``early`` (from :meth:`early_worker`), the slot is held and the worker started."""
@@ -309,7 +325,7 @@ class JobRegistry:
             try:
                 job.state = JobState.CONVERTING
                 try:
-                    spec = self._spec(job, images, {})
+                    spec = self._spec(job, images, {}, attestations)
                 except BaseException:
                     await early.abandon()
                     raise
@@ -335,7 +351,7 @@ class JobRegistry:
                 store: dict[str, Any] = {}
                 if options.chunk_store and options.push and broker is not None:
                     store = await self._store_for_worker(options, broker)
-                spec = self._spec(job, images, store)
+                spec = self._spec(job, images, store, attestations)
                 began = self._clock()
                 conversion = await self.runner.convert(spec, rows.on_progress)
                 log.info("converted", job_id=job.job_id, seconds=round(self._clock() - began, 3))
@@ -344,7 +360,13 @@ class JobRegistry:
             if waited:
                 self.metrics.waiting.dec()
 
-    def _spec(self, job: Job, images: Sequence[WorkerImage], store: dict[str, Any]) -> WorkerSpec:
+    def _spec(
+        self,
+        job: Job,
+        images: Sequence[WorkerImage],
+        store: dict[str, Any],
+        attestations: tuple[tuple[SpooledAttestation, ...], ...] = (),
+    ) -> WorkerSpec:
         options = job.instance.attrs.options
         return WorkerSpec(
             # The worker has no registry access: with merge-manifest against the live tag, the
@@ -354,6 +376,7 @@ class JobRegistry:
             workdir=str(job.workdir),
             cache_dir=str(self.cache.root),
             images=tuple(images),
+            attestations=attestations,
             **store,
         )
 
@@ -373,8 +396,9 @@ class JobRegistry:
             "store_verified": verified,
         }
 
-    def export_result(self, job: Job, conversion: Conversion) -> JobResult:
-        """The Export result: final keys unless publishing is deferred to Finalize."""
+    def export_result(self, job: Job, conversion: Conversion, root_content: bytes | None = None) -> JobResult:
+        """The Export result: final keys unless publishing is deferred to Finalize.
+        ``root_content``: the root's bytes (default: read from the staging layout)."""
         attrs = job.instance.attrs
         response = dict(conversion.metadata)
         layout = attrs.options.oci_layout
@@ -386,7 +410,10 @@ class JobRegistry:
         token = ""
         if job.defer_push:
             token = job.finalize_token = job.finalize_token or secrets.token_urlsafe(24)
-        return JobResult(response, _descriptor_value(conversion.descriptor), token, conversion.warnings)
+        root = _descriptor_value(conversion.descriptor)
+        if root_content is None:
+            root_content = _staged_root(job, root.digest)
+        return JobResult(response, root, token, conversion.warnings, root_content)
 
     async def publish(self, job: Job, broker: AuthBroker) -> JobResult:
         """Push (when asked) and write the oci-layout; once per job (Finalize is idempotent)."""
@@ -413,9 +440,10 @@ class JobRegistry:
                 )
                 if pushed.digest != root.digest:
                     job.conversion = with_root(job.conversion, pushed)
-            if options.oci_layout is not None:
+            root_content = _staged_root(job, job.conversion.descriptor.get("digest", ""))
+            if options.oci_layout is not None:  # moves the staged blobs
                 await asyncio.to_thread(publish_layout, job.staging, options.oci_layout, self.config.roots)
-            result = self.export_result(job, job.conversion)
+            result = self.export_result(job, job.conversion, root_content)
             job.final = dataclasses.replace(result, finalize_token="")
             job.state = JobState.DONE
             job.finished = self._clock()

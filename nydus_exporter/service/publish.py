@@ -16,7 +16,7 @@ from nydus_exporter.oci.descriptor import Descriptor
 from nydus_exporter.oci.layout import OciLayout
 from nydus_exporter.oci.reference import parse_reference
 from nydus_exporter.pipeline.chunk_store_session import record_packed
-from nydus_exporter.pipeline.index import merged_index, nydus_manifests
+from nydus_exporter.pipeline.index import merged_index, split_root
 from nydus_exporter.pipeline.options import ExportOptions
 from nydus_exporter.pipeline.push import push_image
 from nydus_exporter.pipeline.registry_limits import RegistryLimits, client_limits
@@ -96,7 +96,8 @@ class RegistryPusher:
                 if merges_live_tag(options):
                     current = registry.get_manifest(refs[0])  # the image under the tag now
                     existing = current.raw if current is not None else None
-                    pushed = merged_index(staging, existing, nydus_manifests(staging, root), options)
+                    manifests, attestations = split_root(staging, root)
+                    pushed = merged_index(staging, existing, manifests, options, attestations)
                 push_image(registry, staging, pushed, refs, remote=remote)
             if options.chunk_store:
                 with ChunkStore.open(self._config.state_dir) as store:

@@ -42,6 +42,7 @@ from nydus_exporter.errors import (
 )
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.rafs import codecs
+from nydus_exporter.service.attestations import AttestationIntake, attestation_headers, unattached_warning
 from nydus_exporter.service.auth_broker import AuthBroker
 from nydus_exporter.service.errors import (
     IdempotencyConflictError,
@@ -218,6 +219,7 @@ def result_to_pb(result: JobResult) -> pb.Result:
         ),
         finalize_token=result.finalize_token,
         warnings=result.warnings,
+        root_content=result.root_content,
     )
 
 
@@ -519,14 +521,12 @@ class ExporterServicer(pb_grpc.ExporterServicer):
         broker: AuthBroker,
     ) -> JobResult:
         attrs = job.instance.attrs
-        for attestation in header.attestations:
-            if attestation.inline_only:
-                await emit(
-                    WarningEvent(
-                        short=f"inline-only attestation {excerpt(attestation.kind)} "
-                        f"of {excerpt(attestation.platform_id)} dropped"
-                    )
-                )
+        unattached = unattached_warning(header, oci_mediatypes=attrs.options.oci_mediatypes)
+        if unattached is not None:
+            await emit(WarningEvent(short=unattached))
+        attestations = AttestationIntake(
+            job.workdir, attestation_headers(header), [p.id for p in header.platforms]
+        )
         intake = ExportIntake(
             workdir=job.workdir,
             platforms=[(p.id, platform_of(p)) for p in header.platforms],
@@ -553,9 +553,10 @@ class ExporterServicer(pb_grpc.ExporterServicer):
         intake.on_spool = on_spool
         try:
             try:
-                images = await self._receive(intake, context, emit, broker)
+                images = await self._receive(intake, attestations, context, emit, broker)
             finally:
                 intake.close()
+            attached = attestations.per_platform(intake.selected_ids) if unattached is None else ()
             self._metrics.cache_hits.inc(intake.cache_hits)
             self._metrics.cache_misses.inc(intake.cache_misses)
             async with asyncio.TaskGroup() as tg:
@@ -563,7 +564,7 @@ class ExporterServicer(pb_grpc.ExporterServicer):
                 replies = tg.create_task(self._read_replies(context, broker))
                 try:
                     conversion = await self._jobs.convert(
-                        job, images, emit, broker, early.pop() if early else None
+                        job, images, emit, broker, early.pop() if early else None, attached
                     )
                     self._jobs.converted(job, conversion)
                     if job.defer_push:
@@ -581,6 +582,7 @@ class ExporterServicer(pb_grpc.ExporterServicer):
     async def _receive(
         self,
         intake: ExportIntake,
+        attestations: AttestationIntake,
         context: grpc.aio.ServicerContext,
         emit: Callable[[Event], Awaitable[None]],
         broker: AuthBroker,
@@ -594,6 +596,9 @@ class ExporterServicer(pb_grpc.ExporterServicer):
             if kind == "metadata_chunk":
                 m = message.metadata_chunk
                 intake.metadata_chunk(m.key, m.offset, m.data, m.last)
+            elif kind == "attestation_chunk":
+                a = message.attestation_chunk
+                attestations.chunk(a.index, a.offset, a.data)
             elif kind == "platform_begin":
                 begin = message.platform_begin
                 wants = await intake.platform_begin(begin.platform_id, [layer_spec(i) for i in begin.layers])

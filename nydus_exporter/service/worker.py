@@ -125,6 +125,8 @@ def build_source(spec: WorkerSpec) -> Source:
         if config is None:
             config = minimal_config(platform or Platform.host(), len(layers))
         images.append(SourceImage(platform, config, layers))
+    for built, attestations in zip(images, spec.attestations, strict=False):
+        built.attestations = tuple(a.load() for a in attestations)
     return Source(images)
 
 

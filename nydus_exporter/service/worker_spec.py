@@ -13,6 +13,7 @@ from typing import BinaryIO, Literal
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.pipeline.options import ExportOptions
 from nydus_exporter.pipeline.pack import PackOptions
+from nydus_exporter.service.attestations import SpooledAttestation
 
 LayerKind = Literal["file", "cached", "dir"]
 
@@ -49,6 +50,8 @@ class WorkerSpec:
     store_dir: str = ""
     store_location: str = ""
     store_verified: tuple[str, ...] = ()
+    # per image (same order as ``images``): the attestations attached to its Nydus manifest
+    attestations: tuple[tuple[SpooledAttestation, ...], ...] = ()
 
     @property
     def inherited_fds(self) -> tuple[int, ...]:

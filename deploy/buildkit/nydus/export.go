@@ -50,10 +50,10 @@ func (i *instance) Export(ctx context.Context, src *exporter.Source, buildInfo e
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if n := attachable(header.Attestations); n > 0 {
-		// The contract carries attestation summaries, not their content: the daemon cannot put
-		// them in the pushed index yet. They never fail a build.
-		writeWarning(pw, &pb.Warning{Level: 1, Short: fmt.Sprintf("%d attestation(s) (provenance, SBOM) are not attached to the nydus image", n)})
+	contents, warnings := attestationContents(ctx, src.Attestations, header.Platforms, session.NewGroup(buildInfo.SessionID))
+	header.AttestationContents = contents
+	for _, w := range warnings {
+		writeWarning(pw, &pb.Warning{Level: 1, Short: w})
 	}
 	res, accepted, err := i.exportOnce(ctx, pw, header, refs, buildInfo.SessionID)
 	if err != nil && !accepted && status.Code(err) == codes.NotFound && ctx.Err() == nil {
@@ -71,20 +71,21 @@ func (i *instance) Export(ctx context.Context, src *exporter.Source, buildInfo e
 	for _, w := range res.GetWarnings() {
 		writeWarning(pw, &pb.Warning{Level: 1, Short: w})
 	}
-	// No DescriptorReference goes back to BuildKit: its build history would look the root up in
-	// the worker's content store, and the image lives in the daemon. The instance is released
-	// here once nothing more will be asked of it; an export whose FinalizeFunc is never called
-	// (a sibling exporter failed) is dropped by the daemon after its job_ttl.
+	// The DescriptorReference is the daemon's root, written into the worker's content store for
+	// BuildKit's build history (none when that fails). The instance is released here once
+	// nothing more will be asked of it; an export whose FinalizeFunc is never called (a sibling
+	// exporter failed) is dropped by the daemon after its job_ttl.
+	descref := i.exp.results.descriptorReference(ctx, res)
 	token := res.GetFinalizeToken()
 	if token == "" {
 		i.release(ctx)
-		return res.GetResponse(), nil, nil, nil
+		return res.GetResponse(), nil, descref, nil
 	}
 	finalize := func(ctx context.Context) error {
 		defer i.release(ctx)
 		return i.finalize(ctx, token, buildInfo.SessionID)
 	}
-	return res.GetResponse(), finalize, nil, nil
+	return res.GetResponse(), finalize, descref, nil
 }
 
 // exportOnce runs one Export stream; accepted says whether the daemon took the job.
@@ -181,16 +182,6 @@ func (i *instance) header(src *exporter.Source, buildInfo exporter.ExportBuildIn
 		}
 	}
 	return h, refs, nil
-}
-
-func attachable(atts []*pb.AttestationSummary) int {
-	n := 0
-	for _, a := range atts {
-		if !a.GetInlineOnly() {
-			n++
-		}
-	}
-	return n
 }
 
 type exportStream struct {
@@ -329,8 +320,14 @@ func (s *exportStream) run(ctx context.Context, header *pb.ExportHeader, refs []
 			first.Metadata[k] = v
 		}
 	}
+	predicates := splitPredicates(first, header.AttestationContents)
 	if err := s.send(&pb.ExportRequest{Msg: &pb.ExportRequest_Header{Header: first}}); err != nil {
 		return nil, s.sendErr(ctx, err)
+	}
+	for _, req := range predicates {
+		if err := s.send(req); err != nil {
+			return nil, s.sendErr(ctx, err)
+		}
 	}
 	for k, v := range big {
 		for off := 0; off < len(v); off += metadataChunk {

@@ -25,6 +25,7 @@ type exportDaemon struct {
 	mu       sync.Mutex
 	header   *pb.ExportHeader
 	chunks   map[string][]byte
+	preds    map[int32][]byte
 	released []string
 	final    []string
 }
@@ -63,6 +64,18 @@ func (d *exportDaemon) Export(stream grpc.BidiStreamingServer[pb.ExportRequest, 
 				return status.Error(codes.InvalidArgument, "bad metadata_chunk")
 			}
 			d.chunks[c.GetKey()] = append(d.chunks[c.GetKey()], c.GetData()...)
+			d.mu.Unlock()
+		case *pb.ExportRequest_AttestationChunk:
+			c := m.AttestationChunk
+			d.mu.Lock()
+			if d.preds == nil {
+				d.preds = map[int32][]byte{}
+			}
+			if int64(len(d.preds[c.GetIndex()])) != c.GetOffset() {
+				d.mu.Unlock()
+				return status.Error(codes.InvalidArgument, "bad attestation_chunk")
+			}
+			d.preds[c.GetIndex()] = append(d.preds[c.GetIndex()], c.GetData()...)
 			d.mu.Unlock()
 		case *pb.ExportRequest_PlatformBegin:
 			if len(m.PlatformBegin.GetLayers()) != 0 {
@@ -104,6 +117,11 @@ func scratchExport(t *testing.T, d *exportDaemon) (map[string]string, exporter.F
 
 func scratchExportWith(t *testing.T, d *exportDaemon, extra map[string][]byte) (map[string]string, exporter.FinalizeFunc, error) {
 	t.Helper()
+	return scratchExportSource(t, d, extra, nil)
+}
+
+func scratchExportSource(t *testing.T, d *exportDaemon, extra map[string][]byte, atts map[string][]exporter.Attestation) (map[string]string, exporter.FinalizeFunc, error) {
+	t.Helper()
 	d.info = &pb.GetInfoResponse{MaxChunkBytes: 1 << 20}
 	d.resolve = func(*pb.ResolveRequest) (*pb.ResolveResponse, error) {
 		return &pb.ResolveResponse{InstanceId: "inst-1", DisplayName: "exporting to nydus image r/x:1"}, nil
@@ -127,9 +145,10 @@ func scratchExportWith(t *testing.T, d *exportDaemon, extra map[string][]byte) (
 	for k, v := range extra {
 		src.Metadata[k] = v
 	}
+	src.Attestations = atts
 	resp, finalize, ref, err := inst.Export(ctx, src, exporter.ExportBuildInfo{Ref: "build-1", SessionID: "s1"})
 	if ref != nil {
-		t.Fatal("no DescriptorReference goes back to BuildKit")
+		t.Fatal("without a worker content store no DescriptorReference goes back to BuildKit")
 	}
 	return resp, finalize, err
 }

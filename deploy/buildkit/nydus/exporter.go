@@ -24,10 +24,11 @@ const layersAttr = "layers"
 // Exporter is BuildKit's exporter.Exporter for type=nydus. One per Worker.Exporter call;
 // the daemon connection is shared by all of them.
 type Exporter struct {
-	client *Client
-	sm     *session.Manager
-	hosts  docker.RegistryHosts
-	layers layerSources
+	client  *Client
+	sm      *session.Manager
+	hosts   docker.RegistryHosts
+	layers  layerSources
+	results resultStore
 }
 
 // Resolve runs before the build: the daemon validates the attrs now, so that a bad key fails

@@ -49,5 +49,6 @@ func (w *Worker) Exporter(name string, sm *session.Manager) (exporter.Exporter, 
 	if name != Type {
 		return w.Worker.Exporter(name, sm)
 	}
-	return &Exporter{client: w.client, sm: sm, hosts: w.hosts, layers: w.layers}, nil
+	results := resultStore{content: w.Worker.ContentStore(), leases: w.Worker.LeaseManager()}
+	return &Exporter{client: w.client, sm: sm, hosts: w.hosts, layers: w.layers, results: results}, nil
 }

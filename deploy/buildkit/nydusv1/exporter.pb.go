@@ -90,7 +90,7 @@ func (x LayerReference_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LayerReference_Kind.Descriptor instead.
 func (LayerReference_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{9, 0}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{12, 0}
 }
 
 type GetInfoRequest struct {
@@ -546,7 +546,7 @@ type AttestationSummary struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PlatformId    string                 `protobuf:"bytes,1,opt,name=platform_id,json=platformId,proto3" json:"platform_id,omitempty"`
 	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	InlineOnly    bool                   `protobuf:"varint,3,opt,name=inline_only,json=inlineOnly,proto3" json:"inline_only,omitempty"` // dropped with a warning
+	InlineOnly    bool                   `protobuf:"varint,3,opt,name=inline_only,json=inlineOnly,proto3" json:"inline_only,omitempty"` // informational: the content comes as an Attestation
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -602,6 +602,214 @@ func (x *AttestationSummary) GetInlineOnly() bool {
 	return false
 }
 
+// One subject of an in-toto statement ([contract §5.7]).
+type AttestationSubject struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// algorithm -> hex. Empty: the image itself (BuildKit's "self" subject): one subject per
+	// image name (a pkg:docker purl) with the Nydus manifest's digest, plus one named `name`
+	// when it is set.
+	Digest        map[string]string `protobuf:"bytes,2,rep,name=digest,proto3" json:"digest,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttestationSubject) Reset() {
+	*x = AttestationSubject{}
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestationSubject) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestationSubject) ProtoMessage() {}
+
+func (x *AttestationSubject) ProtoReflect() protoreflect.Message {
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestationSubject.ProtoReflect.Descriptor instead.
+func (*AttestationSubject) Descriptor() ([]byte, []int) {
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AttestationSubject) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AttestationSubject) GetDigest() map[string]string {
+	if x != nil {
+		return x.Digest
+	}
+	return nil
+}
+
+// An attestation's content, to be attached to the pushed index as BuildKit's image exporter
+// does ([contract §5.7]): one in-toto statement per attestation, in one attestation manifest per
+// platform. The client unbundles and validates them; the daemon makes the statements.
+type Attestation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PlatformId    string                 `protobuf:"bytes,1,opt,name=platform_id,json=platformId,proto3" json:"platform_id,omitempty"`          // a Platform.id of the header
+	PredicateType string                 `protobuf:"bytes,2,opt,name=predicate_type,json=predicateType,proto3" json:"predicate_type,omitempty"` // e.g. "https://slsa.dev/provenance/v1"
+	// The statement's subjects; none is one subject without a digest (the image itself).
+	Subjects []*AttestationSubject `protobuf:"bytes,3,rep,name=subjects,proto3" json:"subjects,omitempty"`
+	// Alone, these do not make a single-platform image an index (BuildKit's image exporter).
+	InlineOnly bool   `protobuf:"varint,4,opt,name=inline_only,json=inlineOnly,proto3" json:"inline_only,omitempty"`
+	Predicate  []byte `protobuf:"bytes,5,opt,name=predicate,proto3" json:"predicate,omitempty"` // the predicate (JSON), or its first bytes (see predicate_size)
+	// The predicate's whole size: when larger than `predicate`, the rest follows in
+	// attestation_chunk messages (large SBOMs) right after the header.
+	PredicateSize int64 `protobuf:"varint,6,opt,name=predicate_size,json=predicateSize,proto3" json:"predicate_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Attestation) Reset() {
+	*x = Attestation{}
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Attestation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Attestation) ProtoMessage() {}
+
+func (x *Attestation) ProtoReflect() protoreflect.Message {
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Attestation.ProtoReflect.Descriptor instead.
+func (*Attestation) Descriptor() ([]byte, []int) {
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Attestation) GetPlatformId() string {
+	if x != nil {
+		return x.PlatformId
+	}
+	return ""
+}
+
+func (x *Attestation) GetPredicateType() string {
+	if x != nil {
+		return x.PredicateType
+	}
+	return ""
+}
+
+func (x *Attestation) GetSubjects() []*AttestationSubject {
+	if x != nil {
+		return x.Subjects
+	}
+	return nil
+}
+
+func (x *Attestation) GetInlineOnly() bool {
+	if x != nil {
+		return x.InlineOnly
+	}
+	return false
+}
+
+func (x *Attestation) GetPredicate() []byte {
+	if x != nil {
+		return x.Predicate
+	}
+	return nil
+}
+
+func (x *Attestation) GetPredicateSize() int64 {
+	if x != nil {
+		return x.PredicateSize
+	}
+	return 0
+}
+
+// The rest of a large Attestation.predicate. Chunks of one attestation arrive in order.
+type AttestationChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         int32                  `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`   // into ExportHeader.attestation_contents
+	Offset        int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"` // must equal the predicate bytes received so far
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttestationChunk) Reset() {
+	*x = AttestationChunk{}
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestationChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestationChunk) ProtoMessage() {}
+
+func (x *AttestationChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestationChunk.ProtoReflect.Descriptor instead.
+func (*AttestationChunk) Descriptor() ([]byte, []int) {
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AttestationChunk) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *AttestationChunk) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *AttestationChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type ExportHeader struct {
 	state                protoimpl.MessageState `protogen:"open.v1"`
 	InstanceId           string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`             // from Resolve
@@ -616,14 +824,16 @@ type ExportHeader struct {
 	Attestations []*AttestationSummary `protobuf:"bytes,8,rep,name=attestations,proto3" json:"attestations,omitempty"`
 	// Convert now, publish in Finalize (BuildKit >= 0.28): no tags, pushes or writes to the
 	// destination before Finalize.
-	DeferPush     bool `protobuf:"varint,9,opt,name=defer_push,json=deferPush,proto3" json:"defer_push,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DeferPush bool `protobuf:"varint,9,opt,name=defer_push,json=deferPush,proto3" json:"defer_push,omitempty"`
+	// The attestations' content (clients that set only `attestations` get none attached).
+	AttestationContents []*Attestation `protobuf:"bytes,10,rep,name=attestation_contents,json=attestationContents,proto3" json:"attestation_contents,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *ExportHeader) Reset() {
 	*x = ExportHeader{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[7]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +845,7 @@ func (x *ExportHeader) String() string {
 func (*ExportHeader) ProtoMessage() {}
 
 func (x *ExportHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[7]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +858,7 @@ func (x *ExportHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportHeader.ProtoReflect.Descriptor instead.
 func (*ExportHeader) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{7}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ExportHeader) GetInstanceId() string {
@@ -714,6 +924,13 @@ func (x *ExportHeader) GetDeferPush() bool {
 	return false
 }
 
+func (x *ExportHeader) GetAttestationContents() []*Attestation {
+	if x != nil {
+		return x.AttestationContents
+	}
+	return nil
+}
+
 // Metadata values too large for the header (rare). Chunks of one key arrive in order.
 type MetadataChunk struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -727,7 +944,7 @@ type MetadataChunk struct {
 
 func (x *MetadataChunk) Reset() {
 	*x = MetadataChunk{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[8]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +956,7 @@ func (x *MetadataChunk) String() string {
 func (*MetadataChunk) ProtoMessage() {}
 
 func (x *MetadataChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[8]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +969,7 @@ func (x *MetadataChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataChunk.ProtoReflect.Descriptor instead.
 func (*MetadataChunk) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{8}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MetadataChunk) GetKey() string {
@@ -795,7 +1012,7 @@ type LayerReference struct {
 
 func (x *LayerReference) Reset() {
 	*x = LayerReference{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[9]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +1024,7 @@ func (x *LayerReference) String() string {
 func (*LayerReference) ProtoMessage() {}
 
 func (x *LayerReference) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[9]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +1037,7 @@ func (x *LayerReference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerReference.ProtoReflect.Descriptor instead.
 func (*LayerReference) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{9}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LayerReference) GetPath() string {
@@ -853,7 +1070,7 @@ type LayerInfo struct {
 
 func (x *LayerInfo) Reset() {
 	*x = LayerInfo{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[10]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +1082,7 @@ func (x *LayerInfo) String() string {
 func (*LayerInfo) ProtoMessage() {}
 
 func (x *LayerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[10]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +1095,7 @@ func (x *LayerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerInfo.ProtoReflect.Descriptor instead.
 func (*LayerInfo) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{10}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LayerInfo) GetIndex() int32 {
@@ -947,7 +1164,7 @@ type PlatformBegin struct {
 
 func (x *PlatformBegin) Reset() {
 	*x = PlatformBegin{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[11]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -959,7 +1176,7 @@ func (x *PlatformBegin) String() string {
 func (*PlatformBegin) ProtoMessage() {}
 
 func (x *PlatformBegin) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[11]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -972,7 +1189,7 @@ func (x *PlatformBegin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformBegin.ProtoReflect.Descriptor instead.
 func (*PlatformBegin) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{11}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PlatformBegin) GetPlatformId() string {
@@ -1001,7 +1218,7 @@ type LayerData struct {
 
 func (x *LayerData) Reset() {
 	*x = LayerData{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[12]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1230,7 @@ func (x *LayerData) String() string {
 func (*LayerData) ProtoMessage() {}
 
 func (x *LayerData) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[12]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1243,7 @@ func (x *LayerData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerData.ProtoReflect.Descriptor instead.
 func (*LayerData) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{12}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LayerData) GetPlatformId() string {
@@ -1068,7 +1285,7 @@ type LayerEnd struct {
 
 func (x *LayerEnd) Reset() {
 	*x = LayerEnd{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[13]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1297,7 @@ func (x *LayerEnd) String() string {
 func (*LayerEnd) ProtoMessage() {}
 
 func (x *LayerEnd) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[13]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1310,7 @@ func (x *LayerEnd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerEnd.ProtoReflect.Descriptor instead.
 func (*LayerEnd) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{13}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LayerEnd) GetPlatformId() string {
@@ -1126,7 +1343,7 @@ type PlatformEnd struct {
 
 func (x *PlatformEnd) Reset() {
 	*x = PlatformEnd{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[14]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1355,7 @@ func (x *PlatformEnd) String() string {
 func (*PlatformEnd) ProtoMessage() {}
 
 func (x *PlatformEnd) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[14]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1368,7 @@ func (x *PlatformEnd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlatformEnd.ProtoReflect.Descriptor instead.
 func (*PlatformEnd) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{14}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PlatformEnd) GetPlatformId() string {
@@ -1171,7 +1388,7 @@ type BasicCredentials struct {
 
 func (x *BasicCredentials) Reset() {
 	*x = BasicCredentials{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[15]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1400,7 @@ func (x *BasicCredentials) String() string {
 func (*BasicCredentials) ProtoMessage() {}
 
 func (x *BasicCredentials) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[15]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1413,7 @@ func (x *BasicCredentials) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BasicCredentials.ProtoReflect.Descriptor instead.
 func (*BasicCredentials) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{15}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BasicCredentials) GetUsername() string {
@@ -1232,7 +1449,7 @@ type AuthReply struct {
 
 func (x *AuthReply) Reset() {
 	*x = AuthReply{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[16]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +1461,7 @@ func (x *AuthReply) String() string {
 func (*AuthReply) ProtoMessage() {}
 
 func (x *AuthReply) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[16]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1257,7 +1474,7 @@ func (x *AuthReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthReply.ProtoReflect.Descriptor instead.
 func (*AuthReply) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{16}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AuthReply) GetRequestId() string {
@@ -1352,7 +1569,7 @@ type Commit struct {
 
 func (x *Commit) Reset() {
 	*x = Commit{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[17]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1581,7 @@ func (x *Commit) String() string {
 func (*Commit) ProtoMessage() {}
 
 func (x *Commit) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[17]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1594,7 @@ func (x *Commit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Commit.ProtoReflect.Descriptor instead.
 func (*Commit) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{17}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{20}
 }
 
 type ExportRequest struct {
@@ -1392,6 +1609,7 @@ type ExportRequest struct {
 	//	*ExportRequest_PlatformEnd
 	//	*ExportRequest_AuthReply
 	//	*ExportRequest_Commit
+	//	*ExportRequest_AttestationChunk
 	Msg           isExportRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1399,7 +1617,7 @@ type ExportRequest struct {
 
 func (x *ExportRequest) Reset() {
 	*x = ExportRequest{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[18]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1411,7 +1629,7 @@ func (x *ExportRequest) String() string {
 func (*ExportRequest) ProtoMessage() {}
 
 func (x *ExportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[18]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1424,7 +1642,7 @@ func (x *ExportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportRequest.ProtoReflect.Descriptor instead.
 func (*ExportRequest) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{18}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ExportRequest) GetMsg() isExportRequest_Msg {
@@ -1506,6 +1724,15 @@ func (x *ExportRequest) GetCommit() *Commit {
 	return nil
 }
 
+func (x *ExportRequest) GetAttestationChunk() *AttestationChunk {
+	if x != nil {
+		if x, ok := x.Msg.(*ExportRequest_AttestationChunk); ok {
+			return x.AttestationChunk
+		}
+	}
+	return nil
+}
+
 type isExportRequest_Msg interface {
 	isExportRequest_Msg()
 }
@@ -1542,6 +1769,10 @@ type ExportRequest_Commit struct {
 	Commit *Commit `protobuf:"bytes,8,opt,name=commit,proto3,oneof"` // everything was sent; half-close follows
 }
 
+type ExportRequest_AttestationChunk struct {
+	AttestationChunk *AttestationChunk `protobuf:"bytes,9,opt,name=attestation_chunk,json=attestationChunk,proto3,oneof"`
+}
+
 func (*ExportRequest_Header) isExportRequest_Msg() {}
 
 func (*ExportRequest_MetadataChunk) isExportRequest_Msg() {}
@@ -1558,6 +1789,8 @@ func (*ExportRequest_AuthReply) isExportRequest_Msg() {}
 
 func (*ExportRequest_Commit) isExportRequest_Msg() {}
 
+func (*ExportRequest_AttestationChunk) isExportRequest_Msg() {}
+
 type Accepted struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -1568,7 +1801,7 @@ type Accepted struct {
 
 func (x *Accepted) Reset() {
 	*x = Accepted{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[19]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1813,7 @@ func (x *Accepted) String() string {
 func (*Accepted) ProtoMessage() {}
 
 func (x *Accepted) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[19]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1826,7 @@ func (x *Accepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Accepted.ProtoReflect.Descriptor instead.
 func (*Accepted) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{19}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Accepted) GetJobId() string {
@@ -1621,7 +1854,7 @@ type LayerWants struct {
 
 func (x *LayerWants) Reset() {
 	*x = LayerWants{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[20]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1633,7 +1866,7 @@ func (x *LayerWants) String() string {
 func (*LayerWants) ProtoMessage() {}
 
 func (x *LayerWants) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[20]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1646,7 +1879,7 @@ func (x *LayerWants) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LayerWants.ProtoReflect.Descriptor instead.
 func (*LayerWants) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{20}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LayerWants) GetPlatformId() string {
@@ -1684,7 +1917,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[21]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1929,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[21]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1942,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{21}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Progress) GetId() string {
@@ -1764,7 +1997,7 @@ type Log struct {
 
 func (x *Log) Reset() {
 	*x = Log{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[22]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1776,7 +2009,7 @@ func (x *Log) String() string {
 func (*Log) ProtoMessage() {}
 
 func (x *Log) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[22]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1789,7 +2022,7 @@ func (x *Log) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Log.ProtoReflect.Descriptor instead.
 func (*Log) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{22}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Log) GetStream() int32 {
@@ -1818,7 +2051,7 @@ type Warning struct {
 
 func (x *Warning) Reset() {
 	*x = Warning{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[23]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1830,7 +2063,7 @@ func (x *Warning) String() string {
 func (*Warning) ProtoMessage() {}
 
 func (x *Warning) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[23]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1843,7 +2076,7 @@ func (x *Warning) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Warning.ProtoReflect.Descriptor instead.
 func (*Warning) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{23}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Warning) GetLevel() int32 {
@@ -1892,7 +2125,7 @@ type AuthRequest struct {
 
 func (x *AuthRequest) Reset() {
 	*x = AuthRequest{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[24]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1904,7 +2137,7 @@ func (x *AuthRequest) String() string {
 func (*AuthRequest) ProtoMessage() {}
 
 func (x *AuthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[24]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1917,7 +2150,7 @@ func (x *AuthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthRequest.ProtoReflect.Descriptor instead.
 func (*AuthRequest) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{24}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AuthRequest) GetRequestId() string {
@@ -1988,7 +2221,7 @@ type Descriptor struct {
 
 func (x *Descriptor) Reset() {
 	*x = Descriptor{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[25]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2000,7 +2233,7 @@ func (x *Descriptor) String() string {
 func (*Descriptor) ProtoMessage() {}
 
 func (x *Descriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[25]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2246,7 @@ func (x *Descriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
 func (*Descriptor) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{25}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Descriptor) GetMediaType() string {
@@ -2052,13 +2285,16 @@ type Result struct {
 	RootDescriptor *Descriptor       `protobuf:"bytes,2,opt,name=root_descriptor,json=rootDescriptor,proto3" json:"root_descriptor,omitempty"`
 	FinalizeToken  string            `protobuf:"bytes,3,opt,name=finalize_token,json=finalizeToken,proto3" json:"finalize_token,omitempty"` // set with defer_push: pass it to Finalize
 	Warnings       []string          `protobuf:"bytes,4,rep,name=warnings,proto3" json:"warnings,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The root (manifest or index) itself, a few KiB: a shim can put it where its builder's
+	// build history looks for the result (BuildKit's DescriptorReference). Empty: not available.
+	RootContent   []byte `protobuf:"bytes,5,opt,name=root_content,json=rootContent,proto3" json:"root_content,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[26]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2070,7 +2306,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[26]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2083,7 +2319,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{26}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Result) GetResponse() map[string]string {
@@ -2114,6 +2350,13 @@ func (x *Result) GetWarnings() []string {
 	return nil
 }
 
+func (x *Result) GetRootContent() []byte {
+	if x != nil {
+		return x.RootContent
+	}
+	return nil
+}
+
 type ExportEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Ev:
@@ -2132,7 +2375,7 @@ type ExportEvent struct {
 
 func (x *ExportEvent) Reset() {
 	*x = ExportEvent{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[27]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2144,7 +2387,7 @@ func (x *ExportEvent) String() string {
 func (*ExportEvent) ProtoMessage() {}
 
 func (x *ExportEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[27]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2157,7 +2400,7 @@ func (x *ExportEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportEvent.ProtoReflect.Descriptor instead.
 func (*ExportEvent) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{27}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExportEvent) GetEv() isExportEvent_Ev {
@@ -2286,7 +2529,7 @@ type FinalizeStart struct {
 
 func (x *FinalizeStart) Reset() {
 	*x = FinalizeStart{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[28]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2298,7 +2541,7 @@ func (x *FinalizeStart) String() string {
 func (*FinalizeStart) ProtoMessage() {}
 
 func (x *FinalizeStart) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[28]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2311,7 +2554,7 @@ func (x *FinalizeStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinalizeStart.ProtoReflect.Descriptor instead.
 func (*FinalizeStart) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{28}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *FinalizeStart) GetInstanceId() string {
@@ -2341,7 +2584,7 @@ type FinalizeRequest struct {
 
 func (x *FinalizeRequest) Reset() {
 	*x = FinalizeRequest{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[29]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2596,7 @@ func (x *FinalizeRequest) String() string {
 func (*FinalizeRequest) ProtoMessage() {}
 
 func (x *FinalizeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[29]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2609,7 @@ func (x *FinalizeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinalizeRequest.ProtoReflect.Descriptor instead.
 func (*FinalizeRequest) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{29}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FinalizeRequest) GetMsg() isFinalizeRequest_Msg {
@@ -2419,7 +2662,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[30]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2431,7 +2674,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[30]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2444,7 +2687,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{30}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReleaseRequest) GetInstanceId() string {
@@ -2463,7 +2706,7 @@ type ReleaseResponse struct {
 
 func (x *ReleaseResponse) Reset() {
 	*x = ReleaseResponse{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[31]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2475,7 +2718,7 @@ func (x *ReleaseResponse) String() string {
 func (*ReleaseResponse) ProtoMessage() {}
 
 func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[31]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2488,7 +2731,7 @@ func (x *ReleaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseResponse) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{31}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ReleaseResponse) GetReleased() bool {
@@ -2508,7 +2751,7 @@ type CancelRequest struct {
 
 func (x *CancelRequest) Reset() {
 	*x = CancelRequest{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[32]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2520,7 +2763,7 @@ func (x *CancelRequest) String() string {
 func (*CancelRequest) ProtoMessage() {}
 
 func (x *CancelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[32]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2533,7 +2776,7 @@ func (x *CancelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRequest.ProtoReflect.Descriptor instead.
 func (*CancelRequest) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{32}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CancelRequest) GetInstanceId() string {
@@ -2559,7 +2802,7 @@ type CancelResponse struct {
 
 func (x *CancelResponse) Reset() {
 	*x = CancelResponse{}
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[33]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2571,7 +2814,7 @@ func (x *CancelResponse) String() string {
 func (*CancelResponse) ProtoMessage() {}
 
 func (x *CancelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[33]
+	mi := &file_nydus_exporter_v1_exporter_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2584,7 +2827,7 @@ func (x *CancelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelResponse.ProtoReflect.Descriptor instead.
 func (*CancelResponse) Descriptor() ([]byte, []int) {
-	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{33}
+	return file_nydus_exporter_v1_exporter_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CancelResponse) GetCancelled() int32 {
@@ -2652,7 +2895,26 @@ const file_nydus_exporter_v1_exporter_proto_rawDesc = "" +
 	"platformId\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1f\n" +
 	"\vinline_only\x18\x03 \x01(\bR\n" +
-	"inlineOnly\"\xf6\x03\n" +
+	"inlineOnly\"\xae\x01\n" +
+	"\x12AttestationSubject\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12I\n" +
+	"\x06digest\x18\x02 \x03(\v21.nydus.exporter.v1.AttestationSubject.DigestEntryR\x06digest\x1a9\n" +
+	"\vDigestEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfe\x01\n" +
+	"\vAttestation\x12\x1f\n" +
+	"\vplatform_id\x18\x01 \x01(\tR\n" +
+	"platformId\x12%\n" +
+	"\x0epredicate_type\x18\x02 \x01(\tR\rpredicateType\x12A\n" +
+	"\bsubjects\x18\x03 \x03(\v2%.nydus.exporter.v1.AttestationSubjectR\bsubjects\x12\x1f\n" +
+	"\vinline_only\x18\x04 \x01(\bR\n" +
+	"inlineOnly\x12\x1c\n" +
+	"\tpredicate\x18\x05 \x01(\fR\tpredicate\x12%\n" +
+	"\x0epredicate_size\x18\x06 \x01(\x03R\rpredicateSize\"T\n" +
+	"\x10AttestationChunk\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"\xc9\x04\n" +
 	"\fExportHeader\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12'\n" +
@@ -2665,7 +2927,9 @@ const file_nydus_exporter_v1_exporter_proto_rawDesc = "" +
 	"\tplatforms\x18\a \x03(\v2\x1b.nydus.exporter.v1.PlatformR\tplatforms\x12I\n" +
 	"\fattestations\x18\b \x03(\v2%.nydus.exporter.v1.AttestationSummaryR\fattestations\x12\x1d\n" +
 	"\n" +
-	"defer_push\x18\t \x01(\bR\tdeferPush\x1a;\n" +
+	"defer_push\x18\t \x01(\bR\tdeferPush\x12Q\n" +
+	"\x14attestation_contents\x18\n" +
+	" \x03(\v2\x1e.nydus.exporter.v1.AttestationR\x13attestationContents\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"a\n" +
@@ -2729,7 +2993,7 @@ const file_nydus_exporter_v1_exporter_proto_rawDesc = "" +
 	"\vskip_verify\x18\a \x01(\bR\n" +
 	"skipVerifyB\b\n" +
 	"\x06answer\"\b\n" +
-	"\x06Commit\"\x9b\x04\n" +
+	"\x06Commit\"\xef\x04\n" +
 	"\rExportRequest\x129\n" +
 	"\x06header\x18\x01 \x01(\v2\x1f.nydus.exporter.v1.ExportHeaderH\x00R\x06header\x12I\n" +
 	"\x0emetadata_chunk\x18\x02 \x01(\v2 .nydus.exporter.v1.MetadataChunkH\x00R\rmetadataChunk\x12I\n" +
@@ -2740,7 +3004,8 @@ const file_nydus_exporter_v1_exporter_proto_rawDesc = "" +
 	"\fplatform_end\x18\x06 \x01(\v2\x1e.nydus.exporter.v1.PlatformEndH\x00R\vplatformEnd\x12=\n" +
 	"\n" +
 	"auth_reply\x18\a \x01(\v2\x1c.nydus.exporter.v1.AuthReplyH\x00R\tauthReply\x123\n" +
-	"\x06commit\x18\b \x01(\v2\x19.nydus.exporter.v1.CommitH\x00R\x06commitB\x05\n" +
+	"\x06commit\x18\b \x01(\v2\x19.nydus.exporter.v1.CommitH\x00R\x06commit\x12R\n" +
+	"\x11attestation_chunk\x18\t \x01(\v2#.nydus.exporter.v1.AttestationChunkH\x00R\x10attestationChunkB\x05\n" +
 	"\x03msg\";\n" +
 	"\bAccepted\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
@@ -2787,12 +3052,13 @@ const file_nydus_exporter_v1_exporter_proto_rawDesc = "" +
 	"\vannotations\x18\x04 \x03(\v2..nydus.exporter.v1.Descriptor.AnnotationsEntryR\vannotations\x1a>\n" +
 	"\x10AnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x95\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb8\x02\n" +
 	"\x06Result\x12C\n" +
 	"\bresponse\x18\x01 \x03(\v2'.nydus.exporter.v1.Result.ResponseEntryR\bresponse\x12F\n" +
 	"\x0froot_descriptor\x18\x02 \x01(\v2\x1d.nydus.exporter.v1.DescriptorR\x0erootDescriptor\x12%\n" +
 	"\x0efinalize_token\x18\x03 \x01(\tR\rfinalizeToken\x12\x1a\n" +
-	"\bwarnings\x18\x04 \x03(\tR\bwarnings\x1a;\n" +
+	"\bwarnings\x18\x04 \x03(\tR\bwarnings\x12!\n" +
+	"\froot_content\x18\x05 \x01(\fR\vrootContent\x1a;\n" +
 	"\rResponseEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x03\n" +
@@ -2847,7 +3113,7 @@ func file_nydus_exporter_v1_exporter_proto_rawDescGZIP() []byte {
 }
 
 var file_nydus_exporter_v1_exporter_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_nydus_exporter_v1_exporter_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_nydus_exporter_v1_exporter_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_nydus_exporter_v1_exporter_proto_goTypes = []any{
 	(LayerReference_Kind)(0),      // 0: nydus.exporter.v1.LayerReference.Kind
 	(*GetInfoRequest)(nil),        // 1: nydus.exporter.v1.GetInfoRequest
@@ -2857,92 +3123,100 @@ var file_nydus_exporter_v1_exporter_proto_goTypes = []any{
 	(*ResolveResponse)(nil),       // 5: nydus.exporter.v1.ResolveResponse
 	(*Platform)(nil),              // 6: nydus.exporter.v1.Platform
 	(*AttestationSummary)(nil),    // 7: nydus.exporter.v1.AttestationSummary
-	(*ExportHeader)(nil),          // 8: nydus.exporter.v1.ExportHeader
-	(*MetadataChunk)(nil),         // 9: nydus.exporter.v1.MetadataChunk
-	(*LayerReference)(nil),        // 10: nydus.exporter.v1.LayerReference
-	(*LayerInfo)(nil),             // 11: nydus.exporter.v1.LayerInfo
-	(*PlatformBegin)(nil),         // 12: nydus.exporter.v1.PlatformBegin
-	(*LayerData)(nil),             // 13: nydus.exporter.v1.LayerData
-	(*LayerEnd)(nil),              // 14: nydus.exporter.v1.LayerEnd
-	(*PlatformEnd)(nil),           // 15: nydus.exporter.v1.PlatformEnd
-	(*BasicCredentials)(nil),      // 16: nydus.exporter.v1.BasicCredentials
-	(*AuthReply)(nil),             // 17: nydus.exporter.v1.AuthReply
-	(*Commit)(nil),                // 18: nydus.exporter.v1.Commit
-	(*ExportRequest)(nil),         // 19: nydus.exporter.v1.ExportRequest
-	(*Accepted)(nil),              // 20: nydus.exporter.v1.Accepted
-	(*LayerWants)(nil),            // 21: nydus.exporter.v1.LayerWants
-	(*Progress)(nil),              // 22: nydus.exporter.v1.Progress
-	(*Log)(nil),                   // 23: nydus.exporter.v1.Log
-	(*Warning)(nil),               // 24: nydus.exporter.v1.Warning
-	(*AuthRequest)(nil),           // 25: nydus.exporter.v1.AuthRequest
-	(*Descriptor)(nil),            // 26: nydus.exporter.v1.Descriptor
-	(*Result)(nil),                // 27: nydus.exporter.v1.Result
-	(*ExportEvent)(nil),           // 28: nydus.exporter.v1.ExportEvent
-	(*FinalizeStart)(nil),         // 29: nydus.exporter.v1.FinalizeStart
-	(*FinalizeRequest)(nil),       // 30: nydus.exporter.v1.FinalizeRequest
-	(*ReleaseRequest)(nil),        // 31: nydus.exporter.v1.ReleaseRequest
-	(*ReleaseResponse)(nil),       // 32: nydus.exporter.v1.ReleaseResponse
-	(*CancelRequest)(nil),         // 33: nydus.exporter.v1.CancelRequest
-	(*CancelResponse)(nil),        // 34: nydus.exporter.v1.CancelResponse
-	nil,                           // 35: nydus.exporter.v1.ResolveRequest.AttrsEntry
-	nil,                           // 36: nydus.exporter.v1.ResolveResponse.NormalizedAttrsEntry
-	nil,                           // 37: nydus.exporter.v1.ExportHeader.MetadataEntry
-	nil,                           // 38: nydus.exporter.v1.LayerInfo.AnnotationsEntry
-	nil,                           // 39: nydus.exporter.v1.Descriptor.AnnotationsEntry
-	nil,                           // 40: nydus.exporter.v1.Result.ResponseEntry
-	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
+	(*AttestationSubject)(nil),    // 8: nydus.exporter.v1.AttestationSubject
+	(*Attestation)(nil),           // 9: nydus.exporter.v1.Attestation
+	(*AttestationChunk)(nil),      // 10: nydus.exporter.v1.AttestationChunk
+	(*ExportHeader)(nil),          // 11: nydus.exporter.v1.ExportHeader
+	(*MetadataChunk)(nil),         // 12: nydus.exporter.v1.MetadataChunk
+	(*LayerReference)(nil),        // 13: nydus.exporter.v1.LayerReference
+	(*LayerInfo)(nil),             // 14: nydus.exporter.v1.LayerInfo
+	(*PlatformBegin)(nil),         // 15: nydus.exporter.v1.PlatformBegin
+	(*LayerData)(nil),             // 16: nydus.exporter.v1.LayerData
+	(*LayerEnd)(nil),              // 17: nydus.exporter.v1.LayerEnd
+	(*PlatformEnd)(nil),           // 18: nydus.exporter.v1.PlatformEnd
+	(*BasicCredentials)(nil),      // 19: nydus.exporter.v1.BasicCredentials
+	(*AuthReply)(nil),             // 20: nydus.exporter.v1.AuthReply
+	(*Commit)(nil),                // 21: nydus.exporter.v1.Commit
+	(*ExportRequest)(nil),         // 22: nydus.exporter.v1.ExportRequest
+	(*Accepted)(nil),              // 23: nydus.exporter.v1.Accepted
+	(*LayerWants)(nil),            // 24: nydus.exporter.v1.LayerWants
+	(*Progress)(nil),              // 25: nydus.exporter.v1.Progress
+	(*Log)(nil),                   // 26: nydus.exporter.v1.Log
+	(*Warning)(nil),               // 27: nydus.exporter.v1.Warning
+	(*AuthRequest)(nil),           // 28: nydus.exporter.v1.AuthRequest
+	(*Descriptor)(nil),            // 29: nydus.exporter.v1.Descriptor
+	(*Result)(nil),                // 30: nydus.exporter.v1.Result
+	(*ExportEvent)(nil),           // 31: nydus.exporter.v1.ExportEvent
+	(*FinalizeStart)(nil),         // 32: nydus.exporter.v1.FinalizeStart
+	(*FinalizeRequest)(nil),       // 33: nydus.exporter.v1.FinalizeRequest
+	(*ReleaseRequest)(nil),        // 34: nydus.exporter.v1.ReleaseRequest
+	(*ReleaseResponse)(nil),       // 35: nydus.exporter.v1.ReleaseResponse
+	(*CancelRequest)(nil),         // 36: nydus.exporter.v1.CancelRequest
+	(*CancelResponse)(nil),        // 37: nydus.exporter.v1.CancelResponse
+	nil,                           // 38: nydus.exporter.v1.ResolveRequest.AttrsEntry
+	nil,                           // 39: nydus.exporter.v1.ResolveResponse.NormalizedAttrsEntry
+	nil,                           // 40: nydus.exporter.v1.AttestationSubject.DigestEntry
+	nil,                           // 41: nydus.exporter.v1.ExportHeader.MetadataEntry
+	nil,                           // 42: nydus.exporter.v1.LayerInfo.AnnotationsEntry
+	nil,                           // 43: nydus.exporter.v1.Descriptor.AnnotationsEntry
+	nil,                           // 44: nydus.exporter.v1.Result.ResponseEntry
+	(*timestamppb.Timestamp)(nil), // 45: google.protobuf.Timestamp
 }
 var file_nydus_exporter_v1_exporter_proto_depIdxs = []int32{
 	3,  // 0: nydus.exporter.v1.GetInfoResponse.limits:type_name -> nydus.exporter.v1.Limits
-	35, // 1: nydus.exporter.v1.ResolveRequest.attrs:type_name -> nydus.exporter.v1.ResolveRequest.AttrsEntry
-	36, // 2: nydus.exporter.v1.ResolveResponse.normalized_attrs:type_name -> nydus.exporter.v1.ResolveResponse.NormalizedAttrsEntry
-	37, // 3: nydus.exporter.v1.ExportHeader.metadata:type_name -> nydus.exporter.v1.ExportHeader.MetadataEntry
-	6,  // 4: nydus.exporter.v1.ExportHeader.platforms:type_name -> nydus.exporter.v1.Platform
-	7,  // 5: nydus.exporter.v1.ExportHeader.attestations:type_name -> nydus.exporter.v1.AttestationSummary
-	0,  // 6: nydus.exporter.v1.LayerReference.kind:type_name -> nydus.exporter.v1.LayerReference.Kind
-	38, // 7: nydus.exporter.v1.LayerInfo.annotations:type_name -> nydus.exporter.v1.LayerInfo.AnnotationsEntry
-	10, // 8: nydus.exporter.v1.LayerInfo.reference:type_name -> nydus.exporter.v1.LayerReference
-	11, // 9: nydus.exporter.v1.PlatformBegin.layers:type_name -> nydus.exporter.v1.LayerInfo
-	16, // 10: nydus.exporter.v1.AuthReply.basic:type_name -> nydus.exporter.v1.BasicCredentials
-	8,  // 11: nydus.exporter.v1.ExportRequest.header:type_name -> nydus.exporter.v1.ExportHeader
-	9,  // 12: nydus.exporter.v1.ExportRequest.metadata_chunk:type_name -> nydus.exporter.v1.MetadataChunk
-	12, // 13: nydus.exporter.v1.ExportRequest.platform_begin:type_name -> nydus.exporter.v1.PlatformBegin
-	13, // 14: nydus.exporter.v1.ExportRequest.layer_data:type_name -> nydus.exporter.v1.LayerData
-	14, // 15: nydus.exporter.v1.ExportRequest.layer_end:type_name -> nydus.exporter.v1.LayerEnd
-	15, // 16: nydus.exporter.v1.ExportRequest.platform_end:type_name -> nydus.exporter.v1.PlatformEnd
-	17, // 17: nydus.exporter.v1.ExportRequest.auth_reply:type_name -> nydus.exporter.v1.AuthReply
-	18, // 18: nydus.exporter.v1.ExportRequest.commit:type_name -> nydus.exporter.v1.Commit
-	41, // 19: nydus.exporter.v1.Progress.started:type_name -> google.protobuf.Timestamp
-	41, // 20: nydus.exporter.v1.Progress.completed:type_name -> google.protobuf.Timestamp
-	39, // 21: nydus.exporter.v1.Descriptor.annotations:type_name -> nydus.exporter.v1.Descriptor.AnnotationsEntry
-	40, // 22: nydus.exporter.v1.Result.response:type_name -> nydus.exporter.v1.Result.ResponseEntry
-	26, // 23: nydus.exporter.v1.Result.root_descriptor:type_name -> nydus.exporter.v1.Descriptor
-	20, // 24: nydus.exporter.v1.ExportEvent.accepted:type_name -> nydus.exporter.v1.Accepted
-	21, // 25: nydus.exporter.v1.ExportEvent.layer_wants:type_name -> nydus.exporter.v1.LayerWants
-	22, // 26: nydus.exporter.v1.ExportEvent.progress:type_name -> nydus.exporter.v1.Progress
-	23, // 27: nydus.exporter.v1.ExportEvent.log:type_name -> nydus.exporter.v1.Log
-	24, // 28: nydus.exporter.v1.ExportEvent.warning:type_name -> nydus.exporter.v1.Warning
-	25, // 29: nydus.exporter.v1.ExportEvent.auth_request:type_name -> nydus.exporter.v1.AuthRequest
-	27, // 30: nydus.exporter.v1.ExportEvent.result:type_name -> nydus.exporter.v1.Result
-	29, // 31: nydus.exporter.v1.FinalizeRequest.start:type_name -> nydus.exporter.v1.FinalizeStart
-	17, // 32: nydus.exporter.v1.FinalizeRequest.auth_reply:type_name -> nydus.exporter.v1.AuthReply
-	1,  // 33: nydus.exporter.v1.Exporter.GetInfo:input_type -> nydus.exporter.v1.GetInfoRequest
-	4,  // 34: nydus.exporter.v1.Exporter.Resolve:input_type -> nydus.exporter.v1.ResolveRequest
-	19, // 35: nydus.exporter.v1.Exporter.Export:input_type -> nydus.exporter.v1.ExportRequest
-	30, // 36: nydus.exporter.v1.Exporter.Finalize:input_type -> nydus.exporter.v1.FinalizeRequest
-	31, // 37: nydus.exporter.v1.Exporter.Release:input_type -> nydus.exporter.v1.ReleaseRequest
-	33, // 38: nydus.exporter.v1.Exporter.Cancel:input_type -> nydus.exporter.v1.CancelRequest
-	2,  // 39: nydus.exporter.v1.Exporter.GetInfo:output_type -> nydus.exporter.v1.GetInfoResponse
-	5,  // 40: nydus.exporter.v1.Exporter.Resolve:output_type -> nydus.exporter.v1.ResolveResponse
-	28, // 41: nydus.exporter.v1.Exporter.Export:output_type -> nydus.exporter.v1.ExportEvent
-	28, // 42: nydus.exporter.v1.Exporter.Finalize:output_type -> nydus.exporter.v1.ExportEvent
-	32, // 43: nydus.exporter.v1.Exporter.Release:output_type -> nydus.exporter.v1.ReleaseResponse
-	34, // 44: nydus.exporter.v1.Exporter.Cancel:output_type -> nydus.exporter.v1.CancelResponse
-	39, // [39:45] is the sub-list for method output_type
-	33, // [33:39] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	38, // 1: nydus.exporter.v1.ResolveRequest.attrs:type_name -> nydus.exporter.v1.ResolveRequest.AttrsEntry
+	39, // 2: nydus.exporter.v1.ResolveResponse.normalized_attrs:type_name -> nydus.exporter.v1.ResolveResponse.NormalizedAttrsEntry
+	40, // 3: nydus.exporter.v1.AttestationSubject.digest:type_name -> nydus.exporter.v1.AttestationSubject.DigestEntry
+	8,  // 4: nydus.exporter.v1.Attestation.subjects:type_name -> nydus.exporter.v1.AttestationSubject
+	41, // 5: nydus.exporter.v1.ExportHeader.metadata:type_name -> nydus.exporter.v1.ExportHeader.MetadataEntry
+	6,  // 6: nydus.exporter.v1.ExportHeader.platforms:type_name -> nydus.exporter.v1.Platform
+	7,  // 7: nydus.exporter.v1.ExportHeader.attestations:type_name -> nydus.exporter.v1.AttestationSummary
+	9,  // 8: nydus.exporter.v1.ExportHeader.attestation_contents:type_name -> nydus.exporter.v1.Attestation
+	0,  // 9: nydus.exporter.v1.LayerReference.kind:type_name -> nydus.exporter.v1.LayerReference.Kind
+	42, // 10: nydus.exporter.v1.LayerInfo.annotations:type_name -> nydus.exporter.v1.LayerInfo.AnnotationsEntry
+	13, // 11: nydus.exporter.v1.LayerInfo.reference:type_name -> nydus.exporter.v1.LayerReference
+	14, // 12: nydus.exporter.v1.PlatformBegin.layers:type_name -> nydus.exporter.v1.LayerInfo
+	19, // 13: nydus.exporter.v1.AuthReply.basic:type_name -> nydus.exporter.v1.BasicCredentials
+	11, // 14: nydus.exporter.v1.ExportRequest.header:type_name -> nydus.exporter.v1.ExportHeader
+	12, // 15: nydus.exporter.v1.ExportRequest.metadata_chunk:type_name -> nydus.exporter.v1.MetadataChunk
+	15, // 16: nydus.exporter.v1.ExportRequest.platform_begin:type_name -> nydus.exporter.v1.PlatformBegin
+	16, // 17: nydus.exporter.v1.ExportRequest.layer_data:type_name -> nydus.exporter.v1.LayerData
+	17, // 18: nydus.exporter.v1.ExportRequest.layer_end:type_name -> nydus.exporter.v1.LayerEnd
+	18, // 19: nydus.exporter.v1.ExportRequest.platform_end:type_name -> nydus.exporter.v1.PlatformEnd
+	20, // 20: nydus.exporter.v1.ExportRequest.auth_reply:type_name -> nydus.exporter.v1.AuthReply
+	21, // 21: nydus.exporter.v1.ExportRequest.commit:type_name -> nydus.exporter.v1.Commit
+	10, // 22: nydus.exporter.v1.ExportRequest.attestation_chunk:type_name -> nydus.exporter.v1.AttestationChunk
+	45, // 23: nydus.exporter.v1.Progress.started:type_name -> google.protobuf.Timestamp
+	45, // 24: nydus.exporter.v1.Progress.completed:type_name -> google.protobuf.Timestamp
+	43, // 25: nydus.exporter.v1.Descriptor.annotations:type_name -> nydus.exporter.v1.Descriptor.AnnotationsEntry
+	44, // 26: nydus.exporter.v1.Result.response:type_name -> nydus.exporter.v1.Result.ResponseEntry
+	29, // 27: nydus.exporter.v1.Result.root_descriptor:type_name -> nydus.exporter.v1.Descriptor
+	23, // 28: nydus.exporter.v1.ExportEvent.accepted:type_name -> nydus.exporter.v1.Accepted
+	24, // 29: nydus.exporter.v1.ExportEvent.layer_wants:type_name -> nydus.exporter.v1.LayerWants
+	25, // 30: nydus.exporter.v1.ExportEvent.progress:type_name -> nydus.exporter.v1.Progress
+	26, // 31: nydus.exporter.v1.ExportEvent.log:type_name -> nydus.exporter.v1.Log
+	27, // 32: nydus.exporter.v1.ExportEvent.warning:type_name -> nydus.exporter.v1.Warning
+	28, // 33: nydus.exporter.v1.ExportEvent.auth_request:type_name -> nydus.exporter.v1.AuthRequest
+	30, // 34: nydus.exporter.v1.ExportEvent.result:type_name -> nydus.exporter.v1.Result
+	32, // 35: nydus.exporter.v1.FinalizeRequest.start:type_name -> nydus.exporter.v1.FinalizeStart
+	20, // 36: nydus.exporter.v1.FinalizeRequest.auth_reply:type_name -> nydus.exporter.v1.AuthReply
+	1,  // 37: nydus.exporter.v1.Exporter.GetInfo:input_type -> nydus.exporter.v1.GetInfoRequest
+	4,  // 38: nydus.exporter.v1.Exporter.Resolve:input_type -> nydus.exporter.v1.ResolveRequest
+	22, // 39: nydus.exporter.v1.Exporter.Export:input_type -> nydus.exporter.v1.ExportRequest
+	33, // 40: nydus.exporter.v1.Exporter.Finalize:input_type -> nydus.exporter.v1.FinalizeRequest
+	34, // 41: nydus.exporter.v1.Exporter.Release:input_type -> nydus.exporter.v1.ReleaseRequest
+	36, // 42: nydus.exporter.v1.Exporter.Cancel:input_type -> nydus.exporter.v1.CancelRequest
+	2,  // 43: nydus.exporter.v1.Exporter.GetInfo:output_type -> nydus.exporter.v1.GetInfoResponse
+	5,  // 44: nydus.exporter.v1.Exporter.Resolve:output_type -> nydus.exporter.v1.ResolveResponse
+	31, // 45: nydus.exporter.v1.Exporter.Export:output_type -> nydus.exporter.v1.ExportEvent
+	31, // 46: nydus.exporter.v1.Exporter.Finalize:output_type -> nydus.exporter.v1.ExportEvent
+	35, // 47: nydus.exporter.v1.Exporter.Release:output_type -> nydus.exporter.v1.ReleaseResponse
+	37, // 48: nydus.exporter.v1.Exporter.Cancel:output_type -> nydus.exporter.v1.CancelResponse
+	43, // [43:49] is the sub-list for method output_type
+	37, // [37:43] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_nydus_exporter_v1_exporter_proto_init() }
@@ -2950,12 +3224,12 @@ func file_nydus_exporter_v1_exporter_proto_init() {
 	if File_nydus_exporter_v1_exporter_proto != nil {
 		return
 	}
-	file_nydus_exporter_v1_exporter_proto_msgTypes[16].OneofWrappers = []any{
+	file_nydus_exporter_v1_exporter_proto_msgTypes[19].OneofWrappers = []any{
 		(*AuthReply_Authorization)(nil),
 		(*AuthReply_Basic)(nil),
 		(*AuthReply_Error)(nil),
 	}
-	file_nydus_exporter_v1_exporter_proto_msgTypes[18].OneofWrappers = []any{
+	file_nydus_exporter_v1_exporter_proto_msgTypes[21].OneofWrappers = []any{
 		(*ExportRequest_Header)(nil),
 		(*ExportRequest_MetadataChunk)(nil),
 		(*ExportRequest_PlatformBegin)(nil),
@@ -2964,8 +3238,9 @@ func file_nydus_exporter_v1_exporter_proto_init() {
 		(*ExportRequest_PlatformEnd)(nil),
 		(*ExportRequest_AuthReply)(nil),
 		(*ExportRequest_Commit)(nil),
+		(*ExportRequest_AttestationChunk)(nil),
 	}
-	file_nydus_exporter_v1_exporter_proto_msgTypes[27].OneofWrappers = []any{
+	file_nydus_exporter_v1_exporter_proto_msgTypes[30].OneofWrappers = []any{
 		(*ExportEvent_Accepted)(nil),
 		(*ExportEvent_LayerWants)(nil),
 		(*ExportEvent_Progress)(nil),
@@ -2974,7 +3249,7 @@ func file_nydus_exporter_v1_exporter_proto_init() {
 		(*ExportEvent_AuthRequest)(nil),
 		(*ExportEvent_Result)(nil),
 	}
-	file_nydus_exporter_v1_exporter_proto_msgTypes[29].OneofWrappers = []any{
+	file_nydus_exporter_v1_exporter_proto_msgTypes[32].OneofWrappers = []any{
 		(*FinalizeRequest_Start)(nil),
 		(*FinalizeRequest_AuthReply)(nil),
 	}
@@ -2984,7 +3259,7 @@ func file_nydus_exporter_v1_exporter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nydus_exporter_v1_exporter_proto_rawDesc), len(file_nydus_exporter_v1_exporter_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   40,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
