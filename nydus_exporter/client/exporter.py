@@ -15,6 +15,7 @@ Registry credentials stay here: an ``auth_request`` is answered from a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -181,7 +182,7 @@ class ExporterClient:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(stream.read_events())
-                tg.create_task(stream.send(header, by_reference=by_reference))
+                tg.create_task(stream.send_until_closed(header, by_reference=by_reference))
             await stream.call.done_writing()
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
@@ -234,6 +235,10 @@ async def _call(awaitable: Awaitable[Any]) -> Any:
         return await awaitable
     except grpc.aio.AioRpcError as exc:
         raise RemoteExportError(exc.code(), exc.details() or "") from None
+
+
+class _StreamClosed(Exception):
+    """A write on an Export call the daemon has already ended."""
 
 
 class _ExportStream:
@@ -306,7 +311,12 @@ class _ExportStream:
 
     async def write(self, request: pb.ExportRequest) -> None:
         async with self._write_lock:
-            await self.call.write(request)
+            try:
+                await self.call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
+                # The daemon ended the call while this side was still writing (a Cancel, a
+                # failed job): the status it sent, which the reader gets, says why.
+                raise _StreamClosed from exc
 
     async def read_events(self) -> None:
         async for event in _events(self.call):
@@ -321,13 +331,18 @@ class _ExportStream:
                 future.set_result(tuple(event.layer_wants.indices))
             elif kind == "auth_request":
                 reply = await answer_auth(event.auth_request, self._credentials)
-                await self.write(pb.ExportRequest(auth_reply=reply))
+                with contextlib.suppress(_StreamClosed):  # the status follows
+                    await self.write(pb.ExportRequest(auth_reply=reply))
             elif kind == "result":
                 self.result.set_result(event.result)
                 return
             if self._on_event is not None:
                 self._on_event(event)
         raise RemoteExportError(grpc.StatusCode.INTERNAL, "the stream ended without a result")
+
+    async def send_until_closed(self, header: pb.ExportHeader, *, by_reference: bool) -> None:
+        with contextlib.suppress(_StreamClosed):  # the reader gets the daemon's status
+            await self.send(header, by_reference=by_reference)
 
     async def send(self, header: pb.ExportHeader, *, by_reference: bool) -> None:
         await self.write(pb.ExportRequest(header=header))

@@ -243,9 +243,8 @@ async def test_cancel_rpc_kills_a_running_conversion(
     task = asyncio.create_task(export())
     try:
         # A worker is converting (the layer packs while it is received, or after), and the client
-        # has sent the whole layer: a Cancel that lands while the client is still writing ends
-        # its stream too, and Python's gRPC may then report the broken write instead of the
-        # status (INTERNAL "Internal error from Core").
+        # has sent the whole layer: the Cancel stops a conversion, not an upload (that case is
+        # test_cancel_rpc_while_the_client_is_still_sending_reports_cancelled).
         await wait_until_async(lambda: daemon.jobs.runner.job_pids, 30, what="a conversion worker runs")
         size = big.stat().st_size
         await wait_until_async(
@@ -266,6 +265,42 @@ async def test_cancel_rpc_kills_a_running_conversion(
     # Only the idle warm workers are left: the job's worker is gone.
     assert set(_conversion_workers()) <= set(daemon.jobs.runner.spare_pids)
     assert not (short_tmp / "out").exists()
+
+
+async def test_cancel_rpc_while_the_client_is_still_sending_reports_cancelled(
+    daemon: RunningServer, client: ExporterClient, image: Path, short_tmp: Path
+) -> None:
+    """A Cancel that lands while the client is still writing layer data ends the client's export
+    with CANCELLED (the daemon's status), not with the broken write gRPC reports underneath."""
+    big = short_tmp / "big.tar"
+    _incompressible_tar(big, 64 << 20)
+    channel = open_channel(daemon.addresses[0])
+    # Small messages keep the client writing for a while after the daemon starts spooling.
+    sender = ExporterClient(channel, chunk_size=16 << 10)
+    resolved = await sender.resolve({"push": "false", "oci-layout": str(short_tmp / "out")})
+
+    async def export() -> None:
+        with open_source(f"tar:{big}", workdir=short_tmp) as src:
+            await sender.export(src, resolved.instance_id)
+
+    task = asyncio.create_task(export())
+    try:
+        await wait_until_async(
+            lambda: any(p.stat().st_size > 0 for p in (daemon.config.state_dir / "jobs").rglob("*.layer")),
+            60,
+            what="the daemon spools the layer",
+        )
+        assert not task.done()
+        assert await client.cancel(instance_id=resolved.instance_id) == 1
+        with pytest.raises(RemoteExportError) as info:
+            await task
+    finally:
+        task.cancel()
+        await channel.close()
+    assert info.value.code == grpc.StatusCode.CANCELLED, info.value
+    await wait_until_async(lambda: _no_job_files(daemon), what="the job directory is removed")
+    assert not (short_tmp / "out").exists()
+    await _export_ok(client, image, short_tmp / "good", short_tmp)
 
 
 def _incompressible_tar(path: Path, size: int) -> None:
