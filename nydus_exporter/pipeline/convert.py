@@ -164,11 +164,12 @@ class Converter:
             blob_layers=blob_descs,
             bootstrap_layer=bootstrap_desc,
             oci=oci,
-            annotations=self._options.annotations or None,
+            annotations=self._options.annotations.for_manifest(platform) or None,
         )
         manifest_desc = Descriptor(
             mt.manifest_media_type(oci=oci), self._out.write_blob(manifest_raw), len(manifest_raw),
             platform=platform,
+            annotations=self._options.annotations.for_manifest_descriptor(platform) or None,
         )  # fmt: skip
         self._progress(ProgressEvent("image-done", platform=label, layers=n, name=manifest_desc.digest))
         return PlatformResult(label, manifest_desc, config_desc, bootstrap_desc, tuple(blob_descs), dedup)

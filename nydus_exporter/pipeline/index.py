@@ -135,9 +135,25 @@ def merged_index(
             oci=options.oci_mediatypes,
         )
     assert existing is not None
-    existing = _with_attestations(existing, attestations)
+    existing = _with_index_annotations(_with_attestations(existing, attestations), options)
     index = ImageIndex.parse(existing)
-    return Descriptor(index.media_type, out.write_blob(existing), len(existing))
+    return _index_descriptor(index.media_type, out.write_blob(existing), len(existing), options)
+
+
+def _with_index_annotations(raw: bytes, options: ExportOptions) -> bytes:
+    """``annotation-index.*`` over the annotations the merged index keeps."""
+    ours = options.annotations.index
+    if not ours:
+        return raw
+    obj = json.loads(raw)
+    obj["annotations"] = {**obj.get("annotations", {}), **ours}
+    return canonical_json(obj)
+
+
+def _index_descriptor(media_type: str, digest: str, size: int, options: ExportOptions) -> Descriptor:
+    """The top index's descriptor, with ``annotation-index-descriptor.*`` (which an OCI layout's
+    index.json keeps; a registry has no place for them)."""
+    return Descriptor(media_type, digest, size, options.annotations.index_descriptor or None)
 
 
 def _with_attestations(raw: bytes, attestations: Sequence[Descriptor]) -> bytes:
@@ -168,15 +184,16 @@ def root_descriptor(
         return merged_index(out, existing, [r.manifest for r in results], options, entries)
     if len(results) == 1 and not entries:
         return results[0].manifest
-    index_raw = canonical_json(
-        {
-            "schemaVersion": 2,
-            "mediaType": mt.index_media_type(oci=options.oci_mediatypes),
-            "manifests": [r.manifest.to_json() for r in results] + [a.to_json() for a in entries],
-        }
-    )
-    return Descriptor(
-        mt.index_media_type(oci=options.oci_mediatypes), out.write_blob(index_raw), len(index_raw)
+    index: dict[str, object] = {
+        "schemaVersion": 2,
+        "mediaType": mt.index_media_type(oci=options.oci_mediatypes),
+        "manifests": [r.manifest.to_json() for r in results] + [a.to_json() for a in entries],
+    }
+    if options.annotations.index:
+        index["annotations"] = dict(options.annotations.index)
+    index_raw = canonical_json(index)
+    return _index_descriptor(
+        mt.index_media_type(oci=options.oci_mediatypes), out.write_blob(index_raw), len(index_raw), options
     )
 
 

@@ -28,6 +28,7 @@ from nydus_exporter.errors import ConfigError, UnsupportedError, excerpt
 from nydus_exporter.layer.entry import DEFAULT_SPARSE_LIMIT
 from nydus_exporter.oci.platform import Platform
 from nydus_exporter.oci.reference import parse_reference
+from nydus_exporter.pipeline.annotations import ImageAnnotations, parse_annotation_key
 from nydus_exporter.pipeline.pack import PackOptions
 from nydus_exporter.pipeline.sizes import parse_size
 from nydus_exporter.rafs import codecs, layout
@@ -69,7 +70,7 @@ class ExportOptions:
     platforms: tuple[Platform, ...] = ()
     pack: PackOptions = field(default_factory=PackOptions)
     parallel_layers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    annotations: Mapping[str, str] = field(default_factory=dict)
+    annotations: ImageAnnotations = field(default_factory=ImageAnnotations)  # annotation… keys
     source_date_epoch: int | None = None  # config `created` and history times (BuildKit's epoch)
     standard_response_keys: bool = True  # false: only the nydus.* response keys
 
@@ -489,11 +490,9 @@ class _Reader:
             self._check_host_path_hook(key.name, Path(value))
 
     def _annotation(self, given: str, value: str) -> None:
-        if given.startswith("annotation.") and not given.removeprefix("annotation."):
-            raise ConfigError(f"{excerpt(given)} names no annotation")
+        parse_annotation_key(given)  # a key that cannot apply is refused here, at Resolve
         self._put_raw(given, value, given)
-        if given.startswith("annotation."):
-            self._annotations[given.removeprefix("annotation.")] = value
+        self._annotations[given] = value
 
     def _put(self, key: Key, rendered: str, given: str) -> None:
         self._put_raw(key.name, rendered, given)
@@ -514,7 +513,7 @@ class _Reader:
             if key.default is not None and (not self._daemon or key.daemon is DaemonPolicy.ALLOWED):
                 self.normalized.setdefault(key.name, key.default)
         if self._annotations:
-            self._options["annotations"] = self._annotations
+            self._options["annotations"] = ImageAnnotations.of(dict(sorted(self._annotations.items())))
         pack = PackOptions(**self._pack).validated()
         options = ExportOptions(pack=pack, **self._options)
         if not options.push and options.oci_layout is None:
