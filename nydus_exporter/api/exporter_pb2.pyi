@@ -128,6 +128,11 @@ class Limits(_message.Message):
     JOB_DEADLINE_SECONDS_FIELD_NUMBER: _builtins.int
     JOB_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_METADATA_BYTES_PER_JOB_FIELD_NUMBER: _builtins.int
+    MAX_ATTRS_BYTES_PER_INSTANCE_FIELD_NUMBER: _builtins.int
+    HEADER_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_STREAMS_PER_PEER_FIELD_NUMBER: _builtins.int
+    SPARSE_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
     max_concurrent_exports: _builtins.int
     """conversions running at once; others wait for a slot"""
     job_deadline_seconds: _builtins.int
@@ -136,6 +141,18 @@ class Limits(_message.Message):
     """finished jobs and idle instances are released after it"""
     max_message_bytes: _builtins.int
     """gRPC message size limit, both directions"""
+    max_metadata_bytes_per_job: _builtins.int
+    """Bounds a client can plan around; over one is RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED.
+    header metadata + metadata_chunk of one Export
+    """
+    max_attrs_bytes_per_instance: _builtins.int
+    """keys + values of one Resolve"""
+    header_timeout_seconds: _builtins.int
+    """an Export stream must send its header within it"""
+    max_streams_per_peer: _builtins.int
+    """open Export streams of one client host"""
+    sparse_limit_bytes: _builtins.int
+    """apparent size a sparse file may claim (sparse-limit cap)"""
     def __init__(
         self,
         *,
@@ -143,10 +160,15 @@ class Limits(_message.Message):
         job_deadline_seconds: _builtins.int = ...,
         job_ttl_seconds: _builtins.int = ...,
         max_message_bytes: _builtins.int = ...,
+        max_metadata_bytes_per_job: _builtins.int = ...,
+        max_attrs_bytes_per_instance: _builtins.int = ...,
+        header_timeout_seconds: _builtins.int = ...,
+        max_streams_per_peer: _builtins.int = ...,
+        sparse_limit_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_deadline_seconds", b"job_deadline_seconds", "job_ttl_seconds", b"job_ttl_seconds", "max_concurrent_exports", b"max_concurrent_exports", "max_message_bytes", b"max_message_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header_timeout_seconds", b"header_timeout_seconds", "job_deadline_seconds", b"job_deadline_seconds", "job_ttl_seconds", b"job_ttl_seconds", "max_attrs_bytes_per_instance", b"max_attrs_bytes_per_instance", "max_concurrent_exports", b"max_concurrent_exports", "max_message_bytes", b"max_message_bytes", "max_metadata_bytes_per_job", b"max_metadata_bytes_per_job", "max_streams_per_peer", b"max_streams_per_peer", "sparse_limit_bytes", b"sparse_limit_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

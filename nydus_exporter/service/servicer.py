@@ -305,6 +305,11 @@ class ExporterServicer(pb_grpc.ExporterServicer):
                 job_deadline_seconds=int(c.job_deadline),
                 job_ttl_seconds=int(c.job_ttl),
                 max_message_bytes=c.max_message_bytes,
+                max_metadata_bytes_per_job=c.max_metadata_bytes_per_job,
+                max_attrs_bytes_per_instance=c.max_attrs_bytes_per_instance,
+                header_timeout_seconds=int(c.header_timeout),
+                max_streams_per_peer=c.max_streams_per_peer,
+                sparse_limit_bytes=c.sparse_limit,
             ),
         )
 

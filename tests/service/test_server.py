@@ -65,6 +65,12 @@ async def test_get_info_reports_limits(client: ExporterClient, daemon: RunningSe
     assert {"finalize", "layer.dedupe", "layer.by-reference"} <= set(info.capabilities)
     assert info.max_chunk_bytes == 1 << 20
     assert info.limits.max_concurrent_exports == 2
+    config = daemon.config
+    assert info.limits.max_metadata_bytes_per_job == config.max_metadata_bytes_per_job
+    assert info.limits.max_attrs_bytes_per_instance == config.max_attrs_bytes_per_instance
+    assert info.limits.header_timeout_seconds == int(config.header_timeout) > 0
+    assert info.limits.max_streams_per_peer == config.max_streams_per_peer > 0
+    assert info.limits.sparse_limit_bytes == config.sparse_limit > 0
 
 
 async def test_metrics_and_healthz_endpoint(daemon: RunningServer) -> None:

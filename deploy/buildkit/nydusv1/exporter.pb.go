@@ -252,8 +252,14 @@ type Limits struct {
 	JobDeadlineSeconds   int64                  `protobuf:"varint,2,opt,name=job_deadline_seconds,json=jobDeadlineSeconds,proto3" json:"job_deadline_seconds,omitempty"`       // a job running longer is cancelled (DEADLINE_EXCEEDED)
 	JobTtlSeconds        int64                  `protobuf:"varint,3,opt,name=job_ttl_seconds,json=jobTtlSeconds,proto3" json:"job_ttl_seconds,omitempty"`                      // finished jobs and idle instances are released after it
 	MaxMessageBytes      int64                  `protobuf:"varint,4,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`                // gRPC message size limit, both directions
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Bounds a client can plan around; over one is RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED.
+	MaxMetadataBytesPerJob   int64 `protobuf:"varint,5,opt,name=max_metadata_bytes_per_job,json=maxMetadataBytesPerJob,proto3" json:"max_metadata_bytes_per_job,omitempty"`       // header metadata + metadata_chunk of one Export
+	MaxAttrsBytesPerInstance int64 `protobuf:"varint,6,opt,name=max_attrs_bytes_per_instance,json=maxAttrsBytesPerInstance,proto3" json:"max_attrs_bytes_per_instance,omitempty"` // keys + values of one Resolve
+	HeaderTimeoutSeconds     int64 `protobuf:"varint,7,opt,name=header_timeout_seconds,json=headerTimeoutSeconds,proto3" json:"header_timeout_seconds,omitempty"`                 // an Export stream must send its header within it
+	MaxStreamsPerPeer        int32 `protobuf:"varint,8,opt,name=max_streams_per_peer,json=maxStreamsPerPeer,proto3" json:"max_streams_per_peer,omitempty"`                        // open Export streams of one client host
+	SparseLimitBytes         int64 `protobuf:"varint,9,opt,name=sparse_limit_bytes,json=sparseLimitBytes,proto3" json:"sparse_limit_bytes,omitempty"`                             // apparent size a sparse file may claim (sparse-limit cap)
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -310,6 +316,41 @@ func (x *Limits) GetJobTtlSeconds() int64 {
 func (x *Limits) GetMaxMessageBytes() int64 {
 	if x != nil {
 		return x.MaxMessageBytes
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxMetadataBytesPerJob() int64 {
+	if x != nil {
+		return x.MaxMetadataBytesPerJob
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxAttrsBytesPerInstance() int64 {
+	if x != nil {
+		return x.MaxAttrsBytesPerInstance
+	}
+	return 0
+}
+
+func (x *Limits) GetHeaderTimeoutSeconds() int64 {
+	if x != nil {
+		return x.HeaderTimeoutSeconds
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxStreamsPerPeer() int32 {
+	if x != nil {
+		return x.MaxStreamsPerPeer
+	}
+	return 0
+}
+
+func (x *Limits) GetSparseLimitBytes() int64 {
+	if x != nil {
+		return x.SparseLimitBytes
 	}
 	return 0
 }
@@ -2856,12 +2897,17 @@ const file_nydus_exporter_v1_exporter_proto_rawDesc = "" +
 	"\fcapabilities\x18\b \x03(\tR\fcapabilities\x12&\n" +
 	"\x0fmax_chunk_bytes\x18\t \x01(\x05R\rmaxChunkBytes\x121\n" +
 	"\x06limits\x18\n" +
-	" \x01(\v2\x19.nydus.exporter.v1.LimitsR\x06limits\"\xc4\x01\n" +
+	" \x01(\v2\x19.nydus.exporter.v1.LimitsR\x06limits\"\xd5\x03\n" +
 	"\x06Limits\x124\n" +
 	"\x16max_concurrent_exports\x18\x01 \x01(\x05R\x14maxConcurrentExports\x120\n" +
 	"\x14job_deadline_seconds\x18\x02 \x01(\x03R\x12jobDeadlineSeconds\x12&\n" +
 	"\x0fjob_ttl_seconds\x18\x03 \x01(\x03R\rjobTtlSeconds\x12*\n" +
-	"\x11max_message_bytes\x18\x04 \x01(\x03R\x0fmaxMessageBytes\"\x91\x02\n" +
+	"\x11max_message_bytes\x18\x04 \x01(\x03R\x0fmaxMessageBytes\x12:\n" +
+	"\x1amax_metadata_bytes_per_job\x18\x05 \x01(\x03R\x16maxMetadataBytesPerJob\x12>\n" +
+	"\x1cmax_attrs_bytes_per_instance\x18\x06 \x01(\x03R\x18maxAttrsBytesPerInstance\x124\n" +
+	"\x16header_timeout_seconds\x18\a \x01(\x03R\x14headerTimeoutSeconds\x12/\n" +
+	"\x14max_streams_per_peer\x18\b \x01(\x05R\x11maxStreamsPerPeer\x12,\n" +
+	"\x12sparse_limit_bytes\x18\t \x01(\x03R\x10sparseLimitBytes\"\x91\x02\n" +
 	"\x0eResolveRequest\x12%\n" +
 	"\x0eexporter_index\x18\x01 \x01(\x05R\rexporterIndex\x12B\n" +
 	"\x05attrs\x18\x02 \x03(\v2,.nydus.exporter.v1.ResolveRequest.AttrsEntryR\x05attrs\x12)\n" +
