@@ -21,6 +21,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nydus_exporter.pipeline.options import parse_duration
+from nydus_exporter.pipeline.registry_limits import RegistryLimits
+
 if TYPE_CHECKING:
     from nydus_exporter.image.registry import RegistryOptions
 
@@ -29,6 +32,13 @@ _IMAGE_HELP = (
     "the Nydus image: oci:DIR[:TAG] (an OCI image layout; TAG may be the name given to export, "
     "e.g. oci:out:sample:1) or docker://HOST/REPO[:TAG|@DIGEST] (a registry)"
 )
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_registry_options(parser: argparse.ArgumentParser) -> None:
@@ -40,14 +50,33 @@ def _add_registry_options(parser: argparse.ArgumentParser) -> None:
         help="reach the registry of a docker:// image over plain HTTP, or HTTPS without certificate checks",
     )
     parser.add_argument("--ca-file", type=Path, help="extra trusted CA certificates (PEM) for the registry")
+    # The same bounds as export's registry.* keys, in the same spelling (30s, 2m, 45).
+    parser.add_argument(
+        "--registry-timeout", type=_duration, metavar="DURATION", help="connect and read stall timeout"
+    )
+    parser.add_argument(
+        "--registry-retry-deadline",
+        type=_duration,
+        metavar="DURATION",
+        help="how long temporary registry failures are retried without progress",
+    )
+    parser.add_argument(
+        "--registry-tls-probe-timeout",
+        type=_duration,
+        metavar="DURATION",
+        help="TLS handshake timeout of the HTTPS attempt before plain HTTP (registry-insecure hosts)",
+    )
 
 
 def _registry_options(args: argparse.Namespace) -> RegistryOptions | None:
-    if not args.insecure and args.ca_file is None:
+    limits = RegistryLimits(
+        args.registry_timeout, args.registry_retry_deadline, args.registry_tls_probe_timeout
+    )
+    if not args.insecure and args.ca_file is None and limits == RegistryLimits():
         return None  # the defaults; and no registry module import for oci: images
     from nydus_exporter.image.registry import RegistryOptions
 
-    return RegistryOptions(insecure=args.insecure, ca_file=args.ca_file)
+    return RegistryOptions(insecure=args.insecure, ca_file=args.ca_file, **limits.client_kwargs())
 
 
 def add_tool_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

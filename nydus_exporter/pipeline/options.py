@@ -267,6 +267,15 @@ def _duration(value: str) -> float:
     return seconds
 
 
+def parse_duration(text: str) -> float:
+    """A duration as the ``registry.*`` keys take it (``30s``, ``2m``, ``45``); raises ValueError
+    (so that argparse reports it as a bad flag value)."""
+    try:
+        return _duration(text)
+    except _Bad as exc:
+        raise ValueError(f"{excerpt(text)} {exc.detail}") from None
+
+
 def _render_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 

@@ -26,15 +26,25 @@ class RegistryLimits:
     retry_deadline: float | None = None
     probe_timeout: float | None = None
 
+    def client_kwargs(self) -> dict[str, Any]:
+        """``RegistryClient`` keyword arguments (``timeouts``, ``retry``): only those set."""
+        return _client_kwargs(self)
+
 
 def client_limits(options: ExportOptions, defaults: RegistryLimits | None = None) -> dict[str, Any]:
     """``RegistryClient`` keyword arguments (``timeouts``, ``retry``) for ``options``."""
+    defaults = defaults or RegistryLimits()
+    return RegistryLimits(
+        options.registry_timeout or defaults.timeout,
+        options.registry_retry_deadline or defaults.retry_deadline,
+        options.registry_probe_timeout or defaults.probe_timeout,
+    ).client_kwargs()
+
+
+def _client_kwargs(limits: RegistryLimits) -> dict[str, Any]:
     from nydus_exporter.registry.client import DEFAULT_RETRY, DEFAULT_TIMEOUTS
 
-    defaults = defaults or RegistryLimits()
-    timeout = options.registry_timeout or defaults.timeout
-    deadline = options.registry_retry_deadline or defaults.retry_deadline
-    probe = options.registry_probe_timeout or defaults.probe_timeout
+    timeout, deadline, probe = limits.timeout, limits.retry_deadline, limits.probe_timeout
     kwargs: dict[str, Any] = {}
     timeouts = DEFAULT_TIMEOUTS
     if timeout is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from nydus_exporter.cli import main as cli
 from nydus_exporter.errors import ConfigError, RegistryUnavailableError
 from nydus_exporter.pipeline.export import export
 from nydus_exporter.pipeline.options import parse_output
@@ -95,3 +96,26 @@ def test_daemon_publish_uses_the_configured_limits(
         loop.close()
     assert fault_proxy.host in str(caught.value)
     assert "retry deadline of 1s exceeded" in str(caught.value)
+
+
+@pytest.mark.parametrize("command", ["check", "unpack", "cat"])
+def test_reading_tools_take_the_registry_limits_as_flags(
+    fault_proxy: FaultProxy, repo_name: str, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check, unpack and cat read docker:// images: a never-answering registry fails them at
+    the deadline their flags set, with the same message as an export."""
+    fault_proxy.hang = True
+    image = f"docker://{fault_proxy.host}/{repo_name}:v1"
+    args = {"check": [image], "unpack": [image, "-o", str(tmp_path / "out.tar")], "cat": [image, "/hello"]}
+    limits = ["--registry-timeout", "500ms", "--registry-retry-deadline", "1s"]
+    assert cli.main([command, *args[command], *limits]) != 0
+    err = capsys.readouterr().err
+    assert fault_proxy.host in err
+    assert "retry deadline of 1s exceeded" in err
+    assert not (tmp_path / "out.tar").exists()
+
+
+def test_a_bad_duration_flag_names_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["unpack", "oci:x", "-o", "-", "--registry-timeout", "soon"])
+    assert "argument --registry-timeout: 'soon' is not a duration" in capsys.readouterr().err
