@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nydus_exporter.errors import ConfigError, ExporterError
+
+if TYPE_CHECKING:
+    from nydus_exporter.registry.sync import SyncRegistry
 
 
 def add_serve_command(sub: Any) -> argparse.ArgumentParser:
@@ -154,16 +158,18 @@ async def _remote_export(args: argparse.Namespace) -> int:
             for warning in resolved.warnings:
                 _warn(warning)
             platforms = [Platform.parse(p) for p in attrs.get("platform", "").split(",") if p.strip()]
-            with (
-                tempfile.TemporaryDirectory(prefix="nydus-export-client-") as tmp,
-                open_source(
-                    args.source,
-                    workdir=Path(tmp),
-                    config=getattr(args, "config", None),
-                    whiteouts=getattr(args, "whiteouts", "oci"),
-                    platforms=platforms or None,
-                ) as source,
-            ):
+            with contextlib.ExitStack() as stack:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="nydus-export-client-"))
+                source = stack.enter_context(
+                    open_source(
+                        args.source,
+                        workdir=Path(tmp),
+                        config=getattr(args, "config", None),
+                        whiteouts=getattr(args, "whiteouts", "oci"),
+                        platforms=platforms or None,
+                        registry=_source_registry(args.source, attrs, stack),
+                    )
+                )
                 outcome = await client.export(
                     source,
                     resolved.instance_id,
@@ -192,6 +198,17 @@ async def _remote_export(args: argparse.Namespace) -> int:
         args.metadata_file.write_text(json.dumps(metadata, indent=2) + "\n")
     print(result.root_descriptor.digest)
     return 0
+
+
+def _source_registry(source: str, attrs: dict[str, str], stack: contextlib.ExitStack) -> SyncRegistry | None:
+    """A ``docker://`` source is read here, on the client's side, and streamed to the daemon
+    like any other, with the output's ``registry.*`` keys (credentials: as an in-process export)."""
+    if not source.startswith("docker://"):
+        return None
+    from nydus_exporter.pipeline.export import registry_for
+    from nydus_exporter.pipeline.options import parse_output
+
+    return stack.enter_context(registry_for(source, parse_output(attrs).options))
 
 
 def _warn(message: str) -> None:

@@ -70,16 +70,7 @@ def export(
         with contextlib.ExitStack() as stack:
             registry = None
             if options.push or source_spec.startswith("docker://"):
-                from nydus_exporter.registry.sync import SyncRegistry
-
-                registry = stack.enter_context(
-                    SyncRegistry(
-                        insecure_hosts=_insecure_hosts(source_spec, options),
-                        ca_file=options.ca_file,
-                        credential_provider=credential_provider,
-                        **client_limits(options),
-                    )
-                )
+                registry = stack.enter_context(registry_for(source_spec, options, credential_provider))
             source = stack.enter_context(
                 open_source(
                     source_spec,
@@ -158,6 +149,22 @@ def _external_blobs_loader(
         return loaded[key]
 
     return load
+
+
+def registry_for(
+    source_spec: str, options: ExportOptions, credential_provider: CredentialProvider | None = None
+) -> SyncRegistry:
+    """The registry client of an export (its pushes and a ``docker://`` source), with the
+    output keys' ``registry.*`` settings. Also what ``export --addr`` reads a ``docker://``
+    source with, on the client's side."""
+    from nydus_exporter.registry.sync import SyncRegistry
+
+    return SyncRegistry(
+        insecure_hosts=_insecure_hosts(source_spec, options),
+        ca_file=options.ca_file,
+        credential_provider=credential_provider,
+        **client_limits(options),
+    )
 
 
 def _insecure_hosts(source_spec: str, options: ExportOptions) -> list[str]:

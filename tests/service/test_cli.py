@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from nydus_exporter.cli import main as cli
 from nydus_exporter.cli.daemon import add_remote_export_arguments, add_serve_command, run_remote_export
 from nydus_exporter.service.server import RunningServer
+from tests.registry_fixtures import RegistryServer
 
 
 def export_parser() -> argparse.ArgumentParser:
@@ -102,3 +104,35 @@ def test_serve_flags_parse() -> None:
     )
     assert args.listen == ["unix:///tmp/x.sock", "tcp://127.0.0.1:0"]
     assert args.allowed_roots == [Path("/srv")] and args.max_concurrent_exports == 4
+
+
+@pytest.mark.slow
+async def test_remote_export_of_a_docker_source_matches_in_process(
+    daemon: RunningServer, image: Path, short_tmp: Path, registry: RegistryServer, repo_name: str
+) -> None:
+    """``export docker://… --addr``: the client reads the source from the registry and streams
+    its layers; the image is the one an in-process export of the same source makes."""
+    source = f"docker://{registry.host}/{repo_name}:src"
+    copy = ["skopeo", "copy", "-q", "--all", "--dest-tls-verify=false", f"oci:{image}:t", source]
+    assert (await asyncio.to_thread(subprocess.run, copy, check=False)).returncode == 0
+    output = "type=nydus,push=false,oci-layout={},name=example.com/a:1,oci-mediatypes=true"
+    args = export_parser().parse_args(
+        [
+            source,
+            "--addr",
+            daemon.addresses[0],
+            "--metadata-file",
+            str(short_tmp / "remote.json"),
+            "--output",
+            output.format(short_tmp / "remote"),
+        ]
+    )
+    assert await asyncio.to_thread(run_remote_export, args) == 0
+    argv = ["export", source, "--progress", "quiet", "--metadata-file", str(short_tmp / "local.json")]
+    assert await asyncio.to_thread(cli.main, [*argv, "--output", output.format(short_tmp / "local")]) == 0
+    remote = json.loads((short_tmp / "remote.json").read_text())
+    local = json.loads((short_tmp / "local.json").read_text())
+    assert remote["containerimage.digest"] == local["containerimage.digest"]
+    top = remote["containerimage.digest"].removeprefix("sha256:")
+    index = json.loads((short_tmp / "remote" / "blobs" / "sha256" / top).read_bytes())
+    assert len(index["manifests"]) == 2  # both platforms of the source
