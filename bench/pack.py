@@ -9,12 +9,15 @@ into a layer. Both are cached under bench/.cache/. It then reports, as the media
 * ``nydus-exporter pack layer.tar -o out.blob`` (zstd, blake3, 1 MiB chunks),
 * ``mkfs.erofs --chunksize=1048576 --blobdev=blob.img meta.img ROOTFS`` on the same tree,
 * ``gzip -6 -c layer.tar > /dev/null``,
+* the Rust builder, nydus-builder (``bin/rafs-ref-build`` of the interop harness, built by
+  ``make interop-tools``: nydus-image's tar-to-RAFS conversion) on the same tar with the same
+  chunk size, compressor and digester,
 
-and the ratios pack/mkfs.erofs and pack/gzip. ``--big`` also builds a layer of about
-2 GiB (renamed copies of the rootfs plus incompressible files) and reports pack's wall time
-and peak RSS on it. Each command runs under a small launcher that reaps it with wait4(2), so
-the peak RSS is the command's own; readings at the launcher's floor (measured with `true`,
-a few MiB) are shown as "<= floor".
+and the ratios pack/mkfs.erofs, pack/nydus-builder and pack/gzip. ``--big`` also builds a
+layer of about 2 GiB (renamed copies of the rootfs plus incompressible files) and reports
+pack's and nydus-builder's wall time and peak RSS on it. Each command runs under a small
+launcher that reaps it with wait4(2), so the peak RSS is the command's own; readings at the
+launcher's floor (measured with `true`, a few MiB) are shown as "<= floor".
 
 This is a benchmark, not a test: it fails (exit 1) with a clear message when
 ``nydus-exporter pack`` is missing or fails, after reporting the other tools.
@@ -36,6 +39,7 @@ from typing import Any
 
 from _common import (
     CHUNK_SIZE,
+    PROJECT_ROOT,
     BenchError,
     MiB,
     Result,
@@ -135,18 +139,45 @@ def pack_argv(exporter: Path, layer: Path, out: Path) -> list[str]:
     ]
 
 
+REF_BUILD = PROJECT_ROOT / "bin" / "rafs-ref-build"
+
+
+def ref_build_argv(layer: Path, out_dir: Path) -> list[str]:
+    """nydus-builder with pack's settings (zstd, blake3, 1 MiB chunks)."""
+    return [
+        str(REF_BUILD),
+        str(layer),
+        "-o",
+        str(out_dir),
+        "--compressor",
+        "zstd",
+        "--digester",
+        "blake3",
+        "--chunk-size",
+        str(CHUNK_SIZE),
+    ]
+
+
+def measure_ref_build(tool: str, layer: Path, out_dir: Path, runs: int) -> Result:
+    argv = ref_build_argv(layer, out_dir)
+    if not REF_BUILD.is_file():
+        return Result(tool=tool, argv=argv, error=f"{REF_BUILD} is missing: run `make interop-tools`")
+    return measure(tool, argv, runs, [out_dir])
+
+
 # --------------------------------------------------------------------------------------------
 # Reporting
 
 
-def render(report: dict[str, Any], results: list[Result], big: Result | None) -> str:
+def render(report: dict[str, Any], results: list[Result], big_results: list[Result]) -> str:
+    big = big_results[0] if big_results else None
     layer = report["layer"]
     lines = [
         f"layer: {layer['path']}  {layer['tar_bytes'] / MiB:.1f} MiB tar, {layer['entries']} entries, "
         f"{layer['regular_files']} files, {layer['content_bytes'] / MiB:.1f} MiB of content",
         f"{'tool':<24} {'median wall':>12} {'peak RSS':>12} {'output':>12}  runs",
     ]
-    for r in [*results, *([big] if big else [])]:
+    for r in [*results, *big_results]:
         out = "-" if r.output_bytes is None else f"{r.output_bytes / MiB:.1f} MiB"
         wall, rss = fmt_s(r.median_wall_s), fmt_kib(r.peak_rss_kib, report["rss_floor_kib"])
         lines.append(f"{r.tool:<24} {wall:>12} {rss:>12} {out:>12}  {len(r.wall_s)}")
@@ -157,13 +188,17 @@ def render(report: dict[str, Any], results: list[Result], big: Result | None) ->
 
     lines.append(
         f"ratios: pack/mkfs.erofs {fmt(ratios['pack_over_mkfs_erofs'])}"
+        f"   pack/nydus-builder {fmt(ratios['pack_over_nydus_builder'])}"
         f"   pack/gzip {fmt(ratios['pack_over_gzip'])}"
         f"   pack peak RSS {fmt_kib(report['pack_peak_rss_kib'])}"
     )
     if big:
         big_mib = report["big_layer"]["tar_bytes"] / MiB
-        lines.append(f"big layer ({big_mib:.0f} MiB): pack peak RSS {fmt_kib(big.peak_rss_kib)}")
-    for r in [*results, *([big] if big else [])]:
+        lines.append(
+            f"big layer ({big_mib:.0f} MiB): pack/nydus-builder {fmt(ratios['big_pack_over_nydus_builder'])}"
+            f"   pack peak RSS {fmt_kib(big.peak_rss_kib)}"
+        )
+    for r in [*results, *big_results]:
         if r.error:
             lines.append(f"ERROR {r.tool}: {r.error}")
     return "\n".join(lines)
@@ -209,9 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     mkfs = measure("mkfs.erofs --chunksize", mkfs_argv, args.runs, [meta, blob])
     gzip = measure("gzip -6", ["gzip", "-6", "-c", str(layer)], args.runs, [])
-    results = [pack, mkfs, gzip]
+    ref = measure_ref_build("nydus-builder", layer, work / "ref", args.runs)
+    results = [pack, mkfs, ref, gzip]
 
     big: Result | None = None
+    big_ref: Result | None = None
     report: dict[str, Any] = {"layer": {"path": str(layer), **layer_stats(layer)}}
     if big_layer is not None:
         big_out = work / "big.blob"
@@ -223,19 +260,25 @@ def main(argv: list[str] | None = None) -> int:
             big = Result(
                 tool="nydus-exporter pack (big)", argv=pack_argv(exporter, big_layer, big_out), error=problem
             )
+        big_ref = measure_ref_build("nydus-builder (big)", big_layer, work / "big-ref", args.big_runs)
         report["big_layer"] = {"path": str(big_layer), **layer_stats(big_layer)}
-    report["results"] = [r.to_json() for r in [*results, *([big] if big else [])]]
+    big_results = [r for r in (big, big_ref) if r is not None]
+    report["results"] = [r.to_json() for r in [*results, *big_results]]
     report["ratios"] = {
         "pack_over_mkfs_erofs": ratio(pack.median_wall_s, mkfs.median_wall_s),
+        "pack_over_nydus_builder": ratio(pack.median_wall_s, ref.median_wall_s),
         "pack_over_gzip": ratio(pack.median_wall_s, gzip.median_wall_s),
+        "big_pack_over_nydus_builder": ratio(big.median_wall_s, big_ref.median_wall_s)
+        if big and big_ref
+        else None,
     }
     report["pack_peak_rss_kib"] = pack.peak_rss_kib
     report["big_pack_peak_rss_kib"] = big.peak_rss_kib if big else None
     report["rss_floor_kib"] = floor_kib()
     report["cpu_count"] = os.cpu_count()
 
-    print(json.dumps(report, indent=2) if args.json else render(report, results, big))
-    failed = [r for r in [*results, *([big] if big else [])] if r.error]
+    print(json.dumps(report, indent=2) if args.json else render(report, results, big_results))
+    failed = [r for r in [*results, *big_results] if r.error]
     return 1 if failed else 0
 
 
