@@ -123,39 +123,19 @@ class _RandomReader:
         return self._rng.randbytes(n)
 
 
+# The settings pack and nydus-builder both run with: zstd, blake3, 1 MiB chunks.
+SETTINGS = ["--compressor", "zstd", "--digester", "blake3", "--chunk-size", str(CHUNK_SIZE)]
+
+
 def pack_argv(exporter: Path, layer: Path, out: Path) -> list[str]:
-    return [
-        str(exporter),
-        "pack",
-        str(layer),
-        "-o",
-        str(out),
-        "--compressor",
-        "zstd",
-        "--digester",
-        "blake3",
-        "--chunk-size",
-        str(CHUNK_SIZE),
-    ]
+    return [str(exporter), "pack", str(layer), "-o", str(out), *SETTINGS]
 
 
 REF_BUILD = PROJECT_ROOT / "bin" / "rafs-ref-build"
 
 
 def ref_build_argv(layer: Path, out_dir: Path) -> list[str]:
-    """nydus-builder with pack's settings (zstd, blake3, 1 MiB chunks)."""
-    return [
-        str(REF_BUILD),
-        str(layer),
-        "-o",
-        str(out_dir),
-        "--compressor",
-        "zstd",
-        "--digester",
-        "blake3",
-        "--chunk-size",
-        str(CHUNK_SIZE),
-    ]
+    return [str(REF_BUILD), str(layer), "-o", str(out_dir), *SETTINGS]
 
 
 def measure_ref_build(tool: str, layer: Path, out_dir: Path, runs: int) -> Result:
