@@ -262,6 +262,31 @@ def measure(tool: str, argv: list[str], runs: int, outputs: list[Path]) -> Resul
     return measure_steps(tool, [argv], runs, outputs)
 
 
+@dataclass
+class Contender:
+    """One side of a side-by-side measurement: :func:`measure_side_by_side`."""
+
+    tool: str
+    argv: list[str]
+    outputs: list[Path]
+
+
+def measure_side_by_side(contenders: list[Contender], runs: int) -> list[Result]:
+    """``runs`` rounds, each running every contender once in turn (a contender that failed is
+    left out of later rounds): a busy spell of the machine then costs each side alike, which
+    ``runs`` runs of one tool followed by ``runs`` of the next does not."""
+    results = [Result(tool=c.tool, argv=c.argv) for c in contenders]
+    for _ in range(runs):
+        for contender, result in zip(contenders, results, strict=True):
+            if result.error is not None:
+                continue
+            one = measure(contender.tool, contender.argv, 1, contender.outputs)
+            result.wall_s += one.wall_s
+            result.max_rss_kib += one.max_rss_kib
+            result.error, result.output_bytes = one.error, one.output_bytes
+    return results
+
+
 def measure_steps(
     tool: str, steps: list[list[str]], runs: int, outputs: list[Path], *, argv: list[str] | None = None
 ) -> Result:

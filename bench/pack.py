@@ -41,6 +41,7 @@ from _common import (
     CHUNK_SIZE,
     PROJECT_ROOT,
     BenchError,
+    Contender,
     MiB,
     Result,
     bench_parser,
@@ -53,6 +54,7 @@ from _common import (
     fmt_s,
     layer_stats,
     measure,
+    measure_side_by_side,
     ratio,
 )
 
@@ -138,11 +140,20 @@ def ref_build_argv(layer: Path, out_dir: Path) -> list[str]:
     return [str(REF_BUILD), str(layer), "-o", str(out_dir), *SETTINGS]
 
 
-def measure_ref_build(tool: str, layer: Path, out_dir: Path, runs: int) -> Result:
-    argv = ref_build_argv(layer, out_dir)
-    if not REF_BUILD.is_file():
-        return Result(tool=tool, argv=argv, error=f"{REF_BUILD} is missing: run `make interop-tools`")
-    return measure(tool, argv, runs, [out_dir])
+def ref_build_contender(tool: str, layer: Path, out_dir: Path) -> tuple[Contender, str | None]:
+    problem = None if REF_BUILD.is_file() else f"{REF_BUILD} is missing: run `make interop-tools`"
+    return Contender(tool, ref_build_argv(layer, out_dir), [out_dir]), problem
+
+
+def side_by_side(contenders: list[tuple[Contender, str | None]], runs: int) -> list[Result]:
+    """:func:`measure_side_by_side` of the contenders that can run; the others carry their
+    problem as the error."""
+    runnable = [c for c, problem in contenders if problem is None]
+    measured = iter(measure_side_by_side(runnable, runs))
+    return [
+        next(measured) if problem is None else Result(tool=c.tool, argv=c.argv, error=problem)
+        for c, problem in contenders
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,10 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     problem = check_exporter(exporter)
 
     out_blob = work / "out.blob"
-    if problem is None:
-        pack = measure("nydus-exporter pack", pack_argv(exporter, layer, out_blob), args.runs, [out_blob])
-    else:
-        pack = Result(tool="nydus-exporter pack", argv=pack_argv(exporter, layer, out_blob), error=problem)
     meta, blob = work / "meta.img", work / "blob.img"
     mkfs_argv = [
         "mkfs.erofs",
@@ -222,9 +229,17 @@ def main(argv: list[str] | None = None) -> int:
         str(meta),
         str(rootfs),
     ]
-    mkfs = measure("mkfs.erofs --chunksize", mkfs_argv, args.runs, [meta, blob])
+    # pack, mkfs.erofs and nydus-builder run in turn, round after round; gzip (five times
+    # slower, a reference point only) after them.
+    pack, mkfs, ref = side_by_side(
+        [
+            (Contender("nydus-exporter pack", pack_argv(exporter, layer, out_blob), [out_blob]), problem),
+            (Contender("mkfs.erofs --chunksize", mkfs_argv, [meta, blob]), None),
+            ref_build_contender("nydus-builder", layer, work / "ref"),
+        ],
+        args.runs,
+    )
     gzip = measure("gzip -6", ["gzip", "-6", "-c", str(layer)], args.runs, [])
-    ref = measure_ref_build("nydus-builder", layer, work / "ref", args.runs)
     results = [pack, mkfs, ref, gzip]
 
     big: Result | None = None
@@ -232,15 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"layer": {"path": str(layer), **layer_stats(layer)}}
     if big_layer is not None:
         big_out = work / "big.blob"
-        if problem is None:
-            big = measure(
-                "nydus-exporter pack (big)", pack_argv(exporter, big_layer, big_out), args.big_runs, [big_out]
-            )
-        else:
-            big = Result(
-                tool="nydus-exporter pack (big)", argv=pack_argv(exporter, big_layer, big_out), error=problem
-            )
-        big_ref = measure_ref_build("nydus-builder (big)", big_layer, work / "big-ref", args.big_runs)
+        big_argv = pack_argv(exporter, big_layer, big_out)
+        big, big_ref = side_by_side(
+            [
+                (Contender("nydus-exporter pack (big)", big_argv, [big_out]), problem),
+                ref_build_contender("nydus-builder (big)", big_layer, work / "big-ref"),
+            ],
+            args.big_runs,
+        )
         report["big_layer"] = {"path": str(big_layer), **layer_stats(big_layer)}
     big_results = [r for r in (big, big_ref) if r is not None]
     report["results"] = [r.to_json() for r in [*results, *big_results]]
