@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,7 @@ from nydus_exporter.pipeline.registry_limits import client_limits
 from nydus_exporter.pipeline.result import ExportResult
 from nydus_exporter.pipeline.sources import Source, open_source
 from nydus_exporter.rafs.blob import BlobResult
+from nydus_exporter.rafs.model import ChunkRef
 
 if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports that use it
     from nydus_exporter.registry.credentials import CredentialProvider
@@ -178,7 +179,7 @@ def export_source(
     registry: SyncRegistry | None = None,
     hooks: LayerHooks | None = None,
     external_blobs: Callable[[Platform | None], ExternalBlobs] | None = None,
-    on_pushed: Callable[[Sequence[BlobResult]], None] | None = None,
+    on_pushed: Callable[[Sequence[BlobResult], Mapping[str, Sequence[ChunkRef]]], None] | None = None,
 ) -> ExportResult:
     if options.oci_layout is None and not options.push:
         raise ConfigError("no output: give oci-layout=DIR or push=true")
@@ -227,7 +228,7 @@ def export_source(
                 pushed=early.results() if early is not None else None,
             )
             if on_pushed is not None:
-                on_pushed(converter.packed)
+                on_pushed(converter.packed, converter.own_chunks)
             progress(
                 ProgressEvent(
                     "message",
