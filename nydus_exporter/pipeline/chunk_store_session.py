@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ from nydus_exporter.pipeline.sources import SourceLayer
 from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.blob_reader import BlobReader, blob_result
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
+from nydus_exporter.rafs.model import ChunkRef
 
 if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports that use it
     from nydus_exporter.chunkstore import ChunkStore
@@ -118,17 +119,27 @@ class ChunkStoreSession:
         if layer.name.startswith("sha256:") and len(read_bootstrap(result.bootstrap).blobs) <= 1:
             self._layers.append((layer.name, result.digest))  # recorded once pushed
 
-    def record(self, packed: Sequence[BlobResult]) -> None:
+    def record(
+        self, packed: Sequence[BlobResult], own_chunks: Mapping[str, Sequence[ChunkRef]] | None = None
+    ) -> None:
         """Remember the chunks of the blobs just pushed (their own chunks only), and which
         source layers they are conversions of."""
         pack = self._options.pack
         for source, digest in self._layers:
             self._store.record_layer(self._location, source, self._fingerprint(), digest)
-        record_packed(self._store, self._location, pack, packed)
+        record_packed(self._store, self._location, pack, packed, own_chunks)
 
 
-def record_packed(store: ChunkStore, location: str, pack: PackOptions, packed: Sequence[BlobResult]) -> None:
-    """Record in ``store`` the chunks each pushed blob stored itself, at ``location``."""
+def record_packed(
+    store: ChunkStore,
+    location: str,
+    pack: PackOptions,
+    packed: Sequence[BlobResult],
+    own_chunks: Mapping[str, Sequence[ChunkRef]] | None = None,
+) -> None:
+    """Record in ``store`` the chunks each pushed blob stored itself, at ``location``
+    (``own_chunks``: those already known by blob digest; the others are read from the blob's
+    bootstrap)."""
     for blob in packed:
         if blob.blob_info is None:
             continue
@@ -137,7 +148,9 @@ def record_packed(store: ChunkStore, location: str, pack: PackOptions, packed: S
             blob.digest,
             blob.size,
             blob.blob_info,
-            read_bootstrap(blob.bootstrap).own_chunks(),
+            known
+            if (known := (own_chunks or {}).get(blob.digest)) is not None
+            else read_bootstrap(blob.bootstrap).own_chunks(),
             blob.blob_meta,
             digester=pack.digester,
             compressor=pack.compressor,

@@ -30,6 +30,7 @@ from nydus_exporter.rafs.blob import BlobResult
 from nydus_exporter.rafs.bootstrap_reader import read_bootstrap
 from nydus_exporter.rafs.chunkdict import ChunkDict
 from nydus_exporter.rafs.merge import MergeLayer, merge_layers
+from nydus_exporter.rafs.model import ChunkRef
 
 if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports that use it
     pass
@@ -73,6 +74,9 @@ class Converter:
         # pushing: digest -> (repository, copy it into the output instead)
         self.mountable: dict[str, tuple[str, Callable[[], None]]] = {}
         self.packed: list[BlobResult] = []  # every layer blob this export packed
+        # digest -> the chunks a packed blob stored itself, taken from the bootstrap parsed for
+        # the merge, so recording them in the chunk store does not parse it again
+        self.own_chunks: dict[str, list[ChunkRef]] = {}
         self._options = options
         self._workdir = workdir
         self._progress = progress
@@ -108,6 +112,8 @@ class Converter:
         image_blobs = {b.digest.removeprefix("sha256:") for b in blobs}
         for blob, layer_boot in zip(blobs, layer_boots, strict=True):
             dedup.add_layer(blob, layer_boot, image_blobs)
+            # taken before the merge takes the tree over
+            self.own_chunks.setdefault(blob.digest, layer_boot.own_chunks())
         # Directory sources already turned overlayfs whiteouts into OCI ones (layer/directory.py).
         merged = merge_layers(
             [

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +42,7 @@ from nydus_exporter.pipeline.registry_limits import client_limits
 from nydus_exporter.pipeline.result import ExportResult
 from nydus_exporter.pipeline.sources import Source, open_source
 from nydus_exporter.rafs.blob import BlobResult
+from nydus_exporter.rafs.model import ChunkRef
 
 if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports that use it
     from nydus_exporter.registry.credentials import CredentialProvider
@@ -186,7 +187,7 @@ def export_source(
     registry: SyncRegistry | None = None,
     hooks: LayerHooks | None = None,
     external_blobs: Callable[[Platform | None], ExternalBlobs] | None = None,
-    on_pushed: Callable[[Sequence[BlobResult]], None] | None = None,
+    on_pushed: Callable[[Sequence[BlobResult], Mapping[str, Sequence[ChunkRef]]], None] | None = None,
 ) -> ExportResult:
     """Convert ``source`` and write (and push) the result; each image's attestations are
     attached to its Nydus manifest ([contract §5.7])."""
@@ -238,7 +239,7 @@ def export_source(
                 pushed=early.results() if early is not None else None,
             )
             if on_pushed is not None:
-                on_pushed(converter.packed)
+                on_pushed(converter.packed, converter.own_chunks)
             progress(
                 ProgressEvent(
                     "message",

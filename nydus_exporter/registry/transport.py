@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import ipaddress
 import json
 import ssl
@@ -118,6 +119,12 @@ class Response:
         return self.url.join(URL(location))
 
 
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    """The system's default TLS context, shared by every transport of the process."""
+    return ssl.create_default_context()
+
+
 def is_loopback(host: str) -> bool:
     """``localhost``, ``127.0.0.0/8`` or ``::1`` (``host`` may carry a ``:port``)."""
     name = host
@@ -160,13 +167,15 @@ class Transport:
             raise ConfigError("max_concurrency must be at least 1")
         self._credentials = credentials
         self._insecure = frozenset(h.lower() for h in insecure_hosts)
+        # A CA bundle is loaded (and checked) now; the system's default context only when a
+        # host first needs TLS, once per process: loading the system CA store costs ~0.1 s,
+        # which an export to a plain-HTTP (loopback, insecure) registry never needs.
+        self._ssl: ssl.SSLContext | None = None
         if ca_file is not None:
             try:
-                self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file))
+                self._ssl = ssl.create_default_context(cafile=str(ca_file))
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"cannot load CA bundle {ca_file}: {exc}") from None
-        else:
-            self._ssl = ssl.create_default_context()
         self._timeouts = timeouts if timeouts is not None else Timeouts()
         self._max_concurrency = max_concurrency
         self.stats = stats if stats is not None else RegistryStats()
@@ -203,7 +212,9 @@ class Transport:
         return state
 
     def _ssl_for(self, host: str) -> ssl.SSLContext | bool:
-        return False if host.lower() in self._insecure else self._ssl
+        if host.lower() in self._insecure:
+            return False
+        return self._ssl if self._ssl is not None else _default_ssl_context()
 
     # --- scheme -------------------------------------------------------------------------------
 
