@@ -50,9 +50,7 @@ def _describe(path: Path, root: Path) -> str:
     try:
         if path.is_dir() and not path.is_symlink():
             files = sum(len(names) for _, _, names in os.walk(path))
-            size = sum(
-                (Path(d) / n).lstat().st_size for d, _, names in os.walk(path) for n in names
-            )
+            size = sum((Path(d) / n).lstat().st_size for d, _, names in os.walk(path) for n in names)
             return f"{path.relative_to(root)}/ ({files} files, {size} bytes)"
         return f"{path.relative_to(root)} ({path.lstat().st_size} bytes)"
     except OSError as exc:  # vanished or unreadable while we looked

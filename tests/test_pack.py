@@ -158,7 +158,11 @@ def test_cli_pack_and_inspect(tmp_path: Path, sample_tar: bytes, capsys: pytest.
     assert paths["/etc/hostname"]["size"] == 6
     assert paths["/bin"]["target"] == "usr/bin"
     assert [e["name"] for e in described["toc"]] == [
-        "image.blob", "blob.meta", "blob.meta.header", "blob.digest", "image.boot",
+        "image.blob",
+        "blob.meta",
+        "blob.meta.header",
+        "blob.digest",
+        "image.boot",
     ]
 
 

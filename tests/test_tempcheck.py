@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import PROJECT_ROOT
 from tests.tempcheck import RUN_TMPDIR_ENV
 
-SUITE = '''
+SUITE = """
 import shutil
 import tempfile
 
@@ -20,7 +20,7 @@ def test_cleans_up():
 
 def test_leaves_a_directory():
     tempfile.mkdtemp(prefix="forgotten-")
-'''
+"""
 
 
 def _run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str) -> pytest.RunResult:

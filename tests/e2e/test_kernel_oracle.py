@@ -354,4 +354,3 @@ def test_expected_snapshot_is_not_trivially_equal(tmp_path: Path) -> None:
     with mount_rafs(packed.bootstrap, packed.devices) as mnt:
         differences = diff_snapshots(snapshot_tar(tar), snapshot_dir(mnt))
     assert any("run/initctl" in d for d in differences)
-
