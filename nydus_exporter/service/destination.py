@@ -171,4 +171,3 @@ def _read_index(dir_fd: int, destination: Path) -> dict[str, Any]:
     if "annotations" in index:
         kept["annotations"] = index["annotations"]
     return kept
-
