@@ -21,9 +21,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nydus_exporter.pipeline.options import parse_duration
-from nydus_exporter.pipeline.registry_limits import RegistryLimits
-
 if TYPE_CHECKING:
     from nydus_exporter.image.registry import RegistryOptions
 
@@ -35,6 +32,8 @@ _IMAGE_HELP = (
 
 
 def _duration(text: str) -> float:
+    from nydus_exporter.pipeline.options import parse_duration  # not on every command's start-up
+
     try:
         return parse_duration(text)
     except ValueError as exc:
@@ -69,6 +68,8 @@ def _add_registry_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _registry_options(args: argparse.Namespace) -> RegistryOptions | None:
+    from nydus_exporter.pipeline.registry_limits import RegistryLimits
+
     limits = RegistryLimits(
         args.registry_timeout, args.registry_retry_deadline, args.registry_tls_probe_timeout
     )
