@@ -171,6 +171,7 @@ class ExporterClient:
     ) -> ExportOutcome:
         """Stream ``source`` to the daemon; returns once the result arrived."""
         stream = _ExportStream(self.stub.Export(), source, on_event, credentials, self.chunk_size)
+        peer = _PeerStatus(stream.call)
         header = pb.ExportHeader(
             instance_id=instance_id,
             idempotency_key=idempotency_key,
@@ -185,9 +186,9 @@ class ExporterClient:
                 tg.create_task(stream.send_until_closed(header, by_reference=by_reference))
             await stream.call.done_writing()
         except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
+            raise await peer.instead_of(_unwrap(group)) from None
         except grpc.aio.AioRpcError as exc:
-            raise RemoteExportError(exc.code(), exc.details() or "") from None
+            raise await peer.instead_of(RemoteExportError(exc.code(), exc.details() or "")) from None
         accepted = stream.accepted.result()
         return ExportOutcome(
             accepted.job_id, accepted.resumed, stream.result.result(), stream.sent, stream.events
@@ -239,6 +240,55 @@ async def _call(awaitable: Awaitable[Any]) -> Any:
 
 class _StreamClosed(Exception):
     """A write on an Export call the daemon has already ended."""
+
+
+# What grpc.aio puts in place of a call's status when a write fails because the peer has ended
+# the call (``_AioCall.set_internal_error``): a local artifact, not what the daemon said.
+_LOCAL_WRITE_FAILURE = "Internal error from Core"
+_PEER_STATUS_WAIT = 2.0  # seconds: the peer's status is already on its way when a write fails
+
+
+class _PeerStatus:
+    """The status the daemon ended a streaming call with, kept apart from grpc.aio's own.
+
+    When the daemon ends a call (a Cancel, a failed job) while this side is writing, grpc.aio
+    replaces the call's status with INTERNAL "Internal error from Core" for the failed write,
+    before or after the daemon's status arrives: a race. Every status the call is given runs
+    its done callbacks, so the first one that is not that artifact is the daemon's.
+    """
+
+    def __init__(self, call: Any) -> None:
+        self.error: RemoteExportError | None = None
+        self._arrived = asyncio.Event()
+        call.add_done_callback(self._on_status)
+
+    def _on_status(self, call: Any) -> None:
+        if self._arrived.is_set():
+            return
+        code, details = _settled(call.code()), _settled(call.details())
+        if code is None or (code == grpc.StatusCode.INTERNAL and details == _LOCAL_WRITE_FAILURE):
+            return
+        self.error = RemoteExportError(code, details or "")
+        self._arrived.set()
+
+    async def instead_of(self, error: BaseException) -> BaseException:
+        """``error``, or the daemon's status when ``error`` is the local write failure."""
+        if not (isinstance(error, RemoteExportError) and error.message == _LOCAL_WRITE_FAILURE):
+            return error
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), _PEER_STATUS_WAIT)
+        return self.error if self.error is not None and self.error.code != grpc.StatusCode.OK else error
+
+
+def _settled(coro: Any) -> Any:
+    """The value of a grpc.aio status accessor (``code()``, ``details()``) on a finished call:
+    it returns without suspending, so it runs to completion here, inside a done callback."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    return None
 
 
 class _ExportStream:
