@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
 import ipaddress
 import json
 import ssl
@@ -119,12 +118,6 @@ class Response:
         return self.url.join(URL(location))
 
 
-@functools.cache
-def _default_ssl_context() -> ssl.SSLContext:
-    """The system's default TLS context, shared by every transport of the process."""
-    return ssl.create_default_context()
-
-
 def is_loopback(host: str) -> bool:
     """``localhost``, ``127.0.0.0/8`` or ``::1`` (``host`` may carry a ``:port``)."""
     name = host
@@ -214,7 +207,9 @@ class Transport:
     def _ssl_for(self, host: str) -> ssl.SSLContext | bool:
         if host.lower() in self._insecure:
             return False
-        return self._ssl if self._ssl is not None else _default_ssl_context()
+        # True: aiohttp's own verifying context with the system's roots, made when it is
+        # imported; making another costs as much as loading the roots again (~40 ms).
+        return self._ssl if self._ssl is not None else True
 
     # --- scheme -------------------------------------------------------------------------------
 
