@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from nydus_exporter.chunkstore import codec
+from nydus_exporter.chunkstore import DEFAULT_MAX_BLOBS, codec
 from nydus_exporter.errors import ChunkStoreError
 from nydus_exporter.rafs.chunkdict import ChunkDict
 from nydus_exporter.rafs.model import BlobInfo, ChunkRef
@@ -57,7 +57,6 @@ APPLICATION_ID = 0x4E594443  # PRAGMA application_id, "NYDC": tells our file fro
 BUSY_TIMEOUT = 30.0  # seconds a transaction waits for another process's write
 LOCK_TIMEOUT = 120.0  # seconds open() waits for another process checking/rebuilding the file
 KEEP_CORRUPT = 3  # moved-aside databases kept for inspection; older ones are deleted
-DEFAULT_MAX_BLOBS = 100_000
 
 _BATCH = 500  # ids per "IN (...)" (SQLite limits the number of parameters)
 _SQLITE_CORRUPT = 11

@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from nydus_exporter.chunkstore.store import DEFAULT_MAX_BLOBS, ChunkStore, default_state_dir
+from nydus_exporter.chunkstore import DEFAULT_MAX_BLOBS
 from nydus_exporter.errors import ConfigError
 
 STATE_DIR_HELP = (
@@ -65,6 +65,8 @@ def run_chunkstore_command(args: argparse.Namespace) -> int | None:
         return None
     if args.max_blobs < 0:
         raise ConfigError("--max-blobs must not be negative")
+    from nydus_exporter.chunkstore.store import ChunkStore, default_state_dir
+
     state_dir = args.state_dir if args.state_dir is not None else default_state_dir()
     with ChunkStore.open(state_dir, max_blobs=max(1, args.max_blobs)) as store:
         report = store.gc(max_blobs=args.max_blobs, verify=args.verify)
@@ -88,6 +90,7 @@ def run_chunkstore_command(args: argparse.Namespace) -> int | None:
 def _chunkdict_push(args: argparse.Namespace) -> int:
     import tempfile
 
+    from nydus_exporter.chunkstore.store import ChunkStore, default_state_dir
     from nydus_exporter.oci.reference import parse_reference
     from nydus_exporter.pipeline.chunkdict_image import push_chunk_dict
     from nydus_exporter.registry.sync import SyncRegistry

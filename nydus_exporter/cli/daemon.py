@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import sys
@@ -110,6 +109,8 @@ def _config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
     from nydus_exporter.service.server import run_until_signalled
 
     try:
@@ -122,6 +123,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_remote_export(args: argparse.Namespace) -> int:
     """``export --addr``: stream SOURCE to the daemon as the buildkitd shim would."""
+    import asyncio  # here: the other commands do not pay for it at start-up
+
     try:
         return asyncio.run(_remote_export(args))
     except ExporterError as exc:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 from nydus_exporter.rafs import codecs
-from nydus_exporter.rafs.blob import PreparedChunk, prepare_chunk
+from nydus_exporter.rafs.blob import PreparedChunk, prepare_chunk, prepare_chunks
 from nydus_exporter.rafs.chunkdict import ChunkDict
 
 
@@ -45,22 +46,28 @@ class HashFirst:
     def prepare_batch(self, raws: list[bytes | PreparedChunk]) -> list[PreparedChunk | DigestedChunk]:
         """Raw chunks digested (and compressed if new); prepared ones (holes) as they are."""
         out: list[PreparedChunk | DigestedChunk] = []
+        new: list[int] = []  # positions in out of the chunks this batch claimed first
         for raw in raws:
             if isinstance(raw, PreparedChunk):
                 out.append(raw)
                 continue
             digest = self._digest(raw)
-            key = (digest, len(raw))
+            out.append(DigestedChunk(digest, len(raw), raw))
             if self._dict is not None and self._dict.lookup(digest, len(raw)) is not None:
-                out.append(DigestedChunk(digest, len(raw), raw))
                 continue
+            key = (digest, len(raw))
             with self._lock:
-                first = key not in self._claimed
+                if key in self._claimed:
+                    continue
                 self._claimed.add(key)
-            if first:
-                out.append(self.complete(raw, digest))
-            else:
-                out.append(DigestedChunk(digest, len(raw), raw))
+            new.append(len(out) - 1)
+        if new:
+            firsts = [cast(DigestedChunk, out[i]) for i in new]
+            prepared = prepare_chunks(
+                [c.raw for c in firsts], [c.digest for c in firsts], compressor=self._compressor
+            )
+            for i, chunk in zip(new, prepared, strict=True):
+                out[i] = chunk
         return out
 
     def complete(self, raw: bytes, digest: bytes) -> PreparedChunk:

@@ -72,6 +72,26 @@ def prepare_chunk(
     )
 
 
+def prepare_chunks(raws: list[bytes], digests: list[bytes], *, compressor: str) -> list[PreparedChunk]:
+    """:func:`prepare_chunk` of each of ``raws`` whose digests are known: the same chunks,
+    compressed in one batch (:meth:`~nydus_exporter.rafs.codecs.Compressor.compress_many`)."""
+    if not all(raws):
+        raise ValueError("a chunk cannot be empty (zero-size files have no chunks)")
+    comp = codecs.thread_compressor(compressor)
+    packed = comp.compress_many(raws)
+    keep = comp.algorithm_id != layout.COMPRESSOR_ID_NONE
+    return [
+        PreparedChunk(
+            digest=digest,
+            crc32=codecs.crc32c(raw),
+            uncompressed_size=len(raw),
+            data=out if keep and len(out) < len(raw) else raw,
+            compressed=keep and len(out) < len(raw),
+        )
+        for raw, digest, out in zip(raws, digests, packed, strict=True)
+    ]
+
+
 @functools.lru_cache(maxsize=64)
 def zero_chunk(size: int, *, compressor: str, digester: str) -> PreparedChunk:
     """:func:`prepare_chunk` of ``size`` zero bytes, computed once per size and codecs.

@@ -24,6 +24,16 @@ def test_compressor_round_trips_and_is_found_by_each_id(name: str) -> None:
     assert (comp.decompress(stored, len(DATA)) if compressed else stored) == DATA
 
 
+@pytest.mark.parametrize("name", codecs.COMPRESSOR_NAMES)
+def test_compress_many_gives_the_bytes_compress_gives_each_input(name: str) -> None:
+    """The pack pool compresses a batch in one call: the blob must not change for it."""
+    comp = codecs.thread_compressor(name)
+    inputs = [DATA, DATA[:5000], os.urandom(4096), b"x", DATA[7:] * 3, bytes(65536)]
+    assert comp.compress_many(inputs) == [comp.compress(d) for d in inputs]
+    assert comp.compress_many(inputs[:1]) == [comp.compress(inputs[0])]
+    assert comp.compress_many([]) == []
+
+
 @pytest.mark.parametrize("name", [n for n in codecs.COMPRESSOR_NAMES if n != "none"])
 def test_compressor_refuses_data_of_another_size(name: str) -> None:
     comp = codecs.thread_compressor(name)
