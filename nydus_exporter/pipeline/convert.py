@@ -33,7 +33,7 @@ from nydus_exporter.rafs.merge import MergeLayer, merge_layers
 from nydus_exporter.rafs.model import ChunkRef
 
 if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports that use it
-    from nydus_exporter.pipeline.early_push import EarlyPush, StreamedBlob
+    pass
 
 
 class LayerHooks(Protocol):
@@ -61,13 +61,12 @@ class Converter:
         progress: Progress,
         hooks: LayerHooks | None = None,
         external_blobs: Callable[[Platform | None], ExternalBlobs] | None = None,
-        early: EarlyPush | None = None,
+        on_blob: Callable[[str, int], None] | None = None,
     ) -> None:
         self._out = out
-        # Push while packing (:mod:`.early_push`): each layer blob streams to the registry as
-        # it is written, and is announced once complete in ``out``; called from the
-        # pipeline's worker threads.
-        self._early = early
+        # Told (digest, size) of each layer blob as soon as it is complete in ``out`` (push
+        # while packing: :mod:`.early_push`); called from the pipeline's worker threads.
+        self._on_blob = on_blob
         self._hooks = hooks
         self._external_blobs = external_blobs
         self.remote_blobs: set[str] = set()  # external blobs left in the target repository
@@ -217,8 +216,8 @@ class Converter:
                     self.remote_blobs.add(result.digest)
                 else:
                     self._out.import_blob_file(blob, result.digest)
-                    if self._early is not None:
-                        self._early.blob_ready(result.digest, result.size)
+                    if self._on_blob is not None:
+                        self._on_blob(result.digest, result.size)
                 self._progress(
                     ProgressEvent(
                         "layer-done", label, index, total, layer.name, 0, result.size, message="cached"
@@ -238,10 +237,22 @@ class Converter:
         warn: Callable[[str], None] = lambda msg: self._progress(  # noqa: E731
             ProgressEvent("message", label, index, total, layer.name, message=msg)
         )
-        result, stream = self._write_blob(layer, path, report, warn, chunk_dict)
+        with open(path, "wb", buffering=1 << 20) as f:
+            if layer.directory is not None:
+                entries = iter_directory(layer.directory, whiteouts=layer.whiteouts, on_warning=warn)
+                result = pack_entries(
+                    entries, f.write, self._options.pack, on_warning=warn, chunk_dict=chunk_dict
+                )
+            else:
+                assert layer.open is not None
+                with layer.open() as stream:
+                    counting = cast(BinaryIO, _Counting(stream, report))
+                    result = pack_layer(
+                        counting, f.write, self._options.pack, on_warning=warn, chunk_dict=chunk_dict
+                    )
         self._out.import_blob_file(path, result.digest)
-        if self._early is not None:
-            self._early.blob_ready(result.digest, result.size, stream)
+        if self._on_blob is not None:
+            self._on_blob(result.digest, result.size)
         if hooks is not None:
             hooks.packed(layer, self._out.blob_path(result.digest), result)
         if key is not None:
@@ -251,40 +262,6 @@ class Converter:
         with self._lock:
             self.packed.append(result)
         return result
-
-    def _write_blob(
-        self,
-        layer: SourceLayer,
-        path: Path,
-        report: Callable[[int], None],
-        warn: Callable[[str], None],
-        chunk_dict: ChunkDict | None,
-    ) -> tuple[BlobResult, StreamedBlob | None]:
-        """Pack ``layer`` into the new file ``path`` (uploading it as it grows, when pushing)."""
-        stream: StreamedBlob | None = None
-        try:
-            with open(path, "wb", buffering=1 << 20) as f:
-                if self._early is not None:
-                    stream = self._early.blob_started(path)
-                if layer.directory is not None:
-                    entries = iter_directory(layer.directory, whiteouts=layer.whiteouts, on_warning=warn)
-                    result = pack_entries(
-                        entries, f.write, self._options.pack, on_warning=warn, chunk_dict=chunk_dict
-                    )
-                else:
-                    assert layer.open is not None
-                    with layer.open() as source:
-                        counting = cast(BinaryIO, _Counting(source, report))
-                        result = pack_layer(
-                            counting, f.write, self._options.pack, on_warning=warn, chunk_dict=chunk_dict
-                        )
-        except BaseException:
-            if stream is not None:
-                stream.abandon()
-            raise
-        if stream is not None:
-            stream.finish(result.digest, result.size)  # the file is closed: every byte is in it
-        return result, stream
 
 
 class _Counting:

@@ -205,7 +205,8 @@ def export_source(
 
             early = EarlyPush(registry, out, refs[0])  # layer blobs upload while the next ones convert
             stack.callback(early.close)
-        converter = Converter(out, options, workdir, progress, hooks, external_blobs, early=early)
+        on_blob = early.blob_ready if early is not None else None
+        converter = Converter(out, options, workdir, progress, hooks, external_blobs, on_blob=on_blob)
         results = [converter.convert(image) for image in source.images]
         existing = None
         if options.merge_manifest:

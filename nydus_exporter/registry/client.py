@@ -59,7 +59,6 @@ from nydus_exporter.registry.credentials import (
     CredentialStore,
     DockerConfigCredentials,
 )
-from nydus_exporter.registry.growing import GrowingBlob
 from nydus_exporter.registry.redact import redact_url
 from nydus_exporter.registry.retry import Backoff, RetryPolicy, with_retries
 from nydus_exporter.registry.transport import Body, RegistryStats, Response, Timeouts, Transport
@@ -207,7 +206,6 @@ class RegistryClient:
         self._retry = retry
         self._uploads = uploads
         self._inflight: dict[tuple[str, str, str], asyncio.Future[PushResult]] = {}
-        self._cleanups: set[asyncio.Task[None]] = set()  # upload sessions being dropped
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -218,10 +216,6 @@ class RegistryClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._cleanups:  # a moment for the DELETEs of dropped sessions, no more
-            await asyncio.wait(self._cleanups, timeout=1.0)
-            for task in self._cleanups:
-                task.cancel()
         await self._transport.close()
 
     # --- helpers ------------------------------------------------------------------------------
@@ -354,64 +348,6 @@ class RegistryClient:
             await self._upload_chunked(ref, digest, size, source, location, sent)
         self.stats.blobs_uploaded += 1
         return PushResult(digest, size, "uploaded", sent.total)
-
-    async def push_growing_blob(self, ref: Reference, growing: GrowingBlob) -> PushResult:
-        """Upload a blob while its file is still being written (push while packing).
-
-        One PATCH streams the file as it grows; once the writer has finished, the empty PUT
-        commits it under the digest the writer reports. There is no digest before that, so
-        the existence check and mounts of :meth:`push_blob` do not apply, and nothing is
-        retried: a failed stream raises (its session dropped) and the caller pushes the
-        finished file with :meth:`push_blob`.
-        """
-
-        async def initiate() -> URL | None:
-            return await self._initiate_upload(ref, None, None)
-
-        location = await with_retries(self._retry, initiate, on_retry=self._count_retry)
-        assert location is not None
-        sent = _Counter(self.stats)
-        opened = False
-
-        def body() -> AsyncIterable[bytes]:
-            nonlocal opened
-            if opened:  # a redirect or a new auth round: the bytes already went
-                raise RegistryError("a streamed blob upload cannot be sent twice", temporary=False)
-            opened = True
-            return _counted(growing.chunks(_READ_SIZE), sent)
-
-        try:
-            response = await self._transport.request(
-                "PATCH",
-                ref.api_host,
-                location,
-                scopes=_push_scopes(ref),
-                headers={"Content-Type": _OCTET_STREAM},
-                body=body,
-                ok=(202, 204),
-            )
-            final = growing.final
-            assert final is not None  # the body ends only once the writer finished
-            digest, size = final
-            validate_digest(digest)
-            stored = _parse_range(response.headers.get("Range"))
-            if stored is not None and stored != size:
-                raise RegistryError(
-                    f"{ref.api_host}: the upload of {digest} stored {stored} bytes, not {size}",
-                    temporary=False,
-                )
-            await self._commit(ref, digest, response.location(), None, size, size, sent)
-        except BaseException:
-            self._drop_session_later(ref, location)
-            raise
-        self.stats.blobs_uploaded += 1
-        return PushResult(digest, size, "uploaded", sent.total)
-
-    def _drop_session_later(self, ref: Reference, location: URL) -> None:
-        # Not awaited: a cancelled caller must not wait on the registry.
-        task = asyncio.get_running_loop().create_task(self._cancel_upload(ref, location))
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
 
     async def _initiate_upload(self, ref: Reference, digest: str | None, from_repo: str | None) -> URL | None:
         """``POST …/blobs/uploads/``: the upload Location, or ``None`` when a mount succeeded."""
@@ -833,12 +769,6 @@ async def _file_range(path: Path, start: int, end: int, sent: _Counter) -> Async
             position += len(chunk)
             sent.add(len(chunk))
             yield chunk
-
-
-async def _counted(chunks: AsyncIterable[bytes], sent: _Counter) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        sent.add(len(chunk))
-        yield chunk
 
 
 async def _iter_range(

@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 
 from nydus_exporter.oci.reference import Reference
 from nydus_exporter.registry.client import BlobSource, ManifestResponse, PushResult, RegistryClient
-from nydus_exporter.registry.growing import GrowingBlob
 from nydus_exporter.registry.transport import RegistryStats
 
 __all__ = ["SyncRegistry"]
@@ -127,12 +126,6 @@ class SyncRegistry:
         self, ref: Reference, digest: str, size: int, source: BlobSource, *, mount_from: Sequence[str] = ()
     ) -> PushResult:
         return self.run(self._client.push_blob(ref, digest, size, source, mount_from=mount_from))
-
-    def start_growing_push(self, ref: Reference, growing: GrowingBlob) -> Future[PushResult]:
-        """Start :meth:`RegistryClient.push_growing_blob` without waiting for it."""
-        if self._closed:
-            raise RuntimeError("SyncRegistry is closed")
-        return asyncio.run_coroutine_threadsafe(self._client.push_growing_blob(ref, growing), self._loop)
 
     def get_manifest(self, ref: Reference) -> ManifestResponse | None:
         return self.run(self._client.get_manifest(ref))
