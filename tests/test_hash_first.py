@@ -41,6 +41,9 @@ class _Counting:
             _Counting.calls += 1
         return self._inner.compress(data)
 
+    def compress_many(self, datas: list[bytes]) -> list[bytes]:
+        return [self.compress(d) for d in datas]
+
     def decompress(self, data: bytes, uncompressed_size: int) -> bytes:
         return self._inner.decompress(data, uncompressed_size)
 

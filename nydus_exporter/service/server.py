@@ -90,9 +90,12 @@ class RunningServer:
         self.serving = False
         grace = self.config.grace_period if grace is None else grace
         running = len(self.jobs.running())
-        log.info("draining", running=running, grace=grace)
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        await asyncio.sleep(0)  # stop() refuses new RPCs before its first wait
+        # Logged once new work is refused: a caller that sees it may rely on that.
+        log.info("draining", running=running, grace=grace)
+        await stopping
         log.info("stopped", cancelled=len(self.jobs.running()))
 
 
