@@ -56,7 +56,15 @@ class ProgressPrinter:
 
     def _where(self, event: ProgressEvent) -> str:
         platform = f"[{event.platform}] " if event.platform else ""
+        if not event.layers:  # about the export, not a layer
+            return platform.rstrip()
         return f"{platform}layer {event.layer + 1}/{event.layers}"
+
+    def _line(self, event: ProgressEvent) -> str:
+        """A "message" (warning) or "info" event as one line."""
+        where = self._where(event)
+        text = f"warning: {event.message}" if event.kind == "message" else event.message
+        return f"{where}: {text}" if where else text
 
     def _plain(self, event: ProgressEvent) -> None:
         if event.kind == "layer-start":
@@ -66,16 +74,16 @@ class ProgressPrinter:
         elif event.kind == "image-done":
             platform = f"[{event.platform}] " if event.platform else ""
             line = f"{platform}image: manifest {event.name}"
-        elif event.kind == "message":
-            line = f"{self._where(event)}: warning: {event.message}"
+        elif event.kind in ("message", "info"):
+            line = self._line(event)
         else:
             return
         self._stream.write(line + "\n")
         self._stream.flush()
 
     def _live(self, event: ProgressEvent) -> None:
-        if event.kind == "message":
-            self._stream.write(f"\r\x1b[K{self._where(event)}: warning: {event.message}\n")
+        if event.kind in ("message", "info"):
+            self._stream.write(f"\r\x1b[K{self._line(event)}\n")
         now = time.monotonic()
         if event.kind == "layer-bytes" and now - self._last_draw < 0.1:
             return

@@ -195,7 +195,10 @@ def export_source(
         raise ConfigError("no output: give oci-layout=DIR or push=true")
     if options.push and registry is None:
         raise ConfigError("push=true needs a registry client")
-    out = OciLayout.create(options.oci_layout or workdir / "push-layout")
+    if options.oci_layout is not None:
+        out = OciLayout.create(options.oci_layout)
+    else:  # staging for the push only
+        out = OciLayout.create(workdir / "push-layout", durable=False)
     refs = [parse_reference(name).with_default_tag() for name in options.names]
     with contextlib.ExitStack() as stack:
         early = None
@@ -232,7 +235,7 @@ def export_source(
                 root,
                 refs,
                 on_blob=lambda digest, outcome: progress(
-                    ProgressEvent("message", message=f"{digest}: {outcome}")
+                    ProgressEvent("info", message=f"{digest}: {outcome}")
                 ),
                 remote=converter.remote_blobs,
                 mountable=converter.mountable,
@@ -242,7 +245,7 @@ def export_source(
                 on_pushed(converter.packed, converter.own_chunks)
             progress(
                 ProgressEvent(
-                    "message",
+                    "info",
                     message=f"pushed {stats.blobs} blobs ({stats.uploaded} uploaded, "
                     f"{stats.uploaded_bytes} bytes; {stats.mounted} mounted; {stats.existing} already there)",
                 )

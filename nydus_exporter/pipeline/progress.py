@@ -14,7 +14,9 @@ if TYPE_CHECKING:  # the registry client (aiohttp) is imported only by exports t
 class ProgressEvent:
     """What the pipeline reports while it runs (the CLI draws it, the daemon forwards it)."""
 
-    kind: str  # "layer-start" | "layer-bytes" | "layer-done" | "image-done" | "message"
+    # "layer-start" | "layer-bytes" | "layer-done" | "image-done" | "message" (a warning: what
+    # was dropped or not used) | "info" (what was done, e.g. what a push uploaded)
+    kind: str
     platform: str = ""
     layer: int = -1  # index in the image, lowest first
     layers: int = 0  # layers in the image

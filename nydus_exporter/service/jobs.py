@@ -62,6 +62,7 @@ from nydus_exporter.service.events import (
     Emit,
     Event,
     JobResult,
+    LogLine,
     ProgressRow,
     WarningEvent,
 )
@@ -573,6 +574,9 @@ class _ProgressRows:
         now = time.time()
         if event.kind == "message":
             await self._emit(WarningEvent(short=f"{prefix}{event.message}"))
+            return
+        if event.kind == "info":  # not a warning: a line of the export's log
+            await self._emit(LogLine(1, f"{prefix}{event.message}\n".encode()))
             return
         if event.kind == "image-done":
             row = f"{prefix}manifest"

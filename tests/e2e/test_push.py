@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from nydus_exporter.cli.main import main as cli_main
 from nydus_exporter.errors import RegistryAuthError
 from nydus_exporter.pipeline.export import export
 from nydus_exporter.pipeline.options import parse_output
@@ -71,6 +72,19 @@ def test_push_is_readable_by_skopeo(
         assert registry.stored_blob(layer["digest"]).stat().st_size == layer["size"]
     if oci:
         skopeo("copy", "-q", "--src-tls-verify=false", f"docker://{name}", f"oci:{tmp_path / 'copy'}:v1")
+
+
+def test_plain_progress_of_a_clean_push_says_what_was_pushed_and_warns_of_nothing(
+    registry: RegistryServer, repo_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = "tar:" + ",".join(str(p) for p in layers(tmp_path))
+    name = f"{registry.host}/{repo_name}:v1"
+    argv = ["export", source, "--output", f"type=nydus,name={name}", "--progress", "plain"]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr()
+    lines = (printed.out + printed.err).splitlines()
+    assert not [line for line in lines if "warning" in line], lines
+    assert [line for line in lines if line.startswith("pushed ")], lines
 
 
 def test_second_push_uploads_no_blob_bytes(fault_proxy: FaultProxy, repo_name: str, tmp_path: Path) -> None:
