@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -188,3 +189,24 @@ def test_the_result_is_rederived_from_the_blob_alone(sample_tar: bytes, kind: st
     blob, result = _pack_bytes(tar)
     reader = BlobReader(lambda off, n: blob[off : off + n], len(blob))
     assert blob_result(reader, result.digest) == result  # type: ignore[attr-defined]
+
+
+def test_a_cache_hit_rederives_the_result_without_reading_the_chunk_data(tmp_path: Path) -> None:
+    """The chunk store's layer cache reads a blob from the registry by ranges: taking a layer
+    converted before must cost its metadata, not a download of the blob."""
+    from nydus_exporter.rafs.blob_reader import blob_result
+
+    files: list[tuple[tarfile.TarInfo, bytes | None]] = [
+        _file(f"f{i}", os.urandom(300_000)) for i in range(20)
+    ]
+    blob, result = _pack_bytes(_tar(files))
+    read: list[int] = []
+
+    def read_at(offset: int, length: int) -> bytes:
+        read.append(length)
+        return blob[offset : offset + length]
+
+    found = blob_result(BlobReader(read_at, len(blob)), result.digest, native_id=False)  # type: ignore[attr-defined]
+    assert dataclasses.replace(found, blob_id=result.blob_id) == result  # type: ignore[attr-defined]
+    assert found.blob_id == ""
+    assert sum(read) < len(blob) // 20

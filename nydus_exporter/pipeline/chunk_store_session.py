@@ -110,7 +110,7 @@ class ChunkStoreSession:
             assert self._read_at is not None
             read_at = self._read_at
             reader = BlobReader(lambda offset, length: read_at(digest, offset, length), size)
-            return None, blob_result(reader, digest)
+            return None, blob_result(reader, digest, native_id=False)
         except ExporterError as exc:
             self._progress(ProgressEvent("message", message=f"layer cache not used for {layer.name}: {exc}"))
             return None

@@ -106,7 +106,9 @@ def zero_chunk(size: int, *, compressor: str, digester: str) -> PreparedChunk:
 class BlobResult:
     """What :meth:`BlobWriter.finish` produced."""
 
-    blob_id: str  # native nydus blob id: sha256 of everything but the digest payload ([format §3.9])
+    # Native nydus blob id: sha256 of everything but the digest payload ([format §3.9]); empty
+    # in a result re-derived from a cached blob without reading all of it (blob_result).
+    blob_id: str
     digest: str  # "sha256:<hex>" of the whole file = the OCI layer digest
     size: int  # bytes written to the sink
     chunk_count: int

@@ -491,12 +491,15 @@ def _decompress(comp: codecs.Compressor, data: bytes, uncompressed_size: int, wh
     return comp.decompress(data, uncompressed_size)
 
 
-def blob_result(reader: BlobReader, digest: str) -> BlobResult:
+def blob_result(reader: BlobReader, digest: str, *, native_id: bool = True) -> BlobResult:
     """The :class:`BlobResult` a :class:`BlobWriter` returned for this blob, re-derived from the
     blob's own bytes (a production blob is self-describing: ToC, ci, embedded bootstrap).
 
     ``digest`` is the OCI digest of the whole file, which the caller has verified while
     reading it (a cache checks it on copy). FormatError if the blob is not one we write.
+    ``native_id=False`` leaves ``blob_id`` empty: it is a hash of the whole blob, and a layer
+    cache hit (a blob read from a registry) must not read the chunk data; nothing that uses a
+    conversion in an image needs it.
     """
     boot = reader.bootstrap()
     if boot is None:
@@ -512,7 +515,7 @@ def blob_result(reader: BlobReader, digest: str) -> BlobResult:
             features=blobs[0].features & ~layout.BLOB_FEATURE_INLINED_FS_META,
         )
     return BlobResult(
-        blob_id=reader.native_blob_id(),
+        blob_id=reader.native_blob_id() if native_id else "",
         digest=digest,
         size=reader.size,
         chunk_count=len(infos),

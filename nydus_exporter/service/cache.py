@@ -57,7 +57,7 @@ def load_result(blob: Path, digest: str) -> BlobResult:
     with blob.open("rb") as f:
         fd = f.fileno()
         reader = BlobReader(lambda offset, length: os.pread(fd, length, offset), os.fstat(fd).st_size)
-        return blob_result(reader, digest)
+        return blob_result(reader, digest, native_id=False)
 
 
 @dataclass(frozen=True)
