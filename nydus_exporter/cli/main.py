@@ -152,7 +152,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "export" and args.addr:
         return run_remote_export(args)
     if args.command in ("pack", "export"):
-        return _writing(_pack if args.command == "pack" else _export, args)
+        from nydus_exporter.pipeline.batch_gc import batch_gc
+
+        with batch_gc():
+            return _writing(_pack if args.command == "pack" else _export, args)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {"serve": run_serve, "inspect": _inspect}
     command = commands.get(args.command)
     return command(args) if command is not None else 2

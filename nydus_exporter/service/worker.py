@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 from nydus_exporter.chunkstore import ChunkStore
 from nydus_exporter.errors import ExporterError
 from nydus_exporter.oci.platform import Platform
+from nydus_exporter.pipeline.batch_gc import batch_gc
 from nydus_exporter.pipeline.export import export_source
 from nydus_exporter.pipeline.external import ExternalBlobs, external_blobs_of_store
 from nydus_exporter.pipeline.options import ExportOptions
@@ -229,7 +230,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    code = main()
+    with batch_gc():  # one job (packing may start before its spec), then the process exits
+        code = main()
     sys.stdout.flush()
     # Not sys.exit: the stdin watcher thread holds the stdin lock, and interpreter shutdown
     # would wait for it (and then abort). Everything worth keeping is flushed and closed.
