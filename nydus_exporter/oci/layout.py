@@ -114,6 +114,14 @@ class OciLayout:
     def root(self) -> Path:
         return self._root
 
+    def _sync(self, fd: int) -> None:
+        if self._durable:
+            os.fsync(fd)
+
+    def _sync_dir(self, directory: Path) -> None:
+        if self._durable:
+            _fsync_dir(directory)
+
     # --- opening ------------------------------------------------------------------------------
 
     @classmethod
@@ -219,8 +227,7 @@ class OciLayout:
                 yield sink
                 try:
                     f.flush()
-                    if self._durable:
-                        os.fsync(f.fileno())
+                    self._sync(f.fileno())
                     f.close()
                 except OSError as exc:
                     raise naming(exc, directory) from exc
@@ -232,8 +239,7 @@ class OciLayout:
                 raise FormatError(f"blob digest mismatch: expected {expected_digest}, got {digest}")
             os.chmod(tmp, 0o644)  # mkstemp creates 0600; blobs are world-readable like skopeo's
             os.replace(tmp, directory / digest.partition(":")[2])
-            if self._durable:
-                _fsync_dir(directory)
+            self._sync_dir(directory)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -257,11 +263,10 @@ class OciLayout:
             target.parent.mkdir(parents=True, exist_ok=True)
             if self._durable:
                 with src.open("rb") as f:
-                    os.fsync(f.fileno())
+                    self._sync(f.fileno())
             try:
                 os.rename(src, target)
-                if self._durable:
-                    _fsync_dir(target.parent)
+                self._sync_dir(target.parent)
                 return
             except OSError as exc:
                 if exc.errno != errno.EXDEV:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import cast
 
 from nydus_exporter.rafs import codecs
 from nydus_exporter.rafs.blob import PreparedChunk, prepare_chunk, prepare_chunks
@@ -46,28 +45,27 @@ class HashFirst:
     def prepare_batch(self, raws: list[bytes | PreparedChunk]) -> list[PreparedChunk | DigestedChunk]:
         """Raw chunks digested (and compressed if new); prepared ones (holes) as they are."""
         out: list[PreparedChunk | DigestedChunk] = []
-        new: list[int] = []  # positions in out of the chunks this batch claimed first
+        firsts: list[tuple[int, DigestedChunk]] = []  # the chunks this batch claimed first
         for raw in raws:
             if isinstance(raw, PreparedChunk):
                 out.append(raw)
                 continue
-            digest = self._digest(raw)
-            out.append(DigestedChunk(digest, len(raw), raw))
-            if self._dict is not None and self._dict.lookup(digest, len(raw)) is not None:
+            chunk = DigestedChunk(self._digest(raw), len(raw), raw)
+            out.append(chunk)
+            if self._dict is not None and self._dict.lookup(chunk.digest, len(raw)) is not None:
                 continue
-            key = (digest, len(raw))
+            key = (chunk.digest, len(raw))
             with self._lock:
                 if key in self._claimed:
                     continue
                 self._claimed.add(key)
-            new.append(len(out) - 1)
-        if new:
-            firsts = [cast(DigestedChunk, out[i]) for i in new]
+            firsts.append((len(out) - 1, chunk))
+        if firsts:
             prepared = prepare_chunks(
-                [c.raw for c in firsts], [c.digest for c in firsts], compressor=self._compressor
+                [c.raw for _, c in firsts], [c.digest for _, c in firsts], compressor=self._compressor
             )
-            for i, chunk in zip(new, prepared, strict=True):
-                out[i] = chunk
+            for (position, _), done in zip(firsts, prepared, strict=True):
+                out[position] = done
         return out
 
     def complete(self, raw: bytes, digest: bytes) -> PreparedChunk:

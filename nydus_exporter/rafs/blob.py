@@ -60,35 +60,26 @@ def prepare_chunk(
 
     ``digest``: the chunk's digest when the caller already computed it (hash first, then
     compress only what is new: :mod:`nydus_exporter.pipeline.hash_first`)."""
-    if not raw:
-        raise ValueError("a chunk cannot be empty (zero-size files have no chunks)")
-    data, compressed = codecs.compress_if_smaller(codecs.thread_compressor(compressor), raw)
-    return PreparedChunk(
-        digest=digest if digest is not None else codecs.digester(digester).digest(raw),
-        crc32=codecs.crc32c(raw),
-        uncompressed_size=len(raw),
-        data=data,
-        compressed=compressed,
-    )
+    if digest is None:
+        digest = codecs.digester(digester).digest(raw)
+    return prepare_chunks([raw], [digest], compressor=compressor)[0]
 
 
 def prepare_chunks(raws: list[bytes], digests: list[bytes], *, compressor: str) -> list[PreparedChunk]:
     """:func:`prepare_chunk` of each of ``raws`` whose digests are known: the same chunks,
-    compressed in one batch (:meth:`~nydus_exporter.rafs.codecs.Compressor.compress_many`)."""
+    compressed in one batch (:func:`~nydus_exporter.rafs.codecs.compress_many_if_smaller`)."""
     if not all(raws):
         raise ValueError("a chunk cannot be empty (zero-size files have no chunks)")
-    comp = codecs.thread_compressor(compressor)
-    packed = comp.compress_many(raws)
-    keep = comp.algorithm_id != layout.COMPRESSOR_ID_NONE
+    stored = codecs.compress_many_if_smaller(codecs.thread_compressor(compressor), raws)
     return [
         PreparedChunk(
             digest=digest,
             crc32=codecs.crc32c(raw),
             uncompressed_size=len(raw),
-            data=out if keep and len(out) < len(raw) else raw,
-            compressed=keep and len(out) < len(raw),
+            data=data,
+            compressed=compressed,
         )
-        for raw, digest, out in zip(raws, digests, packed, strict=True)
+        for raw, digest, (data, compressed) in zip(raws, digests, stored, strict=True)
     ]
 
 

@@ -203,12 +203,18 @@ def compressor_by_toc_flag(flags: int) -> Compressor:
 
 def compress_if_smaller(comp: Compressor, data: bytes) -> tuple[bytes, bool]:
     """``(stored bytes, compressed?)``: raw bytes when compression does not shrink them ([format §3.2])."""
+    return compress_many_if_smaller(comp, [data])[0]
+
+
+def compress_many_if_smaller(comp: Compressor, datas: list[bytes]) -> list[tuple[bytes, bool]]:
+    """:func:`compress_if_smaller` of each of ``datas``, compressed in one batch
+    (:meth:`Compressor.compress_many`)."""
     if comp.algorithm_id == layout.COMPRESSOR_ID_NONE:
-        return data, False
-    out = comp.compress(data)
-    if len(out) >= len(data):
-        return data, False
-    return out, True
+        return [(data, False) for data in datas]
+    return [
+        (out, True) if len(out) < len(data) else (data, False)
+        for data, out in zip(datas, comp.compress_many(datas), strict=True)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
