@@ -158,6 +158,7 @@ class ExportIntake:
         self._cached: dict[tuple[str, int], WorkerLayer] = {}
         self._spooled: dict[tuple[str, int], str] = {}
         self._links = 0
+        self._spools = 0
         self._committed = False
         self.cache_hits = 0
         self.cache_misses = 0
@@ -250,9 +251,14 @@ class ExportIntake:
         return True
 
     def _new_spool(self) -> _Spool:
-        """A new spool file for the next layer's bytes (closed in layer_end or close)."""
-        path = self._spool_dir / f"{len(list(self._spool_dir.iterdir()))}.layer"
-        return _Spool(path, open(path, "wb"))
+        """A new spool file for the next layer's bytes (closed in layer_end or close).
+
+        Opened on the event loop, not in a thread: a task cancelled while a thread opened the
+        file would drop the only reference to it, and close() could not close it."""
+        self._spools += 1
+        path = self._spool_dir / f"{self._spools - 1}.layer"
+        self._spool = _Spool(path, open(path, "wb"))  # noqa: SIM115 - closed in layer_end or close
+        return self._spool
 
     def _cached_layer(self, digest: str, path: str, layer: LayerSpec) -> WorkerLayer:
         # Each occurrence gets its own link: the worker moves it into the staging layout.
@@ -294,12 +300,12 @@ class ExportIntake:
                 "(send its layer_end first)"
             )
         announced = state.layers[index].size
-        if self._spool is None:
-            self._spool = await asyncio.to_thread(self._new_spool)
+        spool = self._spool
+        if spool is None:
+            spool = self._new_spool()
             self._open = (platform_id, index)
             if announced and self.on_spool is not None:
-                await self.on_spool(self._spool.path, announced)
-        spool = self._spool
+                await self.on_spool(spool.path, announced)
         if offset != spool.received:
             raise ProtocolError(f"{where}: offset {offset}, expected {spool.received}")
         if announced and spool.received + len(data) > announced:
@@ -316,7 +322,7 @@ class ExportIntake:
             raise ProtocolError(f"{where}: the layer was not asked for, or was already ended")
         if self._open is None:
             # a wanted layer of zero bytes: no layer_data came
-            self._spool = await asyncio.to_thread(self._new_spool)
+            self._new_spool()
             self._open = (platform_id, index)
         if self._open != (platform_id, index):
             raise ProtocolError(f"{where}: layer {self._open[1]} of {excerpt(self._open[0])} is the open one")
