@@ -232,10 +232,11 @@ def daemon_phases(log: Path, offset: int, wall: float) -> dict[str, float] | Non
     """Where one daemon export's wall time went, from the daemon's log (its ``export
     started``, ``converted`` and ``export finished`` events; None if they are not there):
 
-    * ``receive_s``: from the Export header to the start of the conversion (the client streams
-      every layer, the daemon spools and checks it; the worker starts once all are in),
-    * ``convert_s``: the conversion worker (a ``python -m nydus_exporter.service.worker``
-      process: interpreter start, imports, the conversion),
+    * ``receive_s``: from the Export header to the worker spec (the client streams every
+      layer, the daemon spools and checks it; a free warm worker already packs each layer
+      as its bytes arrive, so this phase overlaps part of the conversion),
+    * ``convert_s``: the conversion worker from the spec on (what was not packed while
+      receiving, the merge, the image),
     * ``publish_s``: from the end of the conversion to the result (moving it into OUT),
     * ``client_s``: the rest of the wall time: the client's start-up, imports, Resolve and exit.
     """
