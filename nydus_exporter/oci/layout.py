@@ -263,7 +263,7 @@ class OciLayout:
             target.parent.mkdir(parents=True, exist_ok=True)
             if self._durable:
                 with src.open("rb") as f:
-                    self._sync(f.fileno())
+                    os.fsync(f.fileno())
             try:
                 os.rename(src, target)
                 self._sync_dir(target.parent)

@@ -255,8 +255,8 @@ class ExportIntake:
 
         Opened on the event loop, not in a thread: a task cancelled while a thread opened the
         file would drop the only reference to it, and close() could not close it."""
+        path = self._spool_dir / f"{self._spools}.layer"
         self._spools += 1
-        path = self._spool_dir / f"{self._spools - 1}.layer"
         self._spool = _Spool(path, open(path, "wb"))  # noqa: SIM115 - closed in layer_end or close
         return self._spool
 

@@ -47,7 +47,7 @@ async def test_a_layer_cancelled_as_its_spool_opens_leaves_no_open_file(tmp_path
     assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
 
 
-async def test_a_received_layer_is_spooled_with_its_digest_checked(tmp_path: Path) -> None:
+async def test_a_received_layer_is_spooled_whole_in_one_file(tmp_path: Path) -> None:
     intake = _intake(tmp_path)
     await intake.platform_begin("linux/amd64", [LayerSpec(0, size=6)])
     await intake.layer_data("linux/amd64", 0, 0, b"abc")
